@@ -1,0 +1,54 @@
+"""MAML (Finn et al., 2017): learn an initialization from which a few SGD steps adapt to a task.
+
+The meta-gradient differentiates through every inner step (second order), so it includes the
+Hessian terms that a copy-and-step implementation silently drops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.algorithms.base import MetaAlgorithm
+from common.functional import GradFn, Params, autograd_grad, cross_entropy, forward
+
+
+class MAML(MetaAlgorithm):
+    name = "maml"
+    first_order = False
+
+    # Hooks that FOMAML, Meta-SGD and ANIL override; MAML adapts every weight of the model.
+    def features(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
+        """What the adaptable part of the model sees: the raw input for MAML."""
+        return x
+
+    def adaptable(self, meta: Params) -> Params:
+        return self.model_params(meta)
+
+    def logits(self, fast: Params, features: torch.Tensor) -> torch.Tensor:
+        return forward(self.model, fast, features)
+
+    def step_size(self, meta: Params, name: str) -> torch.Tensor | float:
+        return self.config.inner_lr
+
+    def inner_loop(
+        self, meta: Params, features: torch.Tensor, labels: torch.Tensor, steps: int, grad_fn: GradFn, create_graph: bool
+    ) -> Params:
+        fast = self.adaptable(meta)
+        for _ in range(steps):
+            grads = grad_fn(lambda p: cross_entropy(self.logits(p, features), labels), fast, create_graph)
+            fast = {k: p - self.step_size(meta, k) * grads[k] for k, p in fast.items()}
+        return fast
+
+    def task_loss(self, meta, episode, grad_fn):
+        support_x, support_y, query_x, query_y = episode
+        fast = self.inner_loop(
+            meta, self.features(meta, support_x), support_y, self.config.inner_steps, grad_fn, not self.first_order
+        )
+        logits = self.logits(fast, self.features(meta, query_x))
+        return cross_entropy(logits, query_y), logits
+
+    def adapt(self, meta, support_x, support_y, steps=None):
+        steps = self.config.eval_inner_steps if steps is None else steps
+        with torch.enable_grad():
+            fast = self.inner_loop(meta, self.features(meta, support_x), support_y, steps, autograd_grad, False)
+        return {**self.model_params(meta), **{k: v.detach() for k, v in fast.items()}}

@@ -1,0 +1,46 @@
+"""Prototypical Networks (Snell et al., 2017): classify by distance to class-mean embeddings.
+
+Logits are negative squared Euclidean distances to the prototypes. `adapt` turns the prototypes
+into the model's linear head (weight 2c, bias -|c|^2), which ranks classes exactly as the
+distances do, so an adapted ProtoNet is an ordinary model a site can run and fine-tune.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.algorithms.base import MetaAlgorithm
+from common.functional import Params, cross_entropy, forward, subset
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Class means (ways, D) of support embeddings (S, D) with labels in 0..ways-1."""
+    classes = torch.arange(ways, device=labels.device)
+    onehot = (labels.unsqueeze(1) == classes).to(embeddings.dtype)  # one_hot() does not vmap
+    return (onehot.T @ embeddings) / onehot.sum(0).unsqueeze(1)
+
+
+def proto_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """-|q - c|^2 for every query q (Q, D) and prototype c (N, D)."""
+    sq = (queries * queries).sum(-1, keepdim=True) - 2 * queries @ protos.T + (protos * protos).sum(-1)
+    return -sq
+
+
+class ProtoNet(MetaAlgorithm):
+    name = "protonet"
+
+    def embed(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
+        return forward(self.model.body, subset(meta, "body.", strip=True), x)
+
+    def task_loss(self, meta, episode, grad_fn):
+        support_x, support_y, query_x, query_y = episode
+        ways = self.model.config.num_classes
+        protos = prototypes(self.embed(meta, support_x), support_y, ways)
+        logits = proto_logits(self.embed(meta, query_x), protos)
+        return cross_entropy(logits, query_y), logits
+
+    def adapt(self, meta, support_x, support_y, steps=None):
+        with torch.no_grad():
+            protos = prototypes(self.embed(meta, support_x), support_y, self.model.config.num_classes)
+        head = {"head.weight": 2 * protos, "head.bias": -(protos * protos).sum(-1)}
+        return {**self.model_params(meta), **head}

@@ -1,0 +1,19 @@
+"""Algorithm names (as used in run configs and on the command line) to classes."""
+
+from __future__ import annotations
+
+from common.algorithms.anil import ANIL
+from common.algorithms.base import MetaAlgorithm
+from common.algorithms.fomaml import FOMAML
+from common.algorithms.maml import MAML
+from common.algorithms.metasgd import MetaSGD
+from common.algorithms.protonet import ProtoNet
+from common.config import ALGORITHMS, MetaConfig
+from common.models import MetaNet
+
+REGISTRY: dict[str, type[MetaAlgorithm]] = {cls.name: cls for cls in (MAML, FOMAML, MetaSGD, ANIL, ProtoNet)}
+assert tuple(REGISTRY) == ALGORITHMS
+
+
+def build_algorithm(model: MetaNet, config: MetaConfig) -> MetaAlgorithm:
+    return REGISTRY[config.algorithm](model, config)

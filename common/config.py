@@ -1,0 +1,61 @@
+"""Typed configuration of the meta-learning core, parsed once at the edge (CLI, run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALGORITHMS = ("maml", "fomaml", "meta-sgd", "anil", "protonet")
+EXECUTIONS = ("auto", "loop", "threads", "vmap")
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """An N-way K-shot episode with Q query examples per class."""
+
+    ways: int = 5
+    shots: int = 5
+    queries: int = 15
+
+    def __post_init__(self) -> None:
+        if self.ways < 2:
+            raise ValueError(f"ways={self.ways}: an episode needs at least 2 classes")
+        if self.shots < 1 or self.queries < 1:
+            raise ValueError(f"shots={self.shots}, queries={self.queries}: both must be >= 1")
+
+    @property
+    def per_class(self) -> int:
+        """Examples each class must have so one episode can be drawn from it."""
+        return self.shots + self.queries
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """How an algorithm adapts (inner loop) and how tasks are executed.
+
+    `execution` picks how the tasks of a meta-batch are run: `vmap` batches them into one
+    program (fast on GPU), `threads` runs them concurrently with one intra-op thread each (fast
+    on a few CPU cores), `loop` one after the other; `auto` picks vmap on CUDA, threads on CPU.
+    `chunk_size` bounds how many tasks are in memory at once (3D volumes).
+    """
+
+    algorithm: str = "maml"
+    inner_steps: int = 5
+    inner_lr: float = 0.4
+    eval_inner_steps: int = 10
+    chunk_size: int = 8
+    execution: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        if self.execution not in EXECUTIONS:
+            raise ValueError(f"execution={self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
+        if self.inner_steps < 1 or self.eval_inner_steps < 1:
+            raise ValueError(
+                f"inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}: "
+                "both must be >= 1"
+            )
+        if not self.inner_lr > 0:
+            raise ValueError(f"inner_lr={self.inner_lr}: must be a positive number")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size}: must be >= 1")

@@ -1,0 +1,139 @@
+"""Episodic few-shot tasks drawn from any labelled image set (2D or 3D), seeded per site."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from common.config import EpisodeConfig
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One task: support and query sets with labels relabelled to 0..N-1.
+
+    `classes[i]` is the dataset label that episode label `i` stands for.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    classes: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Episode:
+        return Episode(*(t.to(device) for t in self.tensors()), classes=self.classes)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.support_x, self.support_y, self.query_x, self.query_y
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Episodes of equal shape stacked along a leading task dimension (what `vmap` maps over)."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    classes: torch.Tensor
+
+    @classmethod
+    def stack(cls, episodes: list[Episode]) -> TaskBatch:
+        if not episodes:
+            raise ValueError("cannot build a task batch from zero episodes")
+        fields = zip(*(ep.tensors() + (ep.classes,) for ep in episodes))
+        return cls(*(torch.stack(list(f)) for f in fields))
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def __getitem__(self, index: int | slice) -> Episode | TaskBatch:
+        parts = (t[index] for t in (*self.tensors(), self.classes))
+        return Episode(*parts) if isinstance(index, int) else TaskBatch(*parts)
+
+    def __iter__(self) -> Iterator[Episode]:
+        return (self[i] for i in range(len(self)))
+
+    def chunks(self, size: int) -> Iterator[TaskBatch]:
+        return (self[i : i + size] for i in range(0, len(self), size))
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(*(t.to(device) for t in self.tensors()), classes=self.classes)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.support_x, self.support_y, self.query_x, self.query_y
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot episodes from `images` (M, C, *spatial) with integer `labels` (M,).
+
+    Every draw takes its randomness from the `torch.Generator` it is given, so a site that
+    seeds its own generator gets the same tasks on every run, independent of other sites.
+    `classes` restricts sampling to a subset of labels (e.g. meta-train vs meta-test classes).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: EpisodeConfig,
+        classes: list[int] | None = None,
+    ) -> None:
+        if images.dim() not in (4, 5):
+            raise ValueError(
+                f"images have shape {tuple(images.shape)}; expected (M, C, H, W) for 2D or "
+                "(M, C, D, H, W) for 3D: add a channel dimension with images.unsqueeze(1)"
+            )
+        labels = torch.as_tensor(labels).reshape(-1).long()
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels; they must match one to one")
+        present = sorted(torch.unique(labels).tolist())
+        wanted = present if classes is None else sorted(set(classes))
+        missing = sorted(set(wanted) - set(present))
+        if missing:
+            raise ValueError(f"classes {missing} have no examples; present classes are {present}")
+        if len(wanted) < config.ways:
+            raise ValueError(
+                f"{config.ways}-way episodes need {config.ways} classes but only {len(wanted)} "
+                f"are available ({wanted}); lower ways or add classes"
+            )
+        self.index = {c: torch.nonzero(labels == c).flatten() for c in wanted}
+        small = {c: len(idx) for c, idx in self.index.items() if len(idx) < config.per_class}
+        if small:
+            detail = ", ".join(f"class {c}: {n}" for c, n in small.items())
+            raise ValueError(
+                f"each class needs shots+queries = {config.shots}+{config.queries} = "
+                f"{config.per_class} examples, but {detail}; lower shots/queries or add examples"
+            )
+        self.images = images
+        self.config = config
+        self.classes = torch.tensor(wanted)
+
+    def sample(self, generator: torch.Generator) -> Episode:
+        cfg = self.config
+        chosen = self.classes[torch.randperm(len(self.classes), generator=generator)[: cfg.ways]]
+        support, query = [], []
+        for c in chosen.tolist():
+            idx = self.index[c]
+            picked = idx[torch.randperm(len(idx), generator=generator)[: cfg.per_class]]
+            support.append(picked[: cfg.shots])
+            query.append(picked[cfg.shots :])
+        relabel = torch.arange(cfg.ways)
+        return Episode(
+            support_x=self.images[torch.cat(support)],
+            support_y=relabel.repeat_interleave(cfg.shots),
+            query_x=self.images[torch.cat(query)],
+            query_y=relabel.repeat_interleave(cfg.queries),
+            classes=chosen,
+        )
+
+    def sample_batch(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
+        return TaskBatch.stack([self.sample(generator) for _ in range(num_tasks)])
+
+
+def site_generator(seed: int, site_id: int = 0) -> torch.Generator:
+    """A generator whose stream depends on both the run seed and the site, never on globals."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + site_id)
