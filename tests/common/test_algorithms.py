@@ -1,0 +1,72 @@
+"""ANIL and ProtoNet semantics, and reproducibility of tasks and gradients."""
+
+import pytest
+import torch
+
+from common.algorithms import build_algorithm
+from common.algorithms.protonet import proto_logits, prototypes
+from common.config import EpisodeConfig
+from common.functional import subset
+from common.tasks import EpisodeSampler, site_generator
+from tests.common.conftest import labelled_set, meta_config
+
+
+def test_anil_inner_loop_changes_only_the_head(tiny_model, tiny_batch):
+    algo = build_algorithm(tiny_model, meta_config("anil", execution="loop"))
+    meta = algo.init_meta_params()
+    episode = tiny_batch[0]
+    adapted = algo.adapt(meta, episode.support_x, episode.support_y, steps=3)
+    assert adapted.keys() == algo.model_params(meta).keys()
+    for k, v in subset(meta, "body.").items():
+        assert torch.equal(adapted[k], v), f"ANIL changed body weight {k}"
+    assert not torch.equal(adapted["head.weight"], meta["head.weight"])
+
+
+def test_anil_meta_gradient_reaches_the_body(tiny_model, tiny_batch):
+    algo = build_algorithm(tiny_model, meta_config("anil", execution="loop"))
+    grads = algo.meta_gradient(algo.init_meta_params(), tiny_batch).grads
+    assert all(g.abs().sum() > 0 for g in subset(grads, "body.").values())
+
+
+def test_protonet_logits_are_negative_squared_distances():
+    g = torch.Generator().manual_seed(0)
+    support, queries = torch.randn(6, 5, generator=g), torch.randn(4, 5, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    protos = prototypes(support, labels, 3)
+    expected_protos = torch.stack([support[labels == c].mean(0) for c in range(3)])
+    expected = torch.tensor([[-((q - c) ** 2).sum().item() for c in expected_protos] for q in queries])
+    torch.testing.assert_close(protos, expected_protos)
+    torch.testing.assert_close(proto_logits(queries, protos), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_protonet_adapted_head_predicts_like_the_prototypes(tiny_model, tiny_batch):
+    algo = build_algorithm(tiny_model, meta_config("protonet"))
+    meta = algo.init_meta_params()
+    episode = tiny_batch[0]
+    adapted = algo.adapt(meta, episode.support_x, episode.support_y)
+    head_probs = torch.softmax(algo.predict(adapted, episode.query_x), -1)
+    _, proto_scores = algo.task_loss(meta, episode.tensors(), None)
+    torch.testing.assert_close(head_probs, torch.softmax(proto_scores, -1).detach())
+
+
+def test_protonet_gradient_leaves_the_unused_head_at_zero(tiny_model, tiny_batch):
+    algo = build_algorithm(tiny_model, meta_config("protonet", execution="loop"))
+    grads = algo.meta_gradient(algo.init_meta_params(), tiny_batch).grads
+    assert all(torch.count_nonzero(g) == 0 for g in subset(grads, "head.").values())
+    assert any(torch.count_nonzero(g) > 0 for g in subset(grads, "body.").values())
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+def test_same_seed_same_tasks_and_gradients(tiny_model, algorithm):
+    images, labels = labelled_set()
+    sampler = EpisodeSampler(images, labels, EpisodeConfig(ways=3, shots=2, queries=3))
+    algo = build_algorithm(tiny_model, meta_config(algorithm))
+    meta = algo.init_meta_params()
+    a = sampler.sample_batch(4, site_generator(seed=7, site_id=2))
+    b = sampler.sample_batch(4, site_generator(seed=7, site_id=2))
+    other_site = sampler.sample_batch(4, site_generator(seed=7, site_id=3))
+    for x, y in zip(a.tensors(), b.tensors()):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.support_x, other_site.support_x)
+    ga, gb = algo.meta_gradient(meta, a).grads, algo.meta_gradient(meta, b).grads
+    assert all(torch.equal(ga[k], gb[k]) for k in ga)
