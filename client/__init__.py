@@ -1,0 +1,1 @@
+"""fedmeta client package."""

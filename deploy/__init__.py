@@ -1,0 +1,1 @@
+"""fedmeta deploy package."""

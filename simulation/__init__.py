@@ -1,0 +1,1 @@
+"""fedmeta simulation package."""
