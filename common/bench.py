@@ -157,7 +157,9 @@ def run_maml_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     grads, times = {}, {name: [] for name in methods}
     memory = _PeakMemory(device)
-    peak = {name: memory.measure(fn) for name, fn in methods.items()}  # also the warm-up run
+    for fn in methods.values():  # warm-up, so allocator growth is not charged to the first method
+        fn()
+    peak = {name: memory.measure(fn) for name, fn in methods.items()}
     for rep in range(cfg.repeats):
         for name, fn in methods.items():
             sync()
