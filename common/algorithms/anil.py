@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from common.algorithms.maml import MAML
-from common.functional import Params, forward, subset
+from common.functional import Params, subset
 
 
 class ANIL(MAML):
     name = "anil"
 
     def features(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
-        return forward(self.model.body, subset(meta, "body.", strip=True), x)
+        return self.embed(meta, x)
 
     def adaptable(self, meta: Params) -> Params:
         return subset(meta, "head.")

@@ -12,13 +12,15 @@ import copy
 import queue
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.func import grad, vmap
 
 from common.config import MetaConfig
-from common.functional import GradFn, Params, accuracy, autograd_grad, cross_entropy, forward, func_grad
+from common.functional import GradFn, Params, accuracy, autograd_grad, cross_entropy, forward, func_grad, subset
+from common.fastforward import FastForward
 from common.models import MetaNet, init_params
 from common.tasks import Episode, TaskBatch
 
@@ -41,6 +43,8 @@ class MetaAlgorithm(ABC):
     def __init__(self, model: MetaNet, config: MetaConfig) -> None:
         self.model = model
         self.config = config
+        # the same function as the module, cheaper to differentiate twice (see fastforward.py)
+        self.fast = FastForward(model) if isinstance(model, MetaNet) else None
         self._replicas: list[MetaAlgorithm] = []  # per-thread copies: functional_call is not thread-safe
 
     # -- what each algorithm defines ------------------------------------------------------
@@ -64,7 +68,27 @@ class MetaAlgorithm(ABC):
         return {k: v for k, v in meta.items() if k in names}
 
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is not None:
+            return self.fast(params, self.fast.prepare(x))
         return forward(self.model, self.model_params(params), x)
+
+    @staticmethod
+    def in_pieces(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+        """fn(x) computed on pieces of at most `size` examples and concatenated.
+
+        A query set is usually several times the support set; run through the network in
+        support-sized pieces, every activation stays the size the inner loop already uses
+        (cache-resident on CPU) instead of one large batch whose passes spill to memory.
+        """
+        if len(x) <= size:
+            return fn(x)
+        return torch.cat([fn(part) for part in x.split(size)])
+
+    def embed(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
+        """Body features of `x` (the input of the linear head)."""
+        if self.fast is not None:
+            return self.fast.embed(meta, self.fast.prepare(x))
+        return forward(self.model.body, subset(meta, "body.", strip=True), x)
 
     # -- meta-training --------------------------------------------------------------------
     def meta_gradient(self, meta: Params, batch: TaskBatch) -> MetaStep:
@@ -104,7 +128,7 @@ class MetaAlgorithm(ABC):
         return grads_by_name, loss.detach(), accuracy(logits.detach(), episode.query_y)
 
     def _map_chunk(self, meta: Params, chunk: TaskBatch, threaded: bool) -> list[TaskResult]:
-        if not threaded or len(chunk) == 1:
+        if not threaded or len(chunk) == 1 or torch.get_num_threads() == 1:
             return [self.task_gradient(meta, ep) for ep in chunk]
         # Second-order MAML on a few CPU cores is a long chain of small kernels that parallelize
         # poorly inside one task; running tasks side by side, one intra-op thread each, keeps

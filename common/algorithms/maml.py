@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from common.algorithms.base import MetaAlgorithm
+from common.fastforward import Prepared
 from common.functional import GradFn, Params, autograd_grad, cross_entropy, forward
 
 
@@ -17,15 +18,15 @@ class MAML(MetaAlgorithm):
     first_order = False
 
     # Hooks that FOMAML, Meta-SGD and ANIL override; MAML adapts every weight of the model.
-    def features(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
-        """What the adaptable part of the model sees: the raw input for MAML."""
-        return x
+    def features(self, meta: Params, x: torch.Tensor) -> torch.Tensor | Prepared:
+        """What the adaptable part of the model sees: the (prepared) input for MAML."""
+        return x if self.fast is None else self.fast.prepare(x)
 
     def adaptable(self, meta: Params) -> Params:
         return self.model_params(meta)
 
-    def logits(self, fast: Params, features: torch.Tensor) -> torch.Tensor:
-        return forward(self.model, fast, features)
+    def logits(self, fast: Params, features: torch.Tensor | Prepared) -> torch.Tensor:
+        return forward(self.model, fast, features) if self.fast is None else self.fast(fast, features)
 
     def step_size(self, meta: Params, name: str) -> torch.Tensor | float:
         return self.config.inner_lr
@@ -44,7 +45,7 @@ class MAML(MetaAlgorithm):
         fast = self.inner_loop(
             meta, self.features(meta, support_x), support_y, self.config.inner_steps, grad_fn, not self.first_order
         )
-        logits = self.logits(fast, self.features(meta, query_x))
+        logits = self.in_pieces(lambda x: self.logits(fast, self.features(meta, x)), query_x, len(support_x))
         return cross_entropy(logits, query_y), logits
 
     def adapt(self, meta, support_x, support_y, steps=None):

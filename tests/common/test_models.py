@@ -31,3 +31,21 @@ def test_backbone_shapes_and_stateless_norms(dims, norm):
 def test_bad_model_config_names_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("norm", ["group", "instance"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fast_forward_computes_the_modules_function(dims, norm, channels):
+    from torch.func import functional_call
+
+    from common.fastforward import FastForward
+    from common.models import init_params
+
+    torch.manual_seed(0)
+    config = ModelConfig(spatial_dims=dims, in_channels=channels, image_size=8, num_classes=3, width=8, depth=2, norm=norm, num_groups=4)
+    model = build_model(config).double()
+    params = {k: v + 0.1 * torch.randn_like(v) for k, v in init_params(model).items()}
+    x = torch.randn(5, channels, *([8] * dims), dtype=torch.float64)
+    fast = FastForward(model)
+    torch.testing.assert_close(fast(params, fast.prepare(x)), functional_call(model, params, (x,)), rtol=1e-12, atol=1e-12)
