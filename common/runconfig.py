@@ -1,0 +1,83 @@
+"""Flat kebab-case run config (`[tool.flwr.app.config]`, `--run-config`) into typed dataclasses.
+
+Parsed once, at the edge; everything below takes the dataclasses. Unknown keys are an error
+(a typo such as `inner-lr=0.1` spelled `innerlr` must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from common.config import EpisodeConfig, MetaConfig
+from common.models import ModelConfig
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the coordinator does with the sites' meta-gradients."""
+
+    num_server_rounds: int = 50
+    tasks_per_round: int = 8
+    outer_optimizer: str = "adam"
+    outer_lr: float = 0.001
+    fraction_train: float = 1.0
+    eval_every: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.outer_optimizer not in OPTIMIZERS:
+            raise ValueError(f"outer-optimizer={self.outer_optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
+        if min(self.num_server_rounds, self.tasks_per_round, self.eval_every) < 1:
+            raise ValueError("num-server-rounds, tasks-per-round and eval-every must all be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    episode: EpisodeConfig
+    meta: MetaConfig
+    model: ModelConfig
+    train: TrainConfig
+
+
+# run-config key -> (section, dataclass field); every key of [tool.flwr.app.config] is here
+_KEYS = {
+    "ways": ("episode", "ways"),
+    "shots": ("episode", "shots"),
+    "queries": ("episode", "queries"),
+    "algorithm": ("meta", "algorithm"),
+    "inner-steps": ("meta", "inner_steps"),
+    "inner-lr": ("meta", "inner_lr"),
+    "eval-inner-steps": ("meta", "eval_inner_steps"),
+    "chunk-size": ("meta", "chunk_size"),
+    "execution": ("meta", "execution"),
+    "model-width": ("model", "width"),
+    "model-depth": ("model", "depth"),
+    "model-norm": ("model", "norm"),
+    "model-groups": ("model", "num_groups"),
+    "image-size": ("model", "image_size"),
+    **{f.name.replace("_", "-"): ("train", f.name) for f in fields(TrainConfig)},
+}
+_SECTIONS = {"episode": EpisodeConfig, "meta": MetaConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def parse_run_config(values: Mapping[str, object]) -> RunConfig:
+    unknown = sorted(set(values) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"unknown run-config keys {unknown}; known keys are {sorted(_KEYS)}")
+    kwargs: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+    for key, value in values.items():
+        section, field = _KEYS[key]
+        expected = type(getattr(_SECTIONS[section](), field))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise ValueError(f"run-config {key}={value!r}: expected a {expected.__name__}")
+        kwargs[section][field] = value
+    episode = EpisodeConfig(**kwargs["episode"])
+    model = ModelConfig(num_classes=episode.ways, **kwargs["model"])
+    return RunConfig(episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]))

@@ -1,0 +1,37 @@
+"""The run config declared in pyproject.toml parses into the dataclasses, with their defaults."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.runconfig import RunConfig, parse_run_config
+
+DECLARED = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_declared_config_parses_and_matches_dataclass_defaults():
+    cfg = parse_run_config(DECLARED)
+    assert isinstance(cfg, RunConfig)
+    assert cfg == parse_run_config({}), "pyproject defaults drifted from the dataclass defaults"
+    assert cfg.model.num_classes == cfg.episode.ways
+
+
+def test_overrides_are_typed():
+    cfg = parse_run_config({"inner-lr": 1, "algorithm": "anil", "ways": 3})
+    assert cfg.meta.inner_lr == 1.0 and cfg.meta.algorithm == "anil" and cfg.model.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"innerlr": 0.1}, r"unknown run-config keys \['innerlr'\]"),
+        ({"ways": "five"}, "ways='five': expected a int"),
+        ({"algorithm": "reptile"}, "choose one of maml"),
+        ({"outer-optimizer": "rmsprop"}, "choose one of adam, sgd"),
+        ({"chunk-size": 0}, "chunk_size=0"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(values, message):
+    with pytest.raises(ValueError, match=message):
+        parse_run_config(values)
