@@ -12,7 +12,6 @@ import copy
 import queue
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,18 +70,6 @@ class MetaAlgorithm(ABC):
         if self.fast is not None:
             return self.fast(params, self.fast.prepare(x))
         return forward(self.model, self.model_params(params), x)
-
-    @staticmethod
-    def in_pieces(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
-        """fn(x) computed on pieces of at most `size` examples and concatenated.
-
-        A query set is usually several times the support set; run through the network in
-        support-sized pieces, every activation stays the size the inner loop already uses
-        (cache-resident on CPU) instead of one large batch whose passes spill to memory.
-        """
-        if len(x) <= size:
-            return fn(x)
-        return torch.cat([fn(part) for part in x.split(size)])
 
     def embed(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
         """Body features of `x` (the input of the linear head)."""

@@ -45,7 +45,7 @@ class MAML(MetaAlgorithm):
         fast = self.inner_loop(
             meta, self.features(meta, support_x), support_y, self.config.inner_steps, grad_fn, not self.first_order
         )
-        logits = self.in_pieces(lambda x: self.logits(fast, self.features(meta, x)), query_x, len(support_x))
+        logits = self.logits(fast, self.features(meta, query_x))
         return cross_entropy(logits, query_y), logits
 
     def adapt(self, meta, support_x, support_y, steps=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from common.algorithms.base import MetaAlgorithm
-from common.functional import Params, cross_entropy
+from common.functional import cross_entropy
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
@@ -33,7 +33,7 @@ class ProtoNet(MetaAlgorithm):
         support_x, support_y, query_x, query_y = episode
         ways = self.model.config.num_classes
         protos = prototypes(self.embed(meta, support_x), support_y, ways)
-        logits = proto_logits(self.in_pieces(lambda x: self.embed(meta, x), query_x, len(support_x)), protos)
+        logits = proto_logits(self.embed(meta, query_x), protos)
         return cross_entropy(logits, query_y), logits
 
     def adapt(self, meta, support_x, support_y, steps=None):
