@@ -122,12 +122,8 @@ class MetaAlgorithm(ABC):
         # every core busy. Results come back in task order, so sums are deterministic.
         threads = torch.get_num_threads()
         workers = min(threads, len(chunk))
-        while len(self._replicas) < workers:
-            replica = copy.copy(self)
-            replica.model = copy.deepcopy(self.model)
-            self._replicas.append(replica)
         idle: queue.SimpleQueue[MetaAlgorithm] = queue.SimpleQueue()
-        for replica in self._replicas[:workers]:
+        for replica in self._thread_replicas(workers):
             idle.put(replica)
 
         def run(episode: Episode) -> TaskResult:
@@ -143,6 +139,18 @@ class MetaAlgorithm(ABC):
                 return list(pool.map(run, chunk))
         finally:
             torch.set_num_threads(threads)
+
+    def _thread_replicas(self, workers: int) -> list[MetaAlgorithm]:
+        """One algorithm per worker thread. FastForward never touches the module, so all can
+        share `self`; `functional_call` swaps a module's parameters while it runs, so the
+        generic path needs a private copy of the module per thread."""
+        if self.fast is not None:
+            return [self] * workers
+        while len(self._replicas) < workers:
+            replica = copy.copy(self)
+            replica.model = copy.deepcopy(self.model)
+            self._replicas.append(replica)
+        return self._replicas[:workers]
 
     def _vmap_chunk(self, meta: Params, chunk: TaskBatch) -> list[TaskResult]:
         def loss_and_aux(m: Params, *episode: torch.Tensor) -> tuple[torch.Tensor, tuple]:

@@ -122,3 +122,22 @@ def test_first_and_second_order_match_closed_form_on_linear_model():
     torch.testing.assert_close(results["fomaml"], first, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(results["maml"], second, rtol=1e-10, atol=1e-12)
     assert (results["maml"] - results["fomaml"]).abs().max() > 1e-3
+
+
+def test_threads_on_a_plain_module_match_the_loop():
+    """Without FastForward, threads need private module copies (functional_call is not thread-safe)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    from tests.common.conftest import labelled_set
+    from common.config import EpisodeConfig
+    from common.tasks import EpisodeSampler, site_generator
+
+    images, labels = labelled_set()
+    batch = EpisodeSampler(images, labels, EpisodeConfig(3, 2, 3)).sample_batch(6, site_generator(2))
+    loop = build_algorithm(model, meta_config("maml", execution="loop"))
+    threads = build_algorithm(model, meta_config("maml", execution="threads"))
+    assert threads.fast is None
+    meta = loop.init_meta_params()
+    expected, got = loop.meta_gradient(meta, batch).grads, threads.meta_gradient(meta, batch).grads
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-10, atol=1e-12)
