@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -25,7 +24,7 @@ def _site(context: Context) -> tuple[RunConfig, MetaAlgorithm, EpisodeSampler, i
 
 def _tasks(msg: Message, cfg: RunConfig, sampler: EpisodeSampler, site_id: int, stream: int):
     server_round = int(msg.content["config"]["server-round"])
-    generator = site_generator(cfg.train.seed, site_id * 1_000_003 + 2 * server_round + stream)
+    generator = site_generator(cfg.train.seed, site_id, server_round, stream)
     return sampler.sample_batch(cfg.train.tasks_per_round, generator)
 
 

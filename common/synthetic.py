@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from monai.data.synthetic import create_test_image_2d
 
+from common.tasks import site_seed
+
 COUNTS = (1, 2, 3, 4, 6)
 SIZES = ((2, 3), (4, 6))  # object radius ranges, as fractions of image_size / 28
 
@@ -21,7 +23,7 @@ def synthetic_site(
     """(images (M, 1, S, S) float32 in [0, 1]-ish, labels (M,)) for one site."""
     if not 1 <= num_classes <= len(COUNTS) * len(SIZES):
         raise ValueError(f"num_classes={num_classes}: the synthetic set has 1..{len(COUNTS) * len(SIZES)} classes")
-    rng = np.random.RandomState(seed * 1_000_003 + site_id)
+    rng = np.random.RandomState(site_seed(seed, site_id) % 2**32)
     scale = image_size / 28
     gain, gamma, noise = rng.uniform(0.6, 1.4), rng.uniform(0.7, 1.4), rng.uniform(0.0, 0.15)
     images, labels = [], []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from common.config import EpisodeConfig
@@ -134,6 +135,18 @@ class EpisodeSampler:
         return TaskBatch.stack([self.sample(generator) for _ in range(num_tasks)])
 
 
-def site_generator(seed: int, site_id: int = 0) -> torch.Generator:
-    """A generator whose stream depends on both the run seed and the site, never on globals."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + site_id)
+def site_seed(seed: int, site_id: int = 0, *stream: int) -> int:
+    """A 63-bit seed for (run seed, site, optional stream such as round and purpose).
+
+    Mixed through numpy's SeedSequence, so no two distinct tuples share a seed the way a
+    linear formula (seed * k + site) lets them once a caller folds more numbers into it.
+    """
+    if min(seed, site_id, *stream) < 0:
+        raise ValueError(f"seed, site and stream numbers must be >= 0, got {(seed, site_id, *stream)}")
+    entropy = [seed, site_id, len(stream), *stream]  # the length keeps (s, 1) apart from (s, 1, 0)
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+
+
+def site_generator(seed: int, site_id: int = 0, *stream: int) -> torch.Generator:
+    """A generator whose stream depends on the run seed, the site and `stream`, never on globals."""
+    return torch.Generator().manual_seed(site_seed(seed, site_id, *stream))
