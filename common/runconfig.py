@@ -63,6 +63,7 @@ _KEYS = {
     **{f.name.replace("_", "-"): ("train", f.name) for f in fields(TrainConfig)},
 }
 _SECTIONS = {"episode": EpisodeConfig, "meta": MetaConfig, "model": ModelConfig, "train": TrainConfig}
+_DEFAULTS = {name: cls() for name, cls in _SECTIONS.items()}  # the type of each field's default
 
 
 def parse_run_config(values: Mapping[str, object]) -> RunConfig:
@@ -72,7 +73,7 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
     kwargs: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
     for key, value in values.items():
         section, field = _KEYS[key]
-        expected = type(getattr(_SECTIONS[section](), field))
+        expected = type(getattr(_DEFAULTS[section], field))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):

@@ -21,8 +21,6 @@ WEIGHT_KEY = "num-tasks"
 
 
 def _finite(message: Message) -> bool:
-    if not message.has_content():
-        return False
     return all(torch.isfinite(t).all() for r in message.content.array_records.values() for t in r.to_torch_state_dict().values())
 
 
@@ -52,11 +50,13 @@ class FedMeta(FedAvg):
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        good = [m for m in replies if not m.has_content() or _finite(m)]
-        for bad in set(map(id, replies)) - set(map(id, good)):
-            node = next(m for m in replies if id(m) == bad).metadata.src_node_id
-            log(WARNING, "round %s: dropped node %s's meta-gradient: it has non-finite values", server_round, node)
+        good = []
+        for message in replies:
+            if message.has_content() and not _finite(message):
+                node = message.metadata.src_node_id
+                log(WARNING, "round %s: dropped node %s's meta-gradient: it has non-finite values", server_round, node)
+            else:
+                good.append(message)
         grads, metrics = super().aggregate_train(server_round, good)
         if grads is None:
             return None, metrics
