@@ -21,10 +21,11 @@ def test_every_command_has_help(args):
 
 
 def test_bench_maml_json_reports_equal_gradients():
-    out = fedmeta(
-        "bench", "maml", "--json", "--tasks", "2", "--ways", "2", "--shots", "1", "--queries", "2",
-        "--inner-steps", "2", "--width", "16", "--image-size", "16", "--repeats", "1",
-    )
+    # The issue's own workload (Conv-4, 5-way 5-shot, 5 steps, 8 tasks), one timed repeat.
+    # A toy-sized workload is no cheaper check: with a handful of 16x16 noise images, lr 0.4
+    # amplifies float32 rounding ~50x per inner step, so any two implementations (fedmeta or
+    # not) drift past 1e-5 there while agreeing exactly in float64 (test_models.py).
+    out = fedmeta("bench", "maml", "--json", "--repeats", "1")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("fedmeta_s", "higher_s", "autograd_s", "speedup_vs_higher", "max_rel_grad_diff", "peak_mem_mb", "device"):
