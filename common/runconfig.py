@@ -37,11 +37,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Where sites' data comes from. `scenario` is a built-in name or a scenario .toml path; the
+    scenario also fixes the model's input shape. `data_dir` is where MedMNIST files and site
+    folders are; a site's own `--node-config data-dir=...` takes precedence."""
+
+    scenario: str = "synthetic"
+    data_dir: str = ""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     episode: EpisodeConfig
     meta: MetaConfig
     model: ModelConfig
     train: TrainConfig
+    data: DataConfig
 
 
 # run-config key -> (section, dataclass field); every key of [tool.flwr.app.config] is here
@@ -59,10 +70,11 @@ _KEYS = {
     "model-depth": ("model", "depth"),
     "model-norm": ("model", "norm"),
     "model-groups": ("model", "num_groups"),
-    "image-size": ("model", "image_size"),
+    "scenario": ("data", "scenario"),
+    "data-dir": ("data", "data_dir"),
     **{f.name.replace("_", "-"): ("train", f.name) for f in fields(TrainConfig)},
 }
-_SECTIONS = {"episode": EpisodeConfig, "meta": MetaConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS = {"episode": EpisodeConfig, "meta": MetaConfig, "model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 _DEFAULTS = {name: cls() for name, cls in _SECTIONS.items()}  # the type of each field's default
 
 
@@ -81,4 +93,4 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
         kwargs[section][field] = value
     episode = EpisodeConfig(**kwargs["episode"])
     model = ModelConfig(num_classes=episode.ways, **kwargs["model"])
-    return RunConfig(episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]))
+    return RunConfig(episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]), DataConfig(**kwargs["data"]))

@@ -74,6 +74,8 @@ class EpisodeSampler:
     Every draw takes its randomness from the `torch.Generator` it is given, so a site that
     seeds its own generator gets the same tasks on every run, independent of other sites.
     `classes` restricts sampling to a subset of labels (e.g. meta-train vs meta-test classes).
+    `groups` (M,) gives each sample's patient: an episode's queries then never share a patient
+    with its support set, so adaptation is never scored on the patient it adapted to.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class EpisodeSampler:
         labels: torch.Tensor,
         config: EpisodeConfig,
         classes: list[int] | None = None,
+        groups: torch.Tensor | None = None,
     ) -> None:
         if images.dim() not in (4, 5):
             raise ValueError(
@@ -112,6 +115,31 @@ class EpisodeSampler:
         self.images = images
         self.config = config
         self.classes = torch.tensor(wanted)
+        self.groups = None if groups is None else torch.as_tensor(groups).reshape(-1)
+        if self.groups is not None:
+            self._check_patients()
+
+    def _check_patients(self) -> None:
+        """Every draw must succeed: even when the support lands on the K largest patients of a
+        class, the other patients must still hold Q queries."""
+        cfg = self.config
+        if self.groups.shape[0] != self.images.shape[0]:
+            raise ValueError(f"{self.images.shape[0]} images but {self.groups.shape[0]} patient ids")
+        for c, idx in self.index.items():
+            sizes = torch.unique(self.groups[idx], return_counts=True)[1].sort(descending=True).values
+            spare = len(idx) - int(sizes[: cfg.shots].sum())
+            if spare < cfg.queries:
+                raise ValueError(
+                    f"class {c}: {len(idx)} examples from {len(sizes)} patients; with {cfg.shots} support "
+                    f"examples from the largest patients only {spare} examples of other patients remain, "
+                    f"but {cfg.queries} queries are needed; add patients or lower shots/queries"
+                )
+
+    @classmethod
+    def from_data(cls, data, config: EpisodeConfig, classes: list[int] | None = None) -> EpisodeSampler:
+        """A sampler over a `common.data.LabelledImages`, patient-aware when it has patient ids."""
+        groups = None if data.patients is None else data.patient_groups()
+        return cls(data.images, data.labels, config, classes=classes, groups=groups)
 
     def sample(self, generator: torch.Generator) -> Episode:
         cfg = self.config
@@ -119,9 +147,15 @@ class EpisodeSampler:
         support, query = [], []
         for c in chosen.tolist():
             idx = self.index[c]
-            picked = idx[torch.randperm(len(idx), generator=generator)[: cfg.per_class]]
-            support.append(picked[: cfg.shots])
-            query.append(picked[cfg.shots :])
+            if self.groups is None:
+                picked = idx[torch.randperm(len(idx), generator=generator)[: cfg.per_class]]
+                support.append(picked[: cfg.shots])
+                query.append(picked[cfg.shots :])
+                continue
+            order = idx[torch.randperm(len(idx), generator=generator)]
+            shots, rest = order[: cfg.shots], order[cfg.shots :]
+            support.append(shots)
+            query.append(rest[~torch.isin(self.groups[rest], self.groups[shots])][: cfg.queries])
         relabel = torch.arange(cfg.ways)
         return Episode(
             support_x=self.images[torch.cat(support)],

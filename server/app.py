@@ -10,6 +10,7 @@ from common.algorithms import build_algorithm
 from common.models import build_model
 from common.runconfig import parse_run_config
 from server.fedmeta import FedMeta
+from simulation.scenario import load_scenario
 
 app = ServerApp()
 
@@ -18,7 +19,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     torch.manual_seed(cfg.train.seed)
-    algorithm = build_algorithm(build_model(cfg.model), cfg.meta)
+    # the scenario's description (never its data) fixes the model's input shape
+    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
+    algorithm = build_algorithm(model, cfg.meta)
     strategy = FedMeta(
         outer_optimizer=cfg.train.outer_optimizer,
         outer_lr=cfg.train.outer_lr,

@@ -1,6 +1,7 @@
 """The `fedmeta` command as a user runs it: a real subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,9 @@ def fedmeta(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedmeta", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("args", [[], ["bench"], ["bench", "maml"]])
+@pytest.mark.parametrize(
+    "args", [[], ["bench"], ["bench", "maml"], ["data"], ["data", "check"], ["scenario"], ["scenario", "show"], ["scenario", "list"]]
+)
 def test_every_command_has_help(args):
     out = fedmeta(*args, "--help")
     assert out.returncode == 0, out.stderr
@@ -43,3 +46,37 @@ def test_bench_rejects_missing_cuda_device_clearly():
     out = fedmeta("bench", "maml", "--device", "cuda")
     assert out.returncode != 0
     assert "no CUDA device" in out.stderr and "--device cpu" in out.stderr
+
+
+def test_data_check_names_each_problem_and_fails(tmp_path):
+    from tests.common.data.hospital import write_site
+
+    root = write_site(tmp_path / "site", {"benign": 25, "malignant": 3})
+    (root / "benign_0.png").write_bytes(b"not a png")
+    out = fedmeta("data", "check", str(root), "--shots", "5", "--queries", "15")
+    assert out.returncode == 1
+    text = " ".join(out.stdout.split())
+    assert "benign_0.png (labels.csv line 2): cannot be read" in text
+    assert "class 'malignant': has 3 usable examples" in text and "fix: add at least 17" in text
+
+
+def test_data_check_passes_a_good_folder_and_the_shared_medmnist_files(tmp_path):
+    from tests.common.data.hospital import write_site
+    from tests.conftest import medmnist_dir
+
+    out = fedmeta("data", "check", str(write_site(tmp_path / "site", {"a": 20, "b": 20})))
+    assert out.returncode == 0 and "no problems found" in out.stdout, out.stdout
+    out = fedmeta("data", "check", str(medmnist_dir("breastmnist.npz")))
+    assert out.returncode == 0 and "breastmnist.npz" in out.stdout and "mismatch" not in out.stdout, out.stdout
+
+
+def test_scenario_show_prints_every_site(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "scenario", "show", "synthetic"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    for name in [*(f"site-{i}" for i in range(6)), "heldout-0", "heldout-1"]:
+        assert name in out.stdout
+    missing = fedmeta("scenario", "show", "medmnist-2d", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "pneumoniamnist.npz is not in" in missing.stdout

@@ -1,0 +1,1 @@
+"""Subcommands of `fedmeta`, one module per group."""

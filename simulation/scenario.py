@@ -1,0 +1,308 @@
+"""Scenarios: a declarative (TOML) description of a federation's sites and what data each holds.
+
+A scenario names its sites, the data of each (the synthetic generator, a MedMNIST dataset or a
+hospital folder), how sites drawing on one dataset divide it (quantity shares or Dirichlet label
+skew, in `[pools.<name>]`), which classes and how many examples each keeps, each site's scanner
+shift, and which sites are held out of training for meta-testing. Built-ins live in
+`simulation/scenarios/`; `fedmeta scenario show NAME` prints what each site holds.
+
+Parsing reads no data. `load_site` builds one site's data and is only called inside that
+site's client (or by `scenario show` on a researcher's machine): the coordinator never does.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import zlib
+from dataclasses import dataclass, field, fields, replace
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import EpisodeConfig
+from common.data import LabelledImages, SiteShift
+from common.data import medmnist
+from common.data.folder import FolderSpec, load_folder
+from common.data.partition import dirichlet_proportions, split_by_patient, split_by_proportions, split_by_shares
+from common.data.synthetic import MAX_CLASSES, site_shift, synthetic_site
+from common.data.transforms import to_model_input
+from common.models import ModelConfig
+from common.tasks import site_generator, site_seed
+
+ROLES = ("train", "heldout")
+SOURCES = ("synthetic", "medmnist", "folder")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One site. `shift=None` means a scanner drawn from (seed, site) for synthetic sites and
+    no shift otherwise."""
+
+    name: str
+    source: str
+    role: str = "train"
+    dataset: str = ""          # medmnist: the dataset flag, e.g. "pneumoniamnist"
+    size: int = 28             # medmnist: which file size (28, 64, 128, 224)
+    pool: str = ""             # medmnist: sites with the same pool divide one dataset (default: dataset)
+    share: float = 1.0         # quantity skew within the pool
+    classes: tuple[int, ...] | None = None
+    max_per_class: int = 0     # keep at most this many examples per class and split (0: all)
+    path: str = ""             # folder: site folder, relative to the data directory
+    test_fraction: float = 0.3  # folder: patients held back for testing
+    num_classes: int = MAX_CLASSES  # synthetic
+    per_class: int = 30        # synthetic: train examples per class
+    test_per_class: int = 20   # synthetic: test examples per class
+    shift: SiteShift | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"site {self.name!r}: source={self.source!r}, use one of {SOURCES}")
+        if self.role not in ROLES:
+            raise ValueError(f"site {self.name!r}: role={self.role!r}, use one of {ROLES}")
+        if self.source == "medmnist":
+            medmnist.info(self.dataset).file(self.size)  # unknown dataset or size: clear error now
+        if self.source == "folder" and not self.path:
+            raise ValueError(f"site {self.name!r}: a folder site needs path = \"<folder under the data directory>\"")
+        if self.share <= 0 or self.max_per_class < 0:
+            raise ValueError(f"site {self.name!r}: share must be > 0 and max-per-class >= 0")
+
+    @property
+    def pool_name(self) -> str:
+        return self.pool or self.dataset
+
+    def describe(self) -> str:
+        if self.source == "synthetic":
+            return f"synthetic, {self.num_classes} classes"
+        if self.source == "folder":
+            return f"folder {self.path}"
+        return f"{self.dataset} ({self.size}), pool {self.pool_name}"
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """How the sites of one pool divide its dataset: by their `share`s or by Dirichlet(alpha)."""
+
+    method: str = "shares"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in ("shares", "dirichlet") or self.alpha <= 0:
+            raise ValueError(f"pool method={self.method!r}, alpha={self.alpha}: use shares or dirichlet with alpha > 0")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    sites: tuple[SiteSpec, ...]
+    episode: EpisodeConfig = EpisodeConfig()
+    image_size: int = 28
+    channels: int = 1
+    spatial_dims: int = 2
+    seed: int = 0
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenario {self.name!r}: site names must be unique, got {names}")
+        if not any(s.role == "train" for s in self.sites):
+            raise ValueError(f"scenario {self.name!r}: at least one site must have role = \"train\"")
+        unknown = sorted(set(self.pools) - {s.pool_name for s in self.sites if s.source == "medmnist"})
+        if unknown:
+            raise ValueError(f"scenario {self.name!r}: [pools] {unknown} are used by no medmnist site")
+
+    def site_index(self, name: str) -> int:
+        for index, site in enumerate(self.sites):
+            if site.name == name:
+                return index
+        raise ValueError(f"scenario {self.name!r} has no site {name!r}; its sites are {[s.name for s in self.sites]}")
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        """`base` with the input shape of this scenario's images."""
+        return replace(base, spatial_dims=self.spatial_dims, in_channels=self.channels, image_size=self.image_size)
+
+    @property
+    def training_sites(self) -> list[int]:
+        return [i for i, s in enumerate(self.sites) if s.role == "train"]
+
+    @property
+    def heldout_sites(self) -> list[int]:
+        return [i for i, s in enumerate(self.sites) if s.role == "heldout"]
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """What one site holds: its train and test examples and the scanner shift applied to both."""
+
+    spec: SiteSpec
+    train: LabelledImages
+    test: LabelledImages
+    shift: SiteShift
+
+    def usable_classes(self, episode: EpisodeConfig, split: str = "train") -> list[int]:
+        """Classes with enough examples for an episode (shots + queries) in `split`."""
+        counts = torch.bincount(getattr(self, split).labels, minlength=len(self.train.classes))
+        return [c for c, n in enumerate(counts.tolist()) if n >= episode.per_class]
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+
+def builtin_scenarios() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in files("simulation").joinpath("scenarios").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A built-in scenario by name, or a scenario TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"scenario file {path} does not exist")
+        text, origin = path.read_text(encoding="utf-8"), str(path)
+    elif str(name_or_path) in builtin_scenarios():
+        text = files("simulation").joinpath("scenarios", f"{name_or_path}.toml").read_text(encoding="utf-8")
+        origin = f"built-in scenario {name_or_path}"
+    else:
+        raise ValueError(
+            f"no scenario {str(name_or_path)!r}: use a built-in ({', '.join(builtin_scenarios())}) or a path to a .toml file"
+        )
+    try:
+        return parse_scenario(tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
+        raise ValueError(f"{origin}: {error}") from error
+
+
+_SITE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(SiteSpec)} | {"count": "count"}
+_TOP_KEYS = {"name", "description", "image-size", "channels", "spatial-dims", "seed", "episodes", "sites", "pools"}
+
+
+def parse_scenario(doc: dict) -> Scenario:
+    _reject_unknown("scenario", doc, _TOP_KEYS)
+    episode = doc.get("episodes", {})
+    _reject_unknown("[episodes]", episode, {"ways", "shots", "queries"})
+    pools = {}
+    for name, spec in doc.get("pools", {}).items():
+        _reject_unknown(f"[pools.{name}]", spec, {"method", "alpha"})
+        pools[name] = PoolSpec(**spec)
+    sites = []
+    for entry in doc.get("sites", []):
+        sites.extend(_parse_sites(entry))
+    if not sites:
+        raise ValueError("a scenario needs at least one [[sites]] entry")
+    return Scenario(
+        name=doc.get("name", "unnamed"),
+        description=doc.get("description", ""),
+        sites=tuple(sites),
+        episode=EpisodeConfig(**episode),
+        image_size=doc.get("image-size", 28),
+        channels=doc.get("channels", 1),
+        spatial_dims=doc.get("spatial-dims", 2),
+        seed=doc.get("seed", 0),
+        pools=pools,
+    )
+
+
+def _parse_sites(entry: dict) -> list[SiteSpec]:
+    where = f"[[sites]] {entry.get('name', '?')!r}"
+    _reject_unknown(where, entry, set(_SITE_KEYS))
+    values = {_SITE_KEYS[k]: v for k, v in entry.items()}
+    count = values.pop("count", 1)
+    if "shift" in values:
+        values["shift"] = SiteShift.from_mapping(values["shift"])
+    if "classes" in values:
+        values["classes"] = tuple(values["classes"])
+    if count == 1:
+        return [SiteSpec(**values)]
+    return [SiteSpec(**{**values, "name": f"{values['name']}-{k}"}) for k in range(count)]
+
+
+def _reject_unknown(where: str, table: dict, known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# building one site's data
+
+
+def load_site(scenario: Scenario, site: int | str, data_dir: Path | None = None, download: bool = False) -> SiteData:
+    """Site `site`'s data (by index or name), shifted and shaped for the model."""
+    index = site if isinstance(site, int) else scenario.site_index(site)
+    if not 0 <= index < len(scenario.sites):
+        raise ValueError(f"site index {index}: scenario {scenario.name!r} has sites 0..{len(scenario.sites) - 1}")
+    spec = scenario.sites[index]
+    seed = scenario.seed
+    if spec.source == "synthetic":
+        parts = tuple(
+            synthetic_site(index, seed, spec.num_classes, n, scenario.image_size, split, shift=SiteShift())
+            for split, n in (("train", spec.per_class), ("test", spec.test_per_class))
+        )
+    elif data_dir is None:
+        raise ValueError(f"site {spec.name!r} reads {spec.describe()}: give the data directory (--data-dir)")
+    elif spec.source == "folder":
+        data = load_folder(
+            Path(data_dir) / spec.path,
+            FolderSpec(image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class),
+        )
+        train_idx, test_idx = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(seed, index, 4))
+        parts = (data.subset(train_idx), data.subset(test_idx))
+    else:
+        parts = tuple(_medmnist_part(scenario, index, split, Path(data_dir), download) for split in SPLITS)
+    shift = spec.shift or (site_shift(seed, index) if spec.source == "synthetic" else SiteShift())
+    train, test = (_finish(_select(part, spec, seed, index), scenario, shift, seed, index, k) for k, part in enumerate(parts))
+    return SiteData(spec, train, test, shift)
+
+
+def _medmnist_part(scenario: Scenario, index: int, split: str, data_dir: Path, download: bool) -> LabelledImages:
+    """This site's part of its pool's split; every site of the pool computes the same division."""
+    spec = scenario.sites[index]
+    if medmnist.info(spec.dataset).spatial_dims != scenario.spatial_dims:
+        raise ValueError(f"site {spec.name!r}: {spec.dataset} is not {scenario.spatial_dims}D like scenario {scenario.name!r}")
+    members = [i for i, s in enumerate(scenario.sites) if s.source == "medmnist" and s.pool_name == spec.pool_name]
+    others = {(scenario.sites[i].dataset, scenario.sites[i].size) for i in members}
+    if len(others) > 1:
+        raise ValueError(f"pool {spec.pool_name!r} mixes datasets/sizes {sorted(others)}; a pool divides one file")
+    data = medmnist.load(spec.dataset, split, data_dir, spec.size, download)
+    pool = scenario.pools.get(spec.pool_name, PoolSpec())
+    rng = np.random.default_rng(site_seed(scenario.seed, zlib.crc32(spec.pool_name.encode()), SPLITS.index(split)))
+    if pool.method == "dirichlet":
+        # the proportions come from a generator that ignores the split: train and test share them
+        mix = np.random.default_rng(site_seed(scenario.seed, zlib.crc32(spec.pool_name.encode()), 9))
+        proportions = dirichlet_proportions(len(data.classes), len(members), pool.alpha, mix)
+        parts = split_by_proportions(data.labels.numpy(), proportions, rng)
+    else:
+        parts = split_by_shares(len(data), [scenario.sites[i].share for i in members], rng)
+    return data.subset(torch.from_numpy(parts[members.index(index)]))
+
+
+def _select(data: LabelledImages, spec: SiteSpec, seed: int, index: int) -> LabelledImages:
+    """Keep the site's classes and at most `max_per_class` examples of each."""
+    keep = torch.ones(len(data), dtype=torch.bool)
+    if spec.classes is not None:
+        bad = sorted(set(spec.classes) - set(range(len(data.classes))))
+        if bad:
+            raise ValueError(f"site {spec.name!r}: classes {bad} do not exist; labels are 0..{len(data.classes) - 1} {data.classes}")
+        keep &= torch.isin(data.labels, torch.tensor(spec.classes))
+    if spec.max_per_class:
+        generator = site_generator(seed, index, 5)
+        order = torch.randperm(len(data), generator=generator)
+        rank = torch.zeros(len(data), dtype=torch.long)
+        seen: dict[int, int] = {}
+        for i in order.tolist():
+            label = int(data.labels[i])
+            rank[i] = seen[label] = seen.get(label, 0) + 1
+        keep &= rank <= spec.max_per_class
+    return data if bool(keep.all()) else data.subset(torch.nonzero(keep).flatten())
+
+
+def _finish(data: LabelledImages, scenario: Scenario, shift: SiteShift, seed: int, index: int, part: int) -> LabelledImages:
+    images = to_model_input(data.images, scenario.channels, scenario.image_size, where=scenario.sites[index].name)
+    images = shift(images, site_generator(seed, index, 6, part))
+    return LabelledImages(images.contiguous(), data.labels, data.classes, data.ids, data.patients)

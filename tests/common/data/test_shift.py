@@ -1,0 +1,54 @@
+"""Scanner shift: each knob changes images the way its name says, reproducibly."""
+
+import numpy as np
+import pytest
+import torch
+
+from common.data import SiteShift
+
+
+def images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 1, 28, 28)
+    x[:, :, 8:20, 8:20] = 0.8  # a square: edges carry the high frequencies
+    return x + 0.05 * torch.rand(x.shape, generator=g)
+
+
+def edges(x):
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+
+def test_identity_changes_nothing():
+    x = images()
+    assert torch.equal(SiteShift()(x, torch.Generator()), x)
+
+
+@pytest.mark.parametrize(
+    ("shift", "check"),
+    [
+        (SiteShift(gain=1.5), lambda x, y: y.mean().item() == pytest.approx(1.5 * x.mean().item(), rel=1e-4)),
+        (SiteShift(contrast=2.0), lambda x, y: y.std() > 1.9 * x.std() and y.mean().item() == pytest.approx(x.mean().item(), rel=1e-4)),
+        (SiteShift(gamma=2.0), lambda x, y: y.mean() < x.mean()),
+        (SiteShift(blur=1.5), lambda x, y: edges(y) < 0.7 * edges(x)),
+        (SiteShift(resolution=0.5), lambda x, y: edges(y) < 0.9 * edges(x) and y.shape == x.shape),
+        (SiteShift(noise=0.2), lambda x, y: (y - x).std().item() == pytest.approx(0.2, rel=0.1)),
+    ],
+)
+def test_each_knob(shift, check):
+    x = images()
+    assert check(x, shift(x, torch.Generator().manual_seed(1)))
+
+
+def test_noise_is_reproducible_and_draws_are_seeded():
+    shift = SiteShift(noise=0.1)
+    a = shift(images(), torch.Generator().manual_seed(3))
+    b = shift(images(), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert SiteShift.draw(np.random.default_rng(5)) == SiteShift.draw(np.random.default_rng(5))
+
+
+def test_bad_values_and_unknown_keys():
+    with pytest.raises(ValueError, match="resolution=2"):
+        SiteShift(resolution=2)
+    with pytest.raises(ValueError, match=r"unknown shift keys \['sharpness'\]"):
+        SiteShift.from_mapping({"sharpness": 1.0})
