@@ -1,11 +1,13 @@
 """A site's ClientApp: meta-gradients and few-shot evaluation on the site's own data only.
 
-The site is `site-name` from `--node-config` (deployment) or `partition-id` (simulation), an
-entry of the run's scenario; its data directory is the node's `data-dir`, else the run's.
+The site is `partition-id` (simulation) or `site-name` from `--node-config` (deployment): an
+entry of the run's scenario, whose data lives under the node's `data-dir` (else the run's), or,
+when the scenario does not list that name, a hospital folder at the node's `data-dir`.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,7 +18,7 @@ from common.algorithms import MetaAlgorithm, build_algorithm
 from common.models import build_model
 from common.runconfig import RunConfig, parse_run_config
 from common.tasks import EpisodeSampler, TaskBatch, site_generator
-from simulation.scenario import SiteData, load_scenario, load_site
+from simulation.scenario import SiteData, load_hospital_site, load_scenario, load_site
 
 app = ClientApp()
 
@@ -41,23 +43,27 @@ class Site:
         return sampler.sample_batch(self.cfg.train.tasks_per_round, generator)
 
 
-@lru_cache(maxsize=4)  # a simulation worker serves rounds of the same sites: read each once
-def _site_data(scenario: str, index: int, data_dir: str | None) -> SiteData:
-    return load_site(load_scenario(scenario), index, data_dir)
+@lru_cache(maxsize=4)  # a worker serves many rounds of the same sites: read each site once
+def _site_data(scenario_ref: str, site: int | str, data_dir: str | None) -> tuple[int, SiteData]:
+    scenario = load_scenario(scenario_ref)
+    names = [s.name for s in scenario.sites]
+    if isinstance(site, int) or site in names:
+        index = site if isinstance(site, int) else names.index(site)
+        return index, load_site(scenario, index, data_dir)
+    if data_dir is None:
+        raise ValueError(f"site {site!r} is not in scenario {scenario.name!r} ({names}); give its folder as --node-config data-dir=...")
+    data = load_hospital_site(scenario, site, data_dir)
+    return zlib.crc32(site.encode()), data  # the stable number its seeds derive from
 
 
 def _site(context: Context) -> Site:
     cfg = parse_run_config(context.run_config)
-    scenario = load_scenario(cfg.data.scenario)
     node = context.node_config
-    if "site-name" in node:
-        index = scenario.site_index(str(node["site-name"]))
-    else:
-        index = int(node.get("partition-id", 0))
+    site = str(node["site-name"]) if "site-name" in node else int(node.get("partition-id", 0))
     data_dir = str(node.get("data-dir", "")) or cfg.data.data_dir or None
-    data = _site_data(cfg.data.scenario, index, data_dir)
-    algorithm = build_algorithm(build_model(scenario.model_config(cfg.model)), cfg.meta)
-    return Site(cfg, index, data, algorithm)
+    index, data = _site_data(cfg.data.scenario, site, data_dir)
+    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
+    return Site(cfg, index, data, build_algorithm(model, cfg.meta))
 
 
 @app.train()

@@ -247,17 +247,32 @@ def load_site(scenario: Scenario, site: int | str, data_dir: Path | None = None,
     elif data_dir is None:
         raise ValueError(f"site {spec.name!r} reads {spec.describe()}: give the data directory (--data-dir)")
     elif spec.source == "folder":
-        data = load_folder(
-            Path(data_dir) / spec.path,
-            FolderSpec(image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class),
-        )
-        train_idx, test_idx = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(seed, index, 4))
-        parts = (data.subset(train_idx), data.subset(test_idx))
+        parts = _folder_parts(scenario, spec, Path(data_dir) / spec.path, index)
     else:
         parts = tuple(_medmnist_part(scenario, index, split, Path(data_dir), download) for split in SPLITS)
     shift = spec.shift or (site_shift(seed, index) if spec.source == "synthetic" else SiteShift())
-    train, test = (_finish(_select(part, spec, seed, index), scenario, shift, seed, index, k) for k, part in enumerate(parts))
+    train, test = (_finish(_select(part, spec, seed, index), scenario, spec, shift, index, k) for k, part in enumerate(parts))
     return SiteData(spec, train, test, shift)
+
+
+def load_hospital_site(scenario: Scenario, name: str, root: Path, test_fraction: float = 0.3) -> SiteData:
+    """A deployed hospital that the scenario does not list: its folder `root`, in the scenario's
+    input shape, split by patient. Its seeds derive from its name, so reruns give the same split."""
+    spec = SiteSpec(name=name, source="folder", path=str(root), test_fraction=test_fraction)
+    index = zlib.crc32(name.encode())
+    train, test = (
+        _finish(part, scenario, spec, SiteShift(), index, k)
+        for k, part in enumerate(_folder_parts(scenario, spec, Path(root), index))
+    )
+    return SiteData(spec, train, test, SiteShift())
+
+
+def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) -> tuple[LabelledImages, LabelledImages]:
+    data = load_folder(
+        root, FolderSpec(image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class)
+    )
+    train, test = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(scenario.seed, index, 4))
+    return data.subset(train), data.subset(test)
 
 
 def _medmnist_part(scenario: Scenario, index: int, split: str, data_dir: Path, download: bool) -> LabelledImages:
@@ -302,7 +317,8 @@ def _select(data: LabelledImages, spec: SiteSpec, seed: int, index: int) -> Labe
     return data if bool(keep.all()) else data.subset(torch.nonzero(keep).flatten())
 
 
-def _finish(data: LabelledImages, scenario: Scenario, shift: SiteShift, seed: int, index: int, part: int) -> LabelledImages:
-    images = to_model_input(data.images, scenario.channels, scenario.image_size, where=scenario.sites[index].name)
-    images = shift(images, site_generator(seed, index, 6, part))
+def _finish(data: LabelledImages, scenario: Scenario, spec: SiteSpec, shift: SiteShift, index: int, part: int) -> LabelledImages:
+    """The model's input shape, then the site's scanner (its noise seeded by site and split)."""
+    images = to_model_input(data.images, scenario.channels, scenario.image_size, where=f"site {spec.name!r}")
+    images = shift(images, site_generator(scenario.seed, index, 6, part))
     return LabelledImages(images.contiguous(), data.labels, data.classes, data.ids, data.patients)

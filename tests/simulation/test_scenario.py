@@ -108,3 +108,13 @@ def test_missing_data_dir_and_unknown_names(tmp_path):
         load_site(sc, "lung", tmp_path)
     with pytest.raises(ValueError, match="no scenario 'synthetik': use a built-in"):
         load_scenario("synthetik")
+
+
+def test_a_deployed_hospital_not_in_the_scenario_reads_its_own_folder(tmp_path):
+    from simulation.scenario import load_hospital_site
+
+    root = write_site(tmp_path / "st-mary", {"benign": 20, "malignant": 20}, patients_per_class=10)
+    site = load_hospital_site(load_scenario("synthetic"), "st-mary", root)
+    again = load_hospital_site(load_scenario("synthetic"), "st-mary", root)
+    assert site.train.ids == again.train.ids and not set(site.train.patients) & set(site.test.patients)
+    assert site.train.images.shape[1:] == (1, 28, 28)
