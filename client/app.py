@@ -11,10 +11,11 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.algorithms import MetaAlgorithm, build_algorithm
+from common.metrics import mean_ci
 from common.models import build_model
 from common.runconfig import RunConfig, parse_run_config
 from common.tasks import EpisodeSampler, TaskBatch, site_generator
@@ -30,17 +31,18 @@ class Site:
     data: SiteData
     algorithm: MetaAlgorithm
 
-    def tasks(self, msg: Message, split: str) -> TaskBatch:
-        """This round's episodes from the site's `split`, from its own seeded generator."""
+    def tasks(self, split: str, count: int, stream: int) -> TaskBatch:
+        """`count` episodes from the site's `split`, from its own generator seeded by (seed,
+        site, stream): a training round's stream is its round number; evaluation always uses the
+        same episodes, so curves over rounds measure the model, not the draw."""
         data = getattr(self.data, split)
         classes = self.data.usable_classes(self.cfg.episode, split)
         try:
             sampler = EpisodeSampler.from_data(data, self.cfg.episode, classes=classes)
         except ValueError as error:
             raise ValueError(f"site {self.data.spec.name!r}, {split} data: {error}") from error
-        server_round = int(msg.content["config"]["server-round"])
-        generator = site_generator(self.cfg.train.seed, self.index, server_round, ("train", "test").index(split))
-        return sampler.sample_batch(self.cfg.train.tasks_per_round, generator)
+        generator = site_generator(self.cfg.train.seed, self.index, stream, ("train", "test").index(split))
+        return sampler.sample_batch(count, generator)
 
 
 @lru_cache(maxsize=4)  # a worker serves many rounds of the same sites: read each site once
@@ -66,11 +68,27 @@ def _site(context: Context) -> Site:
     return Site(cfg, index, data, build_algorithm(model, cfg.meta))
 
 
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Name, role and example counts: all the coordinator learns about a site's data."""
+    site = _site(context)
+    info = ConfigRecord({
+        "site-name": site.data.spec.name,
+        "role": site.data.spec.role,
+        "num-train": len(site.data.train),
+        "num-test": len(site.data.test),
+    })
+    return Message(content=RecordDict({"site": info}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     site = _site(context)
+    if site.data.spec.role != "train":
+        raise RuntimeError(f"site {site.data.spec.name!r} is held out for meta-testing and does not train")
     meta = dict(msg.content["arrays"].to_torch_state_dict())
-    step = site.algorithm.meta_gradient(meta, site.tasks(msg, "train"))
+    server_round = int(msg.content["config"]["server-round"])
+    step = site.algorithm.meta_gradient(meta, site.tasks("train", site.cfg.train.tasks_per_round, server_round))
     metrics = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
     content = RecordDict({"arrays": ArrayRecord({k: g.detach() for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
@@ -78,13 +96,12 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """Adapt the global initialization on each evaluation episode's K shots; score its queries."""
     site = _site(context)
     meta = dict(msg.content["arrays"].to_torch_state_dict())
-    rows = site.algorithm.evaluate(meta, site.tasks(msg, "test"))
-    metrics = {
-        "acc-before": rows["acc_before"].mean().item(),
-        "acc-after": rows["acc_after"].mean().item(),
-        "loss-after": rows["loss_after"].mean().item(),
-        "num-tasks": len(rows["acc_after"]),
-    }
+    rows = site.algorithm.evaluate(meta, site.tasks("test", site.cfg.train.eval_tasks, stream=0))
+    metrics: dict[str, float] = {"num-tasks": len(rows["acc_after"])}  # episodes: the weight key
+    for key, values in rows.items():
+        mean, half = mean_ci(values)
+        metrics[key.replace("_", "-")], metrics[f"{key.replace('_', '-')}-ci"] = mean, half
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALGORITHMS = ("maml", "fomaml", "meta-sgd", "anil", "protonet")
+ALGORITHMS = ("maml", "fomaml", "meta-sgd", "anil", "protonet", "fedavg")
 EXECUTIONS = ("auto", "loop", "threads", "vmap")
 
 
@@ -44,6 +44,7 @@ class MetaConfig:
     eval_inner_steps: int = 10
     chunk_size: int = 8
     execution: str = "auto"
+    local_lr: float = 0.05
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -55,7 +56,7 @@ class MetaConfig:
                 f"inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}: "
                 "both must be >= 1"
             )
-        if not self.inner_lr > 0:
-            raise ValueError(f"inner_lr={self.inner_lr}: must be a positive number")
+        if not self.inner_lr > 0 or not self.local_lr > 0:
+            raise ValueError(f"inner_lr={self.inner_lr}, local_lr={self.local_lr}: both must be positive")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size}: must be >= 1")

@@ -25,6 +25,10 @@ class TrainConfig:
     outer_lr: float = 0.001
     fraction_train: float = 1.0
     eval_every: int = 5
+    eval_tasks: int = 50
+    min_sites: int = 1
+    round_timeout: float = 3600.0
+    out_dir: str = ""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -32,8 +36,10 @@ class TrainConfig:
             raise ValueError(f"outer-optimizer={self.outer_optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
-        if min(self.num_server_rounds, self.tasks_per_round, self.eval_every) < 1:
-            raise ValueError("num-server-rounds, tasks-per-round and eval-every must all be >= 1")
+        if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:
+            raise ValueError("num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1")
+        if not self.round_timeout > 0:
+            raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ _KEYS = {
     "inner-lr": ("meta", "inner_lr"),
     "eval-inner-steps": ("meta", "eval_inner_steps"),
     "chunk-size": ("meta", "chunk_size"),
+    "local-lr": ("meta", "local_lr"),
     "execution": ("meta", "execution"),
     "model-width": ("model", "width"),
     "model-depth": ("model", "depth"),
@@ -94,3 +101,18 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
     episode = EpisodeConfig(**kwargs["episode"])
     model = ModelConfig(num_classes=episode.ways, **kwargs["model"])
     return RunConfig(episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]), DataConfig(**kwargs["data"]))
+
+
+def flat_run_config(cfg: RunConfig) -> dict[str, object]:
+    """The inverse of `parse_run_config`: every key with its value (what a simulation sends)."""
+    return {key: getattr(getattr(cfg, section), field) for key, (section, field) in _KEYS.items()}
+
+
+def parse_overrides(text: str) -> dict[str, object]:
+    """`"inner-lr=0.1 algorithm='anil'"` (flwr run's --run-config syntax) to a dict of TOML values."""
+    import tomllib
+
+    try:
+        return tomllib.loads("\n".join(text.split()))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"--run-config {text!r}: write space-separated key=value pairs, strings quoted ({error})") from error

@@ -1,15 +1,23 @@
-"""The coordinator's ServerApp: FedMeta over the sites' meta-gradients."""
+"""The coordinator's ServerApp: find the sites, run FedMeta over their meta-gradients, report."""
 
 from __future__ import annotations
+
+import time
+from logging import INFO
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from common.algorithms import build_algorithm
+from common.export import save_meta_model
 from common.models import build_model
 from common.runconfig import parse_run_config
 from server.fedmeta import FedMeta
+from server.sites import discover_sites
+from simulation.report import Recorder
 from simulation.scenario import load_scenario
 
 app = ServerApp()
@@ -20,15 +28,38 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     torch.manual_seed(cfg.train.seed)
     # the scenario's description (never its data) fixes the model's input shape
-    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
-    algorithm = build_algorithm(model, cfg.meta)
+    model_config = load_scenario(cfg.data.scenario).model_config(cfg.model)
+    algorithm = build_algorithm(build_model(model_config), cfg.meta)
+    sites = discover_sites(grid, cfg.train.min_sites, cfg.train.round_timeout)
+    out_dir = Path(cfg.train.out_dir) if cfg.train.out_dir else None
+    recorder = None
+    if out_dir is not None:
+        site_rows = [s.as_dict() for s in sorted(sites.values(), key=lambda s: s.name)]
+        recorder = Recorder(out_dir, dict(context.run_config), cfg.data.scenario, cfg.meta.algorithm, site_rows)
+    # fedavg sends `global - local` updates: SGD at rate 1 on their average is FedAvg's model average
+    optimizer, lr = ("sgd", 1.0) if cfg.meta.algorithm == "fedavg" else (cfg.train.outer_optimizer, cfg.train.outer_lr)
     strategy = FedMeta(
-        outer_optimizer=cfg.train.outer_optimizer,
-        outer_lr=cfg.train.outer_lr,
+        outer_optimizer=optimizer,
+        outer_lr=lr,
         eval_every=cfg.train.eval_every,
+        num_rounds=cfg.train.num_server_rounds,
+        seed=cfg.train.seed,
+        sites=sites,
+        recorder=recorder,
         fraction_train=cfg.train.fraction_train,
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=1,
     )
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(algorithm.init_meta_params()), num_rounds=cfg.train.num_server_rounds)
+    start = time.monotonic()
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(algorithm.init_meta_params()),
+        num_rounds=cfg.train.num_server_rounds,
+        timeout=cfg.train.round_timeout,
+    )
+    if out_dir is not None:
+        recorder.finish(time.monotonic() - start)
+        save_meta_model(out_dir / "model", result.arrays.to_torch_state_dict(), model_config, cfg.meta, cfg.episode,
+                        scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
+        log(INFO, "results and the meta-model are in %s", out_dir.resolve())

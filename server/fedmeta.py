@@ -2,20 +2,30 @@
 
 Flower's FedAvg averages what sites send; here sites send meta-gradients, not weights, so the
 average is a gradient and the strategy owns the meta-parameters and an optimizer (Adam by
-default) whose state persists across rounds. Meta-SGD's learned inner rates are entries of the
-same dict and are updated like any weight.
+default) whose state persists across rounds. Meta-SGD's learned inner learning rates are entries
+of the same dict and are updated like any weight.
+
+Only training sites are sampled for training (with the run's seed, so reruns pick the same
+sites); every `eval_every` rounds and after the last, all sites evaluate: held-out sites
+meta-test the current initialization, training sites report personalization on their own
+test split. Per-site results go to a `Recorder` when one is given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import WARNING
+from logging import INFO, WARNING
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
+
+from common.tasks import site_seed
+from server.sites import SiteInfo
+from simulation.report import Recorder
 
 WEIGHT_KEY = "num-tasks"
 
@@ -24,14 +34,33 @@ def _finite(message: Message) -> bool:
     return all(torch.isfinite(t).all() for r in message.content.array_records.values() for t in r.to_torch_state_dict().values())
 
 
+def _nbytes(record: ArrayRecord) -> int:
+    return sum(len(array.data) for array in record.values())
+
+
 class FedMeta(FedAvg):
-    def __init__(self, outer_optimizer: str = "adam", outer_lr: float = 1e-3, eval_every: int = 1, **kwargs) -> None:
+    def __init__(
+        self,
+        outer_optimizer: str = "adam",
+        outer_lr: float = 1e-3,
+        eval_every: int = 1,
+        num_rounds: int = 1,
+        seed: int = 0,
+        sites: dict[int, SiteInfo] | None = None,
+        recorder: Recorder | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, **kwargs)
         self.outer_optimizer = outer_optimizer
         self.outer_lr = outer_lr
         self.eval_every = eval_every
+        self.num_rounds = num_rounds
+        self.seed = seed
+        self.sites = sites or {}
+        self.recorder = recorder
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self._bytes_down = 0
 
     def initialize(self, arrays: ArrayRecord) -> None:
         """Take the meta-parameters to optimize (once: the optimizer state then persists)."""
@@ -39,28 +68,57 @@ class FedMeta(FedAvg):
         cls = torch.optim.Adam if self.outer_optimizer == "adam" else torch.optim.SGD
         self.optimizer = cls(self.params.values(), lr=self.outer_lr)
 
+    def _name(self, node: int) -> str:
+        return self.sites[node].name if node in self.sites else f"node-{node}"
+
+    def _messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [Message(content=record, message_type=kind, dst_node_id=node) for node in nodes]
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         if self.optimizer is None:
             self.initialize(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        pool = sorted(n for n, s in self.sites.items() if s.role == "train") if self.sites else sorted(grid.get_node_ids())
+        count = max(1, self.min_train_nodes, round(len(pool) * self.fraction_train))
+        rng = np.random.default_rng(site_seed(self.seed, 0, server_round))
+        chosen = sorted(int(n) for n in rng.choice(pool, size=min(count, len(pool)), replace=False))
+        log(INFO, "round %s: training on %s", server_round, ", ".join(self._name(n) for n in chosen))
+        config["server-round"] = server_round
+        self._bytes_down = _nbytes(arrays) * len(chosen)
+        return self._messages(chosen, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        if server_round % self.eval_every:
+        if server_round % self.eval_every and server_round != self.num_rounds:
             return []
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        config["server-round"] = server_round
+        nodes = sorted(self.sites) if self.sites else sorted(grid.get_node_ids())
+        return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         good = []
         for message in replies:
             if message.has_content() and not _finite(message):
-                node = message.metadata.src_node_id
-                log(WARNING, "round %s: dropped node %s's meta-gradient: it has non-finite values", server_round, node)
+                log(WARNING, "round %s: dropped %s's meta-gradient: it has non-finite values", server_round, self._name(message.metadata.src_node_id))
             else:
                 good.append(message)
         grads, metrics = super().aggregate_train(server_round, good)
+        if self.recorder is not None:
+            ok = [m for m in good if m.has_content()]
+            per_site = {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in ok}
+            bytes_up = sum(_nbytes(m.content[self.arrayrecord_key]) for m in ok)
+            self.recorder.train(server_round, per_site, self._bytes_down, bytes_up)
         if grads is None:
             return None, metrics
         return ArrayRecord(self.step(grads.to_torch_state_dict())), metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        valid, _ = self._check_and_log_replies(replies, is_train=False)
+        if self.recorder is None or not valid:
+            return super().aggregate_evaluate(server_round, replies)
+        per_site = {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in valid}
+        return MetricRecord(self.recorder.evaluate(server_round, per_site))
 
     def step(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One outer-optimizer step with the averaged meta-gradient; returns the new meta-parameters."""

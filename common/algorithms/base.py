@@ -20,6 +20,7 @@ from torch.func import grad, vmap
 from common.config import MetaConfig
 from common.functional import GradFn, Params, accuracy, autograd_grad, cross_entropy, forward, func_grad, subset
 from common.fastforward import FastForward
+from common.metrics import auc
 from common.models import MetaNet, init_params
 from common.tasks import Episode, TaskBatch
 
@@ -163,9 +164,9 @@ class MetaAlgorithm(ABC):
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, meta: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
-        """Per-episode query accuracy and loss before and after adaptation (for CIs upstream)."""
+        """Per-episode query accuracy, loss and AUC before and after adaptation (CIs upstream)."""
         device = next(iter(meta.values())).device
-        rows: dict[str, list[torch.Tensor]] = {"acc_before": [], "acc_after": [], "loss_after": []}
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("acc_before", "acc_after", "loss_after", "auc_after")}
         for episode in batch.to(device):
             adapted = self.adapt(meta, episode.support_x, episode.support_y, steps)
             with torch.no_grad():
@@ -174,4 +175,5 @@ class MetaAlgorithm(ABC):
                 rows["acc_before"].append(accuracy(before, episode.query_y))
                 rows["acc_after"].append(accuracy(after, episode.query_y))
                 rows["loss_after"].append(cross_entropy(after, episode.query_y))
+                rows["auc_after"].append(auc(after, episode.query_y))
         return {k: torch.stack(v).cpu() for k, v in rows.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.algorithms.anil import ANIL
 from common.algorithms.base import MetaAlgorithm
+from common.algorithms.fedavg import FedAvg
 from common.algorithms.fomaml import FOMAML
 from common.algorithms.maml import MAML
 from common.algorithms.metasgd import MetaSGD
@@ -11,7 +12,7 @@ from common.algorithms.protonet import ProtoNet
 from common.config import ALGORITHMS, MetaConfig
 from common.models import MetaNet
 
-REGISTRY: dict[str, type[MetaAlgorithm]] = {cls.name: cls for cls in (MAML, FOMAML, MetaSGD, ANIL, ProtoNet)}
+REGISTRY: dict[str, type[MetaAlgorithm]] = {cls.name: cls for cls in (MAML, FOMAML, MetaSGD, ANIL, ProtoNet, FedAvg)}
 assert tuple(REGISTRY) == ALGORITHMS
 
 

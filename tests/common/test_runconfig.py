@@ -35,3 +35,13 @@ def test_overrides_are_typed():
 def test_bad_values_name_the_key_and_the_fix(values, message):
     with pytest.raises(ValueError, match=message):
         parse_run_config(values)
+
+
+def test_flat_run_config_round_trips():
+    from common.runconfig import flat_run_config, parse_overrides
+
+    cfg = parse_run_config({"algorithm": "protonet", "ways": 2, "data-dir": "/data", "outer-lr": 0.01})
+    assert parse_run_config(flat_run_config(cfg)) == cfg
+    assert parse_overrides("inner-lr=0.1 algorithm='anil' seed=3") == {"inner-lr": 0.1, "algorithm": "anil", "seed": 3}
+    with pytest.raises(ValueError, match="space-separated key=value"):
+        parse_overrides("inner-lr=")

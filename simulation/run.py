@@ -1,0 +1,131 @@
+"""Run the fedmeta ServerApp and ClientApp with Flower's simulation engine (Ray): N virtual sites.
+
+The apps are the same that a real deployment runs. The run config is written into a throwaway
+Flower app directory (`pyproject.toml` with `[tool.flwr.app.config]`), the one place Flower's
+simulation reads a full run config from, so every virtual site sees exactly this run's values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.runconfig import RunConfig, flat_run_config
+from simulation.report import RESULTS
+from simulation.scenario import load_scenario
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per virtual site: CPUs and a GPU fraction (0.25 puts four sites on one GPU)."""
+
+    cpus_per_site: float = 1.0
+    gpus_per_site: float = 0.0
+    ray_address: str = ""  # join an existing Ray cluster ("auto" or "ip:port") instead of starting one
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_site <= 0 or not 0 <= self.gpus_per_site <= 1:
+            raise ValueError(f"{self}: cpus-per-site must be > 0 and gpus-per-site in [0, 1]")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def write_app_dir(directory: Path, run_config: dict[str, object]) -> Path:
+    """A minimal Flower app (name, components, full config) pointing at fedmeta's apps."""
+    lines = [
+        "[project]", 'name = "fedmeta-simulation"', 'version = "0.1.0"', "",
+        "[tool.flwr.app]", 'publisher = "fedmeta"', "",
+        "[tool.flwr.app.components]", 'serverapp = "server.app:app"', 'clientapp = "client.app:app"', "",
+        "[tool.flwr.app.config]",
+        *(f"{key} = {_toml_value(value)}" for key, value in run_config.items()),
+    ]
+    (directory / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool = False,
+             on_start: Callable[[int], None] | None = None) -> dict:
+    """Run one federated simulation; returns the results written to `cfg.train.out_dir`."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    from client.app import app as client_app
+    from server.app import app as server_app
+
+    if not cfg.train.out_dir:
+        raise ValueError("a simulation needs an output directory (out-dir)")
+    out_dir = Path(cfg.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scenario = load_scenario(cfg.data.scenario)
+    num_sites = len(scenario.sites)
+    run_config = flat_run_config(cfg)
+    handler = _log_to(out_dir / "simulation.log", verbose)
+    backend = {"client_resources": {"num_cpus": resources.cpus_per_site, "num_gpus": resources.gpus_per_site}}
+    backend["init_args"] = {"address": resources.ray_address} if resources.ray_address else {
+        "include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": verbose}
+    # the legacy in-process entry point needs a run registered under Flower's default federation
+    run = Run.create_empty(run_id=1)
+    run.override_config, run.primary_task_id, run.federation_id = dict(run_config), 1, NOOP_FEDERATION_ID
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    if on_start is not None:
+        on_start(num_sites)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedmeta-app-") as app_dir:
+            write_app_dir(Path(app_dir), run_config)
+            result = _run_simulation(
+                num_supernodes=num_sites,
+                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                client_app=client_app,
+                server_app=server_app,
+                backend_config=backend,
+                app_dir=app_dir,
+                is_app=True,  # makes the virtual sites read their run config from app_dir
+                run=run,
+                server_app_context=context,
+                verbose_logging=verbose,
+            )
+    finally:
+        _detach(handler)
+    del result
+    results_path = out_dir / RESULTS
+    if not results_path.is_file():
+        raise RuntimeError(f"the simulation ended without results; see {out_dir / 'simulation.log'}")
+    results = json.loads(results_path.read_text())
+    if not results.get("final"):
+        raise RuntimeError(f"the simulation ended before its last round; see {out_dir / 'simulation.log'}")
+    return results
+
+
+def _log_to(path: Path, verbose: bool) -> logging.Handler:
+    """Flower's log goes to `path` in full; the console shows warnings only unless `verbose`."""
+    logger = logging.getLogger("flwr")
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.addHandler(handler)
+    for console in logger.handlers:
+        if console is not handler:
+            console.setLevel(logging.INFO if verbose else logging.WARNING)
+    return handler
+
+
+def _detach(handler: logging.Handler) -> None:
+    logger = logging.getLogger("flwr")
+    logger.removeHandler(handler)
+    handler.close()
+    for console in logger.handlers:
+        console.setLevel(logging.INFO)
