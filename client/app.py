@@ -15,10 +15,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from common.algorithms import MetaAlgorithm, build_algorithm
-from common.metrics import mean_ci
 from common.models import build_model
 from common.runconfig import RunConfig, parse_run_config
-from common.tasks import EpisodeSampler, TaskBatch, site_generator
+from simulation.protocol import evaluate_site, evaluation_tasks, site_tasks
 from simulation.scenario import SiteData, load_hospital_site, load_scenario, load_site
 
 app = ClientApp()
@@ -30,19 +29,6 @@ class Site:
     index: int
     data: SiteData
     algorithm: MetaAlgorithm
-
-    def tasks(self, split: str, count: int, stream: int) -> TaskBatch:
-        """`count` episodes from the site's `split`, from its own generator seeded by (seed,
-        site, stream): a training round's stream is its round number; evaluation always uses the
-        same episodes, so curves over rounds measure the model, not the draw."""
-        data = getattr(self.data, split)
-        classes = self.data.usable_classes(self.cfg.episode, split)
-        try:
-            sampler = EpisodeSampler.from_data(data, self.cfg.episode, classes=classes)
-        except ValueError as error:
-            raise ValueError(f"site {self.data.spec.name!r}, {split} data: {error}") from error
-        generator = site_generator(self.cfg.train.seed, self.index, stream, ("train", "test").index(split))
-        return sampler.sample_batch(count, generator)
 
 
 @lru_cache(maxsize=4)  # a worker serves many rounds of the same sites: read each site once
@@ -88,7 +74,9 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"site {site.data.spec.name!r} is held out for meta-testing and does not train")
     meta = dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])
-    step = site.algorithm.meta_gradient(meta, site.tasks("train", site.cfg.train.tasks_per_round, server_round))
+    cfg = site.cfg
+    tasks = site_tasks(site.data, cfg.episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round)
+    step = site.algorithm.meta_gradient(meta, tasks)
     metrics = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
     content = RecordDict({"arrays": ArrayRecord({k: g.detach() for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
@@ -99,9 +87,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Adapt the global initialization on each evaluation episode's K shots; score its queries."""
     site = _site(context)
     meta = dict(msg.content["arrays"].to_torch_state_dict())
-    rows = site.algorithm.evaluate(meta, site.tasks("test", site.cfg.train.eval_tasks, stream=0))
-    metrics: dict[str, float] = {"num-tasks": len(rows["acc_after"])}  # episodes: the weight key
-    for key, values in rows.items():
-        mean, half = mean_ci(values)
-        metrics[key.replace("_", "-")], metrics[f"{key.replace('_', '-')}-ci"] = mean, half
+    cfg = site.cfg
+    tasks = evaluation_tasks(site.data, cfg.episode, cfg.train.seed, site.index, cfg.train.eval_tasks)
+    metrics = evaluate_site(site.algorithm, meta, tasks)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import typer
 
+from fedmeta.commands.adapt import adapt
 from fedmeta.commands.bench import bench_app
 from fedmeta.commands.data import data_app
 from fedmeta.commands.scenario import scenario_app
+from fedmeta.commands.simulate import simulate
 
 app = typer.Typer(help="fedmeta: federated meta-learning for hospital networks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(scenario_app, name="scenario")
+app.command("simulate")(simulate)
+app.command("adapt")(adapt)
 
 
 def main() -> None:

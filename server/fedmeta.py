@@ -81,7 +81,8 @@ class FedMeta(FedAvg):
         pool = sorted(n for n, s in self.sites.items() if s.role == "train") if self.sites else sorted(grid.get_node_ids())
         count = max(1, self.min_train_nodes, round(len(pool) * self.fraction_train))
         rng = np.random.default_rng(site_seed(self.seed, 0, server_round))
-        chosen = sorted(int(n) for n in rng.choice(pool, size=min(count, len(pool)), replace=False))
+        # draw positions, not ids: node ids are 64-bit and numpy would round them through float
+        chosen = sorted(pool[i] for i in rng.choice(len(pool), size=min(count, len(pool)), replace=False))
         log(INFO, "round %s: training on %s", server_round, ", ".join(self._name(n) for n in chosen))
         config["server-round"] = server_round
         self._bytes_down = _nbytes(arrays) * len(chosen)

@@ -52,6 +52,7 @@ class Recorder:
         row = self._round(server_round)
         row["train"] = per_site
         row["bytes"] = {"down": bytes_down, "up": bytes_up}
+        write_json(self.out_dir / RESULTS, self.results)  # progress for whoever watches the run
 
     def evaluate(self, server_round: int, per_site: dict[str, dict[str, float]]) -> dict[str, float]:
         """Record per-site evaluation; returns the pooled held-out / training-site summary."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
     scenario = load_scenario(cfg.data.scenario)
     num_sites = len(scenario.sites)
     run_config = flat_run_config(cfg)
+    # Ray warns on every start unless told how to treat GPU visibility for num_gpus=0 actors
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     handler = _log_to(out_dir / "simulation.log", verbose)
     backend = {"client_resources": {"num_cpus": resources.cpus_per_site, "num_gpus": resources.gpus_per_site}}
     backend["init_args"] = {"address": resources.ray_address} if resources.ray_address else {

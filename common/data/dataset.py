@@ -83,3 +83,16 @@ class LabelledImages:
         """Samples per class name, in class order (zero counts included)."""
         seen = Counter(self.labels.tolist())
         return {name: seen.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+def pool(parts: dict[str, LabelledImages]) -> LabelledImages:
+    """One set from several sites' sets; a class is (site, class name), so labels never merge
+    across sites whose scanners or label definitions differ. Ids and patients are prefixed."""
+    classes, images, labels, ids, patients = [], [], [], [], []
+    for site, data in parts.items():
+        labels.append(data.labels + len(classes))
+        classes.extend(f"{site}/{name}" for name in data.classes)
+        images.append(data.images)
+        ids.extend(f"{site}/{i}" for i in data.ids)
+        patients.extend(f"{site}/{p}" for p in (data.patients or data.ids))
+    return LabelledImages(torch.cat(images), torch.cat(labels), tuple(classes), tuple(ids), tuple(patients))

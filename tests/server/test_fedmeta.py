@@ -33,3 +33,46 @@ def test_mismatched_gradient_keys_are_rejected():
     strategy.initialize(ArrayRecord(params()))
     with pytest.raises(ValueError, match=r"\['inner_lr.w'\]"):
         strategy.step({"w": torch.zeros(3, 2)})
+
+
+def sites(roles):
+    from server.sites import SiteInfo
+
+    # 64-bit node ids, as Flower assigns them: a float round trip would corrupt them
+    return {2**63 + 977 * i: SiteInfo(2**63 + 977 * i, f"s{i}", role, 10, 5) for i, role in enumerate(roles)}
+
+
+def test_only_training_sites_are_sampled_reproducibly_with_exact_node_ids():
+    from flwr.app import ConfigRecord
+
+    roles = ["train"] * 6 + ["heldout"] * 2
+    strategy = FedMeta(sites=sites(roles), fraction_train=0.5, seed=3)
+    arrays = ArrayRecord(params())
+    picked = [m.metadata.dst_node_id for m in strategy.configure_train(1, arrays, ConfigRecord(), grid=None)]
+    again = FedMeta(sites=sites(roles), fraction_train=0.5, seed=3)
+    assert picked == [m.metadata.dst_node_id for m in again.configure_train(1, arrays, ConfigRecord(), grid=None)]
+    training = {n for n, s in sites(roles).items() if s.role == "train"}
+    assert len(picked) == 3 and set(picked) <= training
+    other_round = [m.metadata.dst_node_id for m in strategy.configure_train(2, arrays, ConfigRecord(), grid=None)]
+    assert set(other_round) <= training
+
+
+def test_every_site_evaluates_on_schedule_and_after_the_last_round():
+    from flwr.app import ConfigRecord
+
+    strategy = FedMeta(sites=sites(["train", "train", "heldout"]), eval_every=3, num_rounds=5)
+    arrays = ArrayRecord(params())
+    assert [len(list(strategy.configure_evaluate(r, arrays, ConfigRecord(), grid=None))) for r in range(1, 6)] == [0, 0, 3, 0, 3]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower stamps every Message with the running task's identity; outside a run, set one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    names = ("_task_id", "_run_id", "_node_id")
+    saved = [getattr(TaskIdentity, n, None) for n in names]
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    for name, value in zip(names, saved):
+        setattr(TaskIdentity, name, value)

@@ -1,0 +1,90 @@
+"""Baselines outside the federation, scored with the same protocol on the same sites:
+
+- `centralized`: the non-private upper bound. The training sites' data pooled on one machine
+  (a class is a (site, class) pair, so cross-site tasks occur) and meta-trained with the run's
+  algorithm, meta-batches as large as a federated round's, the same outer optimizer.
+- `local`: what a held-out site could do alone. Each held-out site meta-trains the run's
+  algorithm on its own train split only, for as many steps as the federation has rounds.
+
+Both write results in the federated format (results.json, metrics.csv, plots).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from common.algorithms import build_algorithm
+from common.data.dataset import LabelledImages, pool
+from common.export import save_meta_model
+from common.models import build_model
+from common.runconfig import RunConfig, flat_run_config
+from common.tasks import EpisodeSampler, site_generator
+from simulation.protocol import evaluate_site, evaluation_tasks
+from simulation.report import Recorder
+from simulation.scenario import load_scenario, load_site
+
+BASELINES = ("centralized", "local")
+POOLED_INDEX = 1_000_000  # the generator stream of the pooled learner, apart from every site's
+
+
+def run_baseline(kind: str, cfg: RunConfig) -> dict:
+    if kind not in BASELINES:
+        raise ValueError(f"baseline {kind!r}: choose one of {BASELINES}")
+    scenario = load_scenario(cfg.data.scenario)
+    data_dir = cfg.data.data_dir or None
+    sites = [load_site(scenario, i, data_dir) for i in range(len(scenario.sites))]
+    model_config = scenario.model_config(cfg.model)
+    algorithm = build_algorithm(build_model(model_config), cfg.meta)
+    torch.manual_seed(cfg.train.seed)
+    init = algorithm.init_meta_params()
+    rows = [{"node_id": None, "name": s.spec.name, "role": s.spec.role, "num_train": len(s.train), "num_test": len(s.test)} for s in sites]
+    out_dir = Path(cfg.train.out_dir)
+    recorder = Recorder(out_dir, flat_run_config(cfg), cfg.data.scenario, f"{kind}-{cfg.meta.algorithm}", rows)
+    train_ids = scenario.training_sites
+    if kind == "centralized":
+        pooled = pool({sites[i].spec.name: sites[i].train for i in train_ids})
+        learners = {"pooled": (_sampler(pooled, cfg), POOLED_INDEX, list(range(len(sites))), cfg.train.tasks_per_round * len(train_ids))}
+    else:
+        learners = {sites[i].spec.name: (_sampler(sites[i].train, cfg), i, [i], cfg.train.tasks_per_round)
+                    for i in scenario.heldout_sites}
+    state = {name: _learner(init, cfg) for name in learners}
+    start = time.monotonic()
+    for server_round in range(1, cfg.train.num_server_rounds + 1):
+        train_metrics = {}
+        for name, (sampler, index, _, count) in learners.items():
+            meta, optimizer = state[name]
+            step = algorithm.meta_gradient(meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0)))
+            for key, p in meta.items():
+                p.grad = step.grads[key]
+            optimizer.step()
+            train_metrics[name] = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
+        recorder.train(server_round, train_metrics, 0, 0)
+        if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
+            per_site = {}
+            for name, (_, _, evaluated, _) in learners.items():
+                meta = {k: v.detach() for k, v in state[name][0].items()}
+                for i in evaluated:
+                    tasks = evaluation_tasks(sites[i], cfg.episode, cfg.train.seed, i, cfg.train.eval_tasks)
+                    per_site[sites[i].spec.name] = evaluate_site(algorithm, meta, tasks)
+            recorder.evaluate(server_round, per_site)
+    results = recorder.finish(time.monotonic() - start)
+    if kind == "centralized":
+        save_meta_model(out_dir / "model", {k: v.detach() for k, v in state["pooled"][0].items()}, model_config, cfg.meta,
+                        cfg.episode, scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
+    return results
+
+
+def _sampler(data: LabelledImages, cfg: RunConfig) -> EpisodeSampler:
+    """Episodes over the classes with at least shots + queries examples."""
+    counts = torch.bincount(data.labels, minlength=len(data.classes))
+    usable = [c for c, n in enumerate(counts.tolist()) if n >= cfg.episode.per_class]
+    return EpisodeSampler.from_data(data, cfg.episode, classes=usable)
+
+
+def _learner(init: dict[str, torch.Tensor], cfg: RunConfig) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
+    meta = {k: v.detach().clone().requires_grad_() for k, v in init.items()}
+    cls = torch.optim.Adam if cfg.train.outer_optimizer == "adam" else torch.optim.SGD
+    return meta, cls(meta.values(), lr=cfg.train.outer_lr)

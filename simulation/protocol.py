@@ -1,0 +1,42 @@
+"""The evaluation protocol, shared by the site ClientApp and the non-federated baselines, so that
+every method is scored on the same episodes of the same sites.
+
+Training episodes come from a site's train split, from a generator seeded by (seed, site,
+round); evaluation always uses the same `eval_tasks` episodes of the site's test split, so a
+curve over rounds measures the model, not the draw.
+"""
+
+from __future__ import annotations
+
+from common.algorithms import MetaAlgorithm
+from common.config import EpisodeConfig
+from common.functional import Params
+from common.metrics import mean_ci
+from common.tasks import EpisodeSampler, TaskBatch, site_generator
+from simulation.scenario import SiteData
+
+SPLIT_STREAM = {"train": 0, "test": 1}
+
+
+def site_tasks(site: SiteData, episode: EpisodeConfig, seed: int, index: int, split: str, count: int, stream: int) -> TaskBatch:
+    """`count` episodes from `site`'s `split` over the classes it has enough examples of."""
+    data = getattr(site, split)
+    try:
+        sampler = EpisodeSampler.from_data(data, episode, classes=site.usable_classes(episode, split))
+    except ValueError as error:
+        raise ValueError(f"site {site.spec.name!r}, {split} data: {error}") from error
+    return sampler.sample_batch(count, site_generator(seed, index, stream, SPLIT_STREAM[split]))
+
+
+def evaluation_tasks(site: SiteData, episode: EpisodeConfig, seed: int, index: int, count: int) -> TaskBatch:
+    return site_tasks(site, episode, seed, index, "test", count, stream=0)
+
+
+def evaluate_site(algorithm: MetaAlgorithm, meta: Params, batch: TaskBatch) -> dict[str, float]:
+    """Mean and 95% CI half-width over episodes of accuracy before/after adaptation, AUC, loss."""
+    rows = algorithm.evaluate(meta, batch)
+    metrics: dict[str, float] = {"num-tasks": len(rows["acc_after"])}  # episodes; Flower's weight key
+    for key, values in rows.items():
+        name = key.replace("_", "-")
+        metrics[name], metrics[f"{name}-ci"] = mean_ci(values)
+    return metrics

@@ -1,0 +1,31 @@
+"""Centralized and local baselines run the shared protocol and write the federated format."""
+
+import json
+
+import pytest
+
+from common.runconfig import parse_run_config
+from simulation.baselines import run_baseline
+
+TINY = {"num-server-rounds": 2, "tasks-per-round": 2, "eval-every": 1, "eval-tasks": 3, "model-width": 8,
+        "model-groups": 2, "model-depth": 2, "inner-steps": 1, "ways": 3, "shots": 2, "queries": 3}
+
+
+@pytest.mark.parametrize("kind", ["centralized", "local"])
+def test_baseline_writes_results_for_the_right_sites(tmp_path, kind):
+    cfg = parse_run_config({**TINY, "out-dir": str(tmp_path)})
+    results = run_baseline(kind, cfg)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["algorithm"] == f"{kind}-maml" and len(on_disk["rounds"]) == 2
+    evaluated = set(on_disk["final"]["evaluate"])
+    heldout = {"heldout-0", "heldout-1"}
+    assert evaluated == (heldout | {f"site-{i}" for i in range(6)} if kind == "centralized" else heldout)
+    acc, half, n = results["final"]["summary"]["heldout"]["acc-after"]
+    assert 0 <= acc <= 1 and half >= 0 and n == 6
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "heldout_accuracy.png").is_file()
+    assert (tmp_path / "model" / "model.safetensors").is_file() == (kind == "centralized")
+
+
+def test_unknown_baseline_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="choose one of"):
+        run_baseline("pooled", parse_run_config({"out-dir": str(tmp_path)}))
