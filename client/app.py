@@ -11,10 +11,12 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.algorithms import MetaAlgorithm, build_algorithm
+from common.device import resolve_device
 from common.models import build_model
 from common.runconfig import RunConfig, parse_run_config
 from simulation.protocol import evaluate_site, evaluation_tasks, site_tasks
@@ -29,6 +31,10 @@ class Site:
     index: int
     data: SiteData
     algorithm: MetaAlgorithm
+    device: torch.device
+
+    def meta(self, msg: Message) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
 
 
 @lru_cache(maxsize=4)  # a worker serves many rounds of the same sites: read each site once
@@ -51,7 +57,8 @@ def _site(context: Context) -> Site:
     data_dir = str(node.get("data-dir", "")) or cfg.data.data_dir or None
     index, data = _site_data(cfg.data.scenario, site, data_dir)
     model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
-    return Site(cfg, index, data, build_algorithm(model, cfg.meta))
+    device = resolve_device(str(node.get("device", cfg.train.device)))
+    return Site(cfg, index, data, build_algorithm(model.to(device), cfg.meta), device)
 
 
 @app.query()
@@ -72,13 +79,13 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(context)
     if site.data.spec.role != "train":
         raise RuntimeError(f"site {site.data.spec.name!r} is held out for meta-testing and does not train")
-    meta = dict(msg.content["arrays"].to_torch_state_dict())
+    meta = site.meta(msg)
     server_round = int(msg.content["config"]["server-round"])
     cfg = site.cfg
     tasks = site_tasks(site.data, cfg.episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round)
     step = site.algorithm.meta_gradient(meta, tasks)
     metrics = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
-    content = RecordDict({"arrays": ArrayRecord({k: g.detach() for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": ArrayRecord({k: g.detach().cpu() for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -86,7 +93,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Adapt the global initialization on each evaluation episode's K shots; score its queries."""
     site = _site(context)
-    meta = dict(msg.content["arrays"].to_torch_state_dict())
+    meta = site.meta(msg)
     cfg = site.cfg
     tasks = evaluation_tasks(site.data, cfg.episode, cfg.train.seed, site.index, cfg.train.eval_tasks)
     metrics = evaluate_site(site.algorithm, meta, tasks)

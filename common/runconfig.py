@@ -29,6 +29,7 @@ class TrainConfig:
     min_sites: int = 1
     round_timeout: float = 3600.0
     out_dir: str = ""
+    device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 # `fedmeta simulate` with no arguments must finish in a couple of minutes on 2 CPU cores:
 # these replace the run-config defaults (sized for real federations) unless given.
-QUICK = {"num-server-rounds": 20, "tasks-per-round": 4, "model-width": 32, "eval-every": 5, "eval-tasks": 20, "outer-lr": 0.003}
+QUICK = {"num-server-rounds": 20, "tasks-per-round": 4, "model-width": 32, "eval-every": 5, "eval-tasks": 20, "outer-lr": 0.01}
 
 
 def simulate(

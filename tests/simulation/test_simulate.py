@@ -1,0 +1,52 @@
+"""`fedmeta simulate` end to end: Flower's simulation engine (Ray) runs the real ServerApp and
+ClientApps with virtual sites; then `fedmeta adapt` personalizes the exported meta-model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TINY = "eval-tasks=3 model-width=8 model-groups=2 model-depth=2 inner-steps=1 ways=3 shots=2 queries=3"
+
+
+def fedmeta(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedmeta", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_simulate_compare_then_adapt(tmp_path):
+    out = tmp_path / "run"
+    result = fedmeta("simulate", "--compare", "maml,fedavg,local", "--rounds", "2", "--tasks-per-round", "2",
+                     "--eval-every", "1", "--run-config", TINY, "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for method in ("maml", "fedavg", "local"):
+        results = json.loads((out / method / "results.json").read_text())
+        assert [r["round"] for r in results["rounds"]] == [1, 2]
+        heldout = {s["name"] for s in results["sites"] if s["role"] == "heldout"}
+        assert heldout == {"heldout-0", "heldout-1"}
+        if method != "local":
+            # only training sites train; every site evaluates
+            assert all(set(r["train"]) == {f"site-{i}" for i in range(6)} for r in results["rounds"])
+            assert set(results["final"]["evaluate"]) == heldout | {f"site-{i}" for i in range(6)}
+            # what crossed the wire per round: one model down and one update up per training site
+            assert results["rounds"][0]["bytes"]["down"] == results["rounds"][0]["bytes"]["up"] > 0
+        assert (out / method / "heldout_accuracy.png").is_file() and (out / method / "metrics.csv").is_file()
+    assert "| maml |" in (out / "comparison.md").read_text() and (out / "comparison.png").is_file()
+    assert "held-out sites, final round" in " ".join(result.stdout.split())
+
+    adapted = tmp_path / "adapted"
+    from tests.common.data.hospital import write_site
+
+    site = write_site(tmp_path / "site", {"benign": 12, "malignant": 12}, patients_per_class=12)
+    result = fedmeta("adapt", str(out / "maml" / "model"), "--folder", str(site), "--shots", "3", "--out", str(adapted))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((adapted / "report.json").read_text())
+    assert report["evaluated"] == 18 and sum(map(sum, report["confusion"])) == 18
+    assert (adapted / "model" / "model.safetensors").is_file() and (adapted / "confusion_matrix.png").is_file()
+
+
+def test_simulate_reports_a_bad_scenario_clearly(tmp_path):
+    result = fedmeta("simulate", "--scenario", "nope", "--out", str(tmp_path))
+    assert result.returncode == 2 and "no scenario 'nope'" in result.stdout
