@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: venv
-	$(VENV)/bin/fedmeta bench maml --repeats 3
+	$(VENV)/bin/fedmeta simulate --out runs/demo
 
 test: venv
 	$(PY) -m pytest -m "not gpu and not slow"

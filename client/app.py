@@ -7,6 +7,7 @@ when the scenario does not list that name, a hospital folder at the node's `data
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,7 +35,8 @@ class Site:
     device: torch.device
 
     def meta(self, msg: Message) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
+        """The global meta-parameters, in float32 on this site's device whatever they travelled as."""
+        return {k: v.to(self.device, torch.float32) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
 
 
 @lru_cache(maxsize=4)  # a worker serves many rounds of the same sites: read each site once
@@ -83,9 +85,12 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     cfg = site.cfg
     tasks = site_tasks(site.data, cfg.episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round)
+    start = time.perf_counter()
     step = site.algorithm.meta_gradient(meta, tasks)
-    metrics = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
-    content = RecordDict({"arrays": ArrayRecord({k: g.detach().cpu() for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
+    metrics = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks,
+               "compute-s": time.perf_counter() - start}
+    wire = getattr(torch, cfg.train.transport_dtype)
+    content = RecordDict({"arrays": ArrayRecord({k: g.detach().to("cpu", wire) for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 

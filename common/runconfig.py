@@ -13,6 +13,7 @@ from common.config import EpisodeConfig, MetaConfig
 from common.models import ModelConfig
 
 OPTIMIZERS = ("adam", "sgd")
+TRANSPORT_DTYPES = ("float32", "float16")  # what meta-parameters and meta-gradients travel as
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class TrainConfig:
     round_timeout: float = 3600.0
     out_dir: str = ""
     device: str = "auto"
+    transport_dtype: str = "float32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +41,8 @@ class TrainConfig:
             raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
         if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:
             raise ValueError("num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1")
+        if self.transport_dtype not in TRANSPORT_DTYPES:
+            raise ValueError(f"transport-dtype={self.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
         if not self.round_timeout > 0:
             raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 

@@ -46,20 +46,18 @@ def main(grid: Grid, context: Context) -> None:
         seed=cfg.train.seed,
         sites=sites,
         recorder=recorder,
+        transport_dtype=getattr(torch, cfg.train.transport_dtype),
         fraction_train=cfg.train.fraction_train,
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=1,
     )
+    init = algorithm.init_meta_params()
+    strategy.initialize(ArrayRecord(init))  # the float32 master copy, whatever travels on the wire
     start = time.monotonic()
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(algorithm.init_meta_params()),
-        num_rounds=cfg.train.num_server_rounds,
-        timeout=cfg.train.round_timeout,
-    )
+    strategy.start(grid=grid, initial_arrays=strategy.wire(init), num_rounds=cfg.train.num_server_rounds, timeout=cfg.train.round_timeout)
     if out_dir is not None:
         recorder.finish(time.monotonic() - start)
-        save_meta_model(out_dir / "model", result.arrays.to_torch_state_dict(), model_config, cfg.meta, cfg.episode,
+        save_meta_model(out_dir / "model", strategy.params, model_config, cfg.meta, cfg.episode,
                         scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
         log(INFO, "results and the meta-model are in %s", out_dir.resolve())

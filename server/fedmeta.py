@@ -13,6 +13,8 @@ test split. Per-site results go to a `Recorder` when one is given.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
@@ -34,6 +36,13 @@ def _finite(message: Message) -> bool:
     return all(torch.isfinite(t).all() for r in message.content.array_records.values() for t in r.to_torch_state_dict().values())
 
 
+def _reason(message: Message) -> str:
+    """The site's own error message, without the Ray/Flower traceback wrapped around it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", message.error.reason)
+    head, _, tail = text.rpartition("Message: ")
+    return (tail if head else text.strip().splitlines()[-1]).strip().removesuffix("'>").strip()
+
+
 def _nbytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
@@ -48,6 +57,7 @@ class FedMeta(FedAvg):
         seed: int = 0,
         sites: dict[int, SiteInfo] | None = None,
         recorder: Recorder | None = None,
+        transport_dtype: torch.dtype = torch.float32,
         **kwargs,
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, **kwargs)
@@ -60,7 +70,9 @@ class FedMeta(FedAvg):
         self.recorder = recorder
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.transport_dtype = transport_dtype
         self._bytes_down = 0
+        self._round_start = time.monotonic()
 
     def initialize(self, arrays: ArrayRecord) -> None:
         """Take the meta-parameters to optimize (once: the optimizer state then persists)."""
@@ -86,6 +98,7 @@ class FedMeta(FedAvg):
         log(INFO, "round %s: training on %s", server_round, ", ".join(self._name(n) for n in chosen))
         config["server-round"] = server_round
         self._bytes_down = _nbytes(arrays) * len(chosen)
+        self._round_start = time.monotonic()
         return self._messages(chosen, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -96,30 +109,52 @@ class FedMeta(FedAvg):
         return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        valid, failed = self._check_and_log_replies(list(replies), is_train=True)
         good = []
-        for message in replies:
-            if message.has_content() and not _finite(message):
-                log(WARNING, "round %s: dropped %s's meta-gradient: it has non-finite values", server_round, self._name(message.metadata.src_node_id))
-            else:
+        for message in valid:
+            if _finite(message):
                 good.append(message)
-        grads, metrics = super().aggregate_train(server_round, good)
+            else:
+                log(WARNING, "round %s: dropped %s's meta-gradient: it has non-finite values", server_round, self._name(message.metadata.src_node_id))
         if self.recorder is not None:
-            ok = [m for m in good if m.has_content()]
-            per_site = {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in ok}
-            bytes_up = sum(_nbytes(m.content[self.arrayrecord_key]) for m in ok)
-            self.recorder.train(server_round, per_site, self._bytes_down, bytes_up)
-        if grads is None:
-            return None, metrics
-        return ArrayRecord(self.step(grads.to_torch_state_dict())), metrics
+            self.recorder.train(
+                server_round,
+                {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in good},
+                bytes_down=self._bytes_down,
+                bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for m in good),
+                seconds=time.monotonic() - self._round_start,
+                errors={self._name(m.metadata.src_node_id): _reason(m) for m in failed},
+            )
+        if not good:
+            return None, None
+        grads = self.average([(m.content[self.arrayrecord_key].to_torch_state_dict(), float(m.content["metrics"][WEIGHT_KEY])) for m in good])
+        metrics = self.train_metrics_aggr_fn([m.content for m in good], WEIGHT_KEY)
+        return self.wire(self.step(grads)), metrics
+
+    @staticmethod
+    def average(updates: list[tuple[dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+        """Task-weighted mean of the sites' meta-gradients, accumulated in float64 whatever
+        precision they travelled in, returned in float32."""
+        total = sum(weight for _, weight in updates)
+        first = updates[0][0]
+        mean = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in first.items()}
+        for grads, weight in updates:
+            for k in mean:
+                mean[k] += grads[k].double() * (weight / total)
+        return {k: v.float() for k, v in mean.items()}
+
+    def wire(self, params: dict[str, torch.Tensor]) -> ArrayRecord:
+        """What goes on the wire: the meta-parameters, in half precision if configured."""
+        return ArrayRecord({k: v.to(self.transport_dtype) for k, v in params.items()})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
-        valid, _ = self._check_and_log_replies(replies, is_train=False)
-        if self.recorder is None or not valid:
+        if self.recorder is None:
             return super().aggregate_evaluate(server_round, replies)
+        valid, failed = self._check_and_log_replies(replies, is_train=False)
         per_site = {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in valid}
-        return MetricRecord(self.recorder.evaluate(server_round, per_site))
+        errors = {self._name(m.metadata.src_node_id): _reason(m) for m in failed}
+        return MetricRecord(self.recorder.evaluate(server_round, per_site, errors))
 
     def step(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One outer-optimizer step with the averaged meta-gradient; returns the new meta-parameters."""

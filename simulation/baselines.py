@@ -53,6 +53,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     state = {name: _learner(init, cfg) for name in learners}
     start = time.monotonic()
     for server_round in range(1, cfg.train.num_server_rounds + 1):
+        round_start = time.monotonic()
         train_metrics = {}
         for name, (sampler, index, _, count) in learners.items():
             meta, optimizer = state[name]
@@ -61,7 +62,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
                 p.grad = step.grads[key]
             optimizer.step()
             train_metrics[name] = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
-        recorder.train(server_round, train_metrics, 0, 0)
+        recorder.train(server_round, train_metrics, seconds=time.monotonic() - round_start)
         if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
             per_site = {}
             for name, (_, _, evaluated, _) in learners.items():

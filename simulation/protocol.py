@@ -21,8 +21,16 @@ SPLIT_STREAM = {"train": 0, "test": 1}
 def site_tasks(site: SiteData, episode: EpisodeConfig, seed: int, index: int, split: str, count: int, stream: int) -> TaskBatch:
     """`count` episodes from `site`'s `split` over the classes it has enough examples of."""
     data = getattr(site, split)
+    usable = site.usable_classes(episode, split)
+    if len(usable) < episode.ways:
+        counts = ", ".join(f"{name}: {n}" for name, n in data.counts().items())
+        raise ValueError(
+            f"site {site.spec.name!r}, {split} data: {episode.ways}-way episodes need {episode.ways} classes with at least "
+            f"shots+queries = {episode.shots}+{episode.queries} = {episode.per_class} examples, but {len(usable)} class(es) "
+            f"have that many ({counts}); add examples, or lower ways, shots or queries"
+        )
     try:
-        sampler = EpisodeSampler.from_data(data, episode, classes=site.usable_classes(episode, split))
+        sampler = EpisodeSampler.from_data(data, episode, classes=usable)
     except ValueError as error:
         raise ValueError(f"site {site.spec.name!r}, {split} data: {error}") from error
     return sampler.sample_batch(count, site_generator(seed, index, stream, SPLIT_STREAM[split]))

@@ -48,16 +48,23 @@ class Recorder:
             rounds.append({"round": server_round, "train": {}, "evaluate": {}})
         return rounds[-1]
 
-    def train(self, server_round: int, per_site: dict[str, dict[str, float]], bytes_down: int, bytes_up: int) -> None:
+    def train(self, server_round: int, per_site: dict[str, dict[str, float]], bytes_down: int = 0, bytes_up: int = 0,
+              seconds: float = float("nan"), errors: dict[str, str] | None = None) -> None:
+        """A training round: each site's metrics, bytes each way, wall time, and sites that failed."""
         row = self._round(server_round)
         row["train"] = per_site
         row["bytes"] = {"down": bytes_down, "up": bytes_up}
+        row["seconds"] = seconds
+        if errors:
+            row["train_errors"] = errors
         write_json(self.out_dir / RESULTS, self.results)  # progress for whoever watches the run
 
-    def evaluate(self, server_round: int, per_site: dict[str, dict[str, float]]) -> dict[str, float]:
+    def evaluate(self, server_round: int, per_site: dict[str, dict[str, float]], errors: dict[str, str] | None = None) -> dict[str, float]:
         """Record per-site evaluation; returns the pooled held-out / training-site summary."""
         row = self._round(server_round)
         row["evaluate"] = per_site
+        if errors:
+            row["evaluate_errors"] = errors
         row["summary"] = summarize(per_site, self.roles)
         write_json(self.out_dir / RESULTS, self.results)
         return {f"{group}-{metric}{suffix}": value

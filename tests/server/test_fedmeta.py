@@ -76,3 +76,28 @@ def task_identity():
     yield
     for name, value in zip(names, saved):
         setattr(TaskIdentity, name, value)
+
+
+def reply(node, grads, tasks, loss=1.0):
+    from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    sent = Message(content=RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(content=RecordDict({"arrays": ArrayRecord(grads), "metrics": MetricRecord({"num-tasks": tasks, "meta-loss": loss})}), reply_to=sent)
+
+
+@pytest.mark.parametrize("wire", [torch.float32, torch.float16])
+def test_aggregate_train_is_the_task_weighted_mean_then_one_sgd_step(wire):
+    """Hand computation: sites with 1 and 3 tasks send g1, g2; the step is p - lr (g1 + 3 g2) / 4."""
+    strategy = FedMeta(outer_optimizer="sgd", outer_lr=0.5, sites=sites(["train", "train", "train"]), transport_dtype=wire)
+    p0 = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
+    strategy.initialize(ArrayRecord(p0))
+    nodes = sorted(strategy.sites)
+    g1, g2 = torch.tensor([[4.0, 0.0], [0.0, 8.0]]), torch.tensor([[0.0, 4.0], [-4.0, 0.0]])
+    bad = torch.tensor([[float("nan"), 0.0], [0.0, 0.0]])
+    replies = [reply(nodes[0], {"w": g1.to(wire)}, 1, 1.0), reply(nodes[1], {"w": g2.to(wire)}, 3, 2.0), reply(nodes[2], {"w": bad}, 5)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    expected = p0["w"] - 0.5 * (1 * g1 + 3 * g2) / 4  # the NaN site is dropped, not averaged
+    assert torch.equal(strategy.params["w"], expected)
+    sent = arrays.to_torch_state_dict()["w"]
+    assert sent.dtype == wire and torch.equal(sent.float(), expected.to(wire).float())
+    assert metrics["meta-loss"] == pytest.approx(1.75)  # task-weighted: (1 * 1.0 + 3 * 2.0) / 4
