@@ -117,33 +117,52 @@ def curve(results: dict, group: str = "heldout", metric: str = "acc-after") -> l
             if r.get("summary", {}).get(group, {}).get(metric)]
 
 
-def plot_run(results: dict, out_dir: Path) -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _bands(lines: dict[str, list[tuple[int, float, float]]], ylabel: str, title: str, path: Path, chance: float | None) -> None:
+    """One line per label over rounds, with its 95% CI as a band, and the chance level."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in lines.items():
+        if points:
+            xs, ys, cis = zip(*points)
+            ax.plot(xs, ys, marker="o", label=label)
+            ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.2)
+    if chance:
+        ax.axhline(chance, color="grey", linestyle=":", label="chance")
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _chance(results: dict) -> float | None:
+    ways = results["run_config"].get("ways")
+    return 1 / ways if ways else None
+
+
+def plot_run(results: dict, out_dir: Path) -> None:
     roles = {s["name"]: s["role"] for s in results["sites"]}
     evaluated = [r for r in results["rounds"] if r["evaluate"]]
     if not evaluated:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for site in sorted(evaluated[-1]["evaluate"]):
-        if roles.get(site) != "heldout":
-            continue
-        xs = [r["round"] for r in evaluated if site in r["evaluate"]]
-        ys = [r["evaluate"][site]["acc-after"] for r in evaluated if site in r["evaluate"]]
-        cis = [r["evaluate"][site]["acc-after-ci"] for r in evaluated if site in r["evaluate"]]
-        ax.plot(xs, ys, marker="o", label=site)
-        ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.2)
-    ax.set_xlabel("round")
-    ax.set_ylabel("few-shot query accuracy after adaptation")
-    ax.set_title(f"{results['algorithm']} on {results['scenario']}: held-out sites (95% CI)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "heldout_accuracy.png", dpi=120)
-    plt.close(fig)
+    heldout = sorted(n for n in evaluated[-1]["evaluate"] if roles.get(n) == "heldout")
+    lines = {site: [(r["round"], r["evaluate"][site]["acc-after"], r["evaluate"][site]["acc-after-ci"])
+                    for r in evaluated if site in r["evaluate"]] for site in heldout}
+    _bands(lines, "few-shot query accuracy after adaptation", f"{results['algorithm']} on {results['scenario']}: held-out sites (95% CI)",
+           out_dir / "heldout_accuracy.png", _chance(results))
 
+    plt = _pyplot()
     final = evaluated[-1]["evaluate"]
     names = sorted(final, key=lambda n: (roles.get(n) != "heldout", n))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
@@ -151,6 +170,8 @@ def plot_run(results: dict, out_dir: Path) -> None:
     for offset, metric, label in ((-0.2, "acc-before", "before adaptation"), (0.2, "acc-after", "after adaptation")):
         ax.bar([x + offset for x in xs], [final[n][metric] for n in names], width=0.4,
                yerr=[final[n].get(f"{metric}-ci", 0) for n in names], capsize=3, label=label)
+    if _chance(results):
+        ax.axhline(_chance(results), color="grey", linestyle=":", label="chance")
     ax.set_xticks(list(xs), [f"{n}\n({roles.get(n, '?')})" for n in names], fontsize=8)
     ax.set_ylabel("query accuracy")
     ax.set_title(f"{results['algorithm']}: per site, round {evaluated[-1]['round']} (95% CI)")
@@ -180,25 +201,9 @@ def compare(runs: dict[str, dict], out_dir: Path) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "comparison.md").write_text(comparison_markdown(rows))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, results in runs.items():
-        points = curve(results)
-        if points:
-            xs, ys, cis = zip(*points)
-            ax.plot(xs, ys, marker="o", label=name)
-            ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.15)
-    ax.set_xlabel("round")
-    ax.set_ylabel("held-out few-shot accuracy (95% CI)")
-    ax.set_title(f"{next(iter(runs.values()))['scenario']}: algorithms compared")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "comparison.png", dpi=120)
-    plt.close(fig)
+    first = next(iter(runs.values()))
+    _bands({name: curve(results) for name, results in runs.items()}, "held-out few-shot accuracy (95% CI)",
+           f"{first['scenario']}: methods compared", out_dir / "comparison.png", _chance(first))
     return rows
 
 

@@ -29,6 +29,7 @@ from common.data.partition import dirichlet_proportions, split_by_patient, split
 from common.data.synthetic import MAX_CLASSES, site_shift, synthetic_site
 from common.data.transforms import to_model_input
 from common.models import ModelConfig
+from common.runconfig import parse_run_config
 from common.tasks import site_generator, site_seed
 
 ROLES = ("train", "heldout")
@@ -104,6 +105,7 @@ class Scenario:
     spatial_dims: int = 2
     seed: int = 0
     pools: dict[str, PoolSpec] = field(default_factory=dict)
+    run_config: dict[str, object] = field(default_factory=dict)  # recommended run-config values
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sites]
@@ -179,7 +181,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 _SITE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(SiteSpec)} | {"count": "count"}
-_TOP_KEYS = {"name", "description", "image-size", "channels", "spatial-dims", "seed", "episodes", "sites", "pools"}
+_TOP_KEYS = {"name", "description", "image-size", "channels", "spatial-dims", "seed", "episodes", "sites", "pools", "run-config"}
 
 
 def parse_scenario(doc: dict) -> Scenario:
@@ -190,6 +192,8 @@ def parse_scenario(doc: dict) -> Scenario:
     for name, spec in doc.get("pools", {}).items():
         _reject_unknown(f"[pools.{name}]", spec, {"method", "alpha"})
         pools[name] = PoolSpec(**spec)
+    recommended = doc.get("run-config", {})
+    parse_run_config(recommended)  # unknown keys and bad values: an error now, naming the key
     sites = []
     for entry in doc.get("sites", []):
         sites.extend(_parse_sites(entry))
@@ -205,6 +209,7 @@ def parse_scenario(doc: dict) -> Scenario:
         spatial_dims=doc.get("spatial-dims", 2),
         seed=doc.get("seed", 0),
         pools=pools,
+        run_config=recommended,
     )
 
 

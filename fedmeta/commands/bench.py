@@ -1,14 +1,15 @@
-"""`fedmeta bench`: speed of the meta-learning core against baselines, in one process."""
+"""`fedmeta bench`: speed of the meta-learning core against baselines, and of the federation."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-bench_app = typer.Typer(help="Measure the speed of fedmeta's meta-learning core.", no_args_is_help=True)
+bench_app = typer.Typer(help="Measure the speed of the meta-learning core and of a simulated federation.", no_args_is_help=True)
 
 
 @bench_app.command("maml")
@@ -52,3 +53,56 @@ def bench_maml(
     console.print(f"largest relative gradient difference vs higher: {result.max_rel_grad_diff:.2e}")
     if as_json:
         print(json.dumps(result.to_dict()))
+
+
+@bench_app.command("federation")
+def bench_federation(
+    sites: str = typer.Option("10", help="Comma-separated numbers of simulated training sites, e.g. 10,30,100."),
+    rounds: int = typer.Option(4, min=2, help="Rounds per size (the first is left out of the medians)."),
+    width: int = typer.Option(16, help="Conv-4 width (small model)."),
+    tasks_per_round: int = typer.Option(2, help="Tasks per site and round."),
+    transport_dtype: str = typer.Option("float32", help="float32 or float16 on the wire."),
+    cpus_per_site: float = typer.Option(1.0, help="CPUs per virtual site."),
+    out: Path = typer.Option(Path("runs/bench-federation"), help="Where runs and bench.json go."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+) -> None:
+    """Framework overhead per round and time per round vs number of sites, on Flower's simulation engine."""
+    from common.runconfig import parse_run_config
+    from simulation.run import Resources, simulate
+    from simulation.scaling import round_costs, summarize_costs, synthetic_scenario
+
+    console = Console(stderr=as_json)
+    summaries = []
+    for count in [int(s) for s in sites.split(",")]:
+        run_dir = out / f"sites-{count}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "scenario.toml").write_text(synthetic_scenario(count))
+        cfg = parse_run_config({
+            "scenario": str(run_dir / "scenario.toml"), "out-dir": str(run_dir), "num-server-rounds": rounds,
+            "tasks-per-round": tasks_per_round, "eval-every": rounds, "eval-tasks": 1, "model-width": width,
+            "model-groups": min(8, width), "inner-steps": 2, "ways": 5, "shots": 1, "queries": 2,
+            "transport-dtype": transport_dtype, "min-sites": count, "execution": "loop",
+        })
+        console.print(f"[dim]{count} sites, {rounds} rounds...[/dim]")
+        results = simulate(cfg, Resources(cpus_per_site=cpus_per_site))
+        model_bytes = _model_bytes(cfg)
+        summaries.append(summarize_costs(round_costs(results, cpus_per_site), model_bytes))
+    table = Table(title=f"Simulated federation, width-{width} Conv-4, {tasks_per_round} tasks/site/round, {transport_dtype} on the wire")
+    for column in ("sites", "round s", "ideal s", "overhead", "up bytes/site", "vs fp32 model", "down vs fp32 model"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        table.add_row(str(s["sites"]), f"{s['wall_s']:.2f}", f"{s['ideal_s']:.2f}", f"{100 * s['overhead']:.0f}%",
+                      f"{s['bytes_up_per_site']:.0f}", f"{s['up_ratio_vs_fp32_model']:.3f}", f"{s['down_ratio_vs_fp32_model']:.3f}")
+    console.print(table)
+    (out / "bench.json").write_text(json.dumps(summaries, indent=1))
+    if as_json:
+        print(json.dumps(summaries))
+
+
+def _model_bytes(cfg) -> int:
+    from common.algorithms import build_algorithm
+    from common.models import build_model
+    from simulation.scenario import load_scenario
+
+    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
+    return sum(v.numel() * 4 for v in build_algorithm(model, cfg.meta).init_meta_params().values())

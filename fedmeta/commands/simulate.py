@@ -45,7 +45,7 @@ def simulate(
     try:
         sc = load_scenario(scenario)
         methods = [m.strip() for m in compare.split(",") if m.strip()] or [algorithm]
-        base = {**QUICK, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries}
+        base = {**QUICK, **sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries}
         given = {"num-server-rounds": rounds, "tasks-per-round": tasks_per_round, "eval-every": eval_every}
         values = {**base, **{k: v for k, v in given.items() if v is not None}, **parse_overrides(run_config),
                   "scenario": scenario, "seed": seed, "data-dir": str(data_dir or "")}
