@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 
 from common.algorithms import MetaAlgorithm, build_algorithm
 from common.device import resolve_device
-from common.models import build_model
+from common.config import MetaConfig
+from common.models import ModelConfig, build_model
 from common.runconfig import RunConfig, parse_run_config
 from simulation.protocol import evaluate_site, evaluation_tasks, site_tasks
 from simulation.scenario import SiteData, load_hospital_site, load_scenario, load_site
@@ -39,7 +40,9 @@ class Site:
         return {k: v.to(self.device, torch.float32) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
 
 
-@lru_cache(maxsize=4)  # a worker serves many rounds of the same sites: read each site once
+# A worker process serves many rounds (and, in simulation, many sites): read each site's data
+# and build each algorithm once, not per message.
+@lru_cache(maxsize=16)
 def _site_data(scenario_ref: str, site: int | str, data_dir: str | None) -> tuple[int, SiteData]:
     scenario = load_scenario(scenario_ref)
     names = [s.name for s in scenario.sites]
@@ -58,9 +61,13 @@ def _site(context: Context) -> Site:
     site = str(node["site-name"]) if "site-name" in node else int(node.get("partition-id", 0))
     data_dir = str(node.get("data-dir", "")) or cfg.data.data_dir or None
     index, data = _site_data(cfg.data.scenario, site, data_dir)
-    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
     device = resolve_device(str(node.get("device", cfg.train.device)))
-    return Site(cfg, index, data, build_algorithm(model.to(device), cfg.meta), device)
+    return Site(cfg, index, data, _algorithm(cfg.data.scenario, cfg.model, cfg.meta, device), device)
+
+
+@lru_cache(maxsize=4)
+def _algorithm(scenario_ref: str, model: ModelConfig, meta: MetaConfig, device: torch.device) -> MetaAlgorithm:
+    return build_algorithm(build_model(load_scenario(scenario_ref).model_config(model)).to(device), meta)
 
 
 @app.query()

@@ -110,12 +110,15 @@ class FedMeta(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, failed = self._check_and_log_replies(list(replies), is_train=True)
+        errors = {self._name(m.metadata.src_node_id): _reason(m) for m in failed}
         good = []
         for message in valid:
             if _finite(message):
                 good.append(message)
             else:
-                log(WARNING, "round %s: dropped %s's meta-gradient: it has non-finite values", server_round, self._name(message.metadata.src_node_id))
+                name = self._name(message.metadata.src_node_id)
+                errors[name] = "meta-gradient with non-finite values: dropped from the average"
+                log(WARNING, "round %s: dropped %s's meta-gradient: it has non-finite values", server_round, name)
         if self.recorder is not None:
             self.recorder.train(
                 server_round,
@@ -123,7 +126,7 @@ class FedMeta(FedAvg):
                 bytes_down=self._bytes_down,
                 bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for m in good),
                 seconds=time.monotonic() - self._round_start,
-                errors={self._name(m.metadata.src_node_id): _reason(m) for m in failed},
+                errors=errors,
             )
         if not good:
             return None, None

@@ -16,6 +16,7 @@ def test_builtins_parse_and_match_the_issue():
     assert [s.name for s in sc.sites] == ["pneumonia-a", "pneumonia-b", "retina", "breast"]
     assert sc.heldout_sites == [3] and sc.training_sites == [0, 1, 2]
     assert load_scenario("medmnist-3d").model_config(ModelConfig()).spatial_dims == 3
+    assert sc.run_config == {"inner-lr": 0.05} and load_scenario("synthetic").run_config == {}
 
 
 def test_synthetic_default_needs_no_files_and_sites_differ():
@@ -93,6 +94,7 @@ def test_class_subset_and_cap(medmnist_2d):
         ({"sites": [{"name": "a", "source": "synthetic"}, {"name": "a", "source": "synthetic"}]}, "site names must be unique"),
         ({"sites": []}, "at least one"),
         ({"episodes": {"way": 2}, "sites": [{"name": "a", "source": "synthetic"}]}, r"unknown keys \['way'\]"),
+        ({"run-config": {"innerlr": 0.1}, "sites": [{"name": "a", "source": "synthetic"}]}, r"unknown run-config keys \['innerlr'\]"),
     ],
 )
 def test_bad_scenarios_say_what_is_wrong(doc, message):
