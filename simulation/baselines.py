@@ -34,6 +34,8 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     if kind not in BASELINES:
         raise ValueError(f"baseline {kind!r}: choose one of {BASELINES}")
     scenario = load_scenario(cfg.data.scenario)
+    if kind == "local" and not scenario.heldout_sites:
+        raise ValueError(f"the local baseline trains at the held-out sites, and scenario {scenario.name!r} has none")
     data_dir = cfg.data.data_dir or None
     sites = [load_site(scenario, i, data_dir) for i in range(len(scenario.sites))]
     model_config = scenario.model_config(cfg.model)

@@ -48,7 +48,7 @@ def simulate(
         base = {**QUICK, **sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries}
         given = {"num-server-rounds": rounds, "tasks-per-round": tasks_per_round, "eval-every": eval_every}
         values = {**base, **{k: v for k, v in given.items() if v is not None}, **parse_overrides(run_config),
-                  "scenario": scenario, "seed": seed, "data-dir": str(data_dir or "")}
+                  "scenario": scenario, "seed": seed, **({"data-dir": str(data_dir)} if data_dir else {})}
         out = out or Path("runs") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
         learner = "maml" if algorithm in BASELINES else algorithm  # what the baselines meta-train
         configs = {
