@@ -8,6 +8,7 @@ import typer
 from fedmeta.commands.adapt import adapt
 from fedmeta.commands.bench import bench_app
 from fedmeta.commands.data import data_app
+from fedmeta.commands.provision import provision_app
 from fedmeta.commands.scenario import scenario_app
 from fedmeta.commands.simulate import simulate
 
@@ -15,6 +16,7 @@ app = typer.Typer(help="fedmeta: federated meta-learning for hospital networks."
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(provision_app, name="provision")
 app.command("simulate")(simulate)
 app.command("adapt")(adapt)
 

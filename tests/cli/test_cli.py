@@ -15,7 +15,8 @@ def fedmeta(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["bench"], ["bench", "maml"], ["data"], ["data", "check"], ["scenario"], ["scenario", "show"], ["scenario", "list"]]
+    "args", [[], ["bench"], ["bench", "maml"], ["data"], ["data", "check"], ["scenario"], ["scenario", "show"], ["scenario", "list"], ["simulate"], ["adapt"],
+             ["provision"], ["provision", "new"], ["provision", "add-site"], ["bench", "federation"]]
 )
 def test_every_command_has_help(args):
     out = fedmeta(*args, "--help")
@@ -80,3 +81,11 @@ def test_scenario_show_prints_every_site(tmp_path):
         assert name in out.stdout
     missing = fedmeta("scenario", "show", "medmnist-2d", "--data-dir", str(tmp_path))
     assert missing.returncode == 2 and "pneumoniamnist.npz is not in" in missing.stdout
+
+
+def test_provision_new_then_refuses_to_overwrite(tmp_path):
+    out = fedmeta("provision", "new", "--out", str(tmp_path), "--host", "localhost", "--site", "st-mary")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "sites" / "st-mary" / "auth.key").is_file()
+    again = fedmeta("provision", "new", "--out", str(tmp_path), "--host", "localhost", "--site", "st-mary")
+    assert again.returncode == 2 and "already exist" in again.stdout
