@@ -82,9 +82,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
 
 def _sampler(data: LabelledImages, cfg: RunConfig) -> EpisodeSampler:
     """Episodes over the classes with at least shots + queries examples."""
-    counts = torch.bincount(data.labels, minlength=len(data.classes))
-    usable = [c for c, n in enumerate(counts.tolist()) if n >= cfg.episode.per_class]
-    return EpisodeSampler.from_data(data, cfg.episode, classes=usable)
+    return EpisodeSampler.from_data(data, cfg.episode, classes=data.classes_with(cfg.episode.per_class))
 
 
 def _learner(init: dict[str, torch.Tensor], cfg: RunConfig) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:

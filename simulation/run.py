@@ -89,7 +89,7 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
     try:
         with tempfile.TemporaryDirectory(prefix="fedmeta-app-") as app_dir:
             write_app_dir(Path(app_dir), run_config)
-            result = _run_simulation(
+            _run_simulation(
                 num_supernodes=num_sites,
                 exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 client_app=client_app,
@@ -103,7 +103,6 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
             )
     finally:
         _detach(handler)
-    del result
     results_path = out_dir / RESULTS
     if not results_path.is_file():
         raise RuntimeError(f"the simulation ended without results; see {out_dir / 'simulation.log'}")

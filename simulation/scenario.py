@@ -147,8 +147,7 @@ class SiteData:
 
     def usable_classes(self, episode: EpisodeConfig, split: str = "train") -> list[int]:
         """Classes with enough examples for an episode (shots + queries) in `split`."""
-        counts = torch.bincount(getattr(self, split).labels, minlength=len(self.train.classes))
-        return [c for c, n in enumerate(counts.tolist()) if n >= episode.per_class]
+        return getattr(self, split).classes_with(episode.per_class)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +253,9 @@ def load_site(scenario: Scenario, site: int | str, data_dir: Path | None = None,
     elif spec.source == "folder":
         parts = _folder_parts(scenario, spec, Path(data_dir) / spec.path, index)
     else:
-        parts = tuple(_medmnist_part(scenario, index, split, Path(data_dir), download) for split in SPLITS)
+        _check_pool(scenario, index)
+        pool = medmnist.load_splits(spec.dataset, SPLITS, Path(data_dir), spec.size, download)
+        parts = tuple(_medmnist_part(scenario, index, split, pool[split]) for split in SPLITS)
     shift = spec.shift or (site_shift(seed, index) if spec.source == "synthetic" else SiteShift())
     train, test = (_finish(_select(part, spec, seed, index), scenario, spec, shift, index, k) for k, part in enumerate(parts))
     return SiteData(spec, train, test, shift)
@@ -280,16 +281,21 @@ def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) ->
     return data.subset(train), data.subset(test)
 
 
-def _medmnist_part(scenario: Scenario, index: int, split: str, data_dir: Path, download: bool) -> LabelledImages:
-    """This site's part of its pool's split; every site of the pool computes the same division."""
+def _check_pool(scenario: Scenario, index: int) -> None:
+    """The site's dataset has the scenario's dimensionality, and its pool divides one file."""
     spec = scenario.sites[index]
     if medmnist.info(spec.dataset).spatial_dims != scenario.spatial_dims:
         raise ValueError(f"site {spec.name!r}: {spec.dataset} is not {scenario.spatial_dims}D like scenario {scenario.name!r}")
+    members = [s for s in scenario.sites if s.source == "medmnist" and s.pool_name == spec.pool_name]
+    files = {(s.dataset, s.size) for s in members}
+    if len(files) > 1:
+        raise ValueError(f"pool {spec.pool_name!r} mixes datasets/sizes {sorted(files)}; a pool divides one file")
+
+
+def _medmnist_part(scenario: Scenario, index: int, split: str, data: LabelledImages) -> LabelledImages:
+    """This site's part of its pool's split; every site of the pool computes the same division."""
+    spec = scenario.sites[index]
     members = [i for i, s in enumerate(scenario.sites) if s.source == "medmnist" and s.pool_name == spec.pool_name]
-    others = {(scenario.sites[i].dataset, scenario.sites[i].size) for i in members}
-    if len(others) > 1:
-        raise ValueError(f"pool {spec.pool_name!r} mixes datasets/sizes {sorted(others)}; a pool divides one file")
-    data = medmnist.load(spec.dataset, split, data_dir, spec.size, download)
     pool = scenario.pools.get(spec.pool_name, PoolSpec())
     rng = np.random.default_rng(site_seed(scenario.seed, zlib.crc32(spec.pool_name.encode()), SPLITS.index(split)))
     if pool.method == "dirichlet":
@@ -325,5 +331,4 @@ def _select(data: LabelledImages, spec: SiteSpec, seed: int, index: int) -> Labe
 def _finish(data: LabelledImages, scenario: Scenario, spec: SiteSpec, shift: SiteShift, index: int, part: int) -> LabelledImages:
     """The model's input shape, then the site's scanner (its noise seeded by site and split)."""
     images = to_model_input(data.images, scenario.channels, scenario.image_size, where=f"site {spec.name!r}")
-    images = shift(images, site_generator(scenario.seed, index, 6, part))
-    return LabelledImages(images.contiguous(), data.labels, data.classes, data.ids, data.patients)
+    return replace(data, images=shift(images, site_generator(scenario.seed, index, 6, part)).contiguous())

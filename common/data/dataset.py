@@ -79,6 +79,11 @@ class LabelledImages:
         index: dict[str, int] = {}
         return torch.tensor([index.setdefault(p, len(index)) for p in self.patients], dtype=torch.long)
 
+    def classes_with(self, at_least: int) -> list[int]:
+        """Labels with at least `at_least` examples (e.g. shots + queries for an episode)."""
+        counts = torch.bincount(self.labels, minlength=len(self.classes))
+        return [c for c, n in enumerate(counts.tolist()) if n >= at_least]
+
     def counts(self) -> dict[str, int]:
         """Samples per class name, in class order (zero counts included)."""
         seen = Counter(self.labels.tolist())

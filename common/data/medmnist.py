@@ -131,20 +131,31 @@ def load(
     flag: str, split: str, data_dir: Path, size: int = 28, download: bool = False
 ) -> LabelledImages:
     """One split of a MedMNIST dataset as float images in [0, 1], (M, C, *S) with C = 1 or 3."""
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: use one of {SPLITS}")
+    return load_splits(flag, (split,), data_dir, size, download)[split]
+
+
+def load_splits(
+    flag: str, splits: tuple[str, ...], data_dir: Path, size: int = 28, download: bool = False
+) -> dict[str, LabelledImages]:
+    """Several splits from one MD5 check and one read of the archive."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"split={unknown[0]!r}: use one of {SPLITS}")
     meta = info(flag)
     if meta.task.startswith("multi-label"):
         raise ValueError(f"{meta.name} is multi-label ({meta.task}); episodic tasks need one label per image")
     path = locate(flag, size, data_dir, download)
+    out = {}
     with np.load(path) as archive:
-        images, labels = archive[f"{split}_images"], archive[f"{split}_labels"].reshape(-1)
-    x = torch.from_numpy(images).float().div_(255)
-    # 2D grey (M, H, W), 2D RGB (M, H, W, 3), 3D (M, D, H, W): channels first
-    x = x.permute(0, 3, 1, 2) if x.dim() == 4 and meta.spatial_dims == 2 else x.unsqueeze(1)
-    return LabelledImages(
-        images=x.contiguous(),
-        labels=torch.from_numpy(labels.astype(np.int64)),
-        classes=meta.labels,
-        ids=tuple(f"{path.name}:{split}:{i}" for i in range(len(labels))),
-    )
+        for split in splits:
+            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"].reshape(-1)
+            x = torch.from_numpy(images).float().div_(255)
+            # 2D grey (M, H, W), 2D RGB (M, H, W, 3), 3D (M, D, H, W): channels first
+            x = x.permute(0, 3, 1, 2) if x.dim() == 4 and meta.spatial_dims == 2 else x.unsqueeze(1)
+            out[split] = LabelledImages(
+                images=x.contiguous(),
+                labels=torch.from_numpy(labels.astype(np.int64)),
+                classes=meta.labels,
+                ids=tuple(f"{path.name}:{split}:{i}" for i in range(len(labels))),
+            )
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -23,7 +24,6 @@ def adapt(
     """Adapt a meta-model on K labelled examples per class; report accuracy, AUC and a confusion matrix."""
     from common.data import DataError
     from common.data import medmnist as mm
-    from common.data.dataset import LabelledImages
     from common.data.folder import FolderSpec, load_folder
     from common.data.transforms import to_model_input
     from common.export import load_meta_model
@@ -40,8 +40,7 @@ def adapt(
             if data_dir is None:
                 raise ValueError("--medmnist needs --data-dir (or FEDMETA_DATA_DIR)")
             raw = mm.load(medmnist, split, data_dir)
-            images = to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
-            data = LabelledImages(images, raw.labels, raw.classes, raw.ids, raw.patients)
+            data = replace(raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist))
         result = personalize(model, data, shots, steps, seed)
     except (ValueError, FileNotFoundError, DataError) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)

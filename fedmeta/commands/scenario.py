@@ -36,7 +36,7 @@ def show(
     download: bool = typer.Option(False, help="Download missing MedMNIST files (needs network)."),
 ) -> None:
     """Load every site's data as its client would and print what it holds."""
-    from common.data import DataError
+    from common.data import DataError, SiteShift
     from common.data.medmnist import MedMNISTFileError
     from simulation.scenario import load_scenario, load_site
 
@@ -55,9 +55,10 @@ def show(
     table = Table()
     for column in ("site", "role", "data", "train per class", "test per class", "episode classes", "shift"):
         table.add_column(column)
+    unshifted = SiteShift().as_dict()
     for site in sites:
         usable = site.usable_classes(ep)
-        shift = ", ".join(f"{k} {v:.2g}" for k, v in site.shift.as_dict().items() if v != getattr(type(site.shift)(), k))
+        shift = ", ".join(f"{k} {v:.2g}" for k, v in site.shift.as_dict().items() if v != unshifted[k])
         table.add_row(
             site.spec.name,
             site.spec.role,
