@@ -27,6 +27,9 @@ from deploy.pki import create_ca, issue_server_cert, pem_cert, pem_key, site_aut
 
 FLEET_PORT = 9092  # SuperNodes connect here (open it to the sites)
 CONTROL_PORT = 9093  # flwr CLI (keep it to the coordinator's operators)
+# Flower's own clients on the coordinator (flwr CLI, SuperExec) reach the SuperLink on loopback
+# and check the certificate's name there too
+LOOPBACK = ("127.0.0.1", "localhost")
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 AUTHORIZED = "authorized-sites.csv"
 
@@ -43,6 +46,8 @@ def _check_name(name: str) -> None:
 def provision(out: Path, hosts: list[str], sites: list[str], force: bool = False, port: int = FLEET_PORT) -> dict:
     """Create the CA, the coordinator bundle and one bundle per site; returns the manifest."""
     out = Path(out)
+    if not hosts:
+        raise ValueError("give at least one host name or IP address the sites will connect to (--host)")
     for name in sites:
         _check_name(name)
     if len(set(sites)) != len(sites):
@@ -54,7 +59,7 @@ def provision(out: Path, hosts: list[str], sites: list[str], force: bool = False
     for path in existing:
         shutil.rmtree(path)
     ca_key, ca_cert = create_ca()
-    server_key, server_cert = issue_server_cert(ca_key, ca_cert, hosts)
+    server_key, server_cert = issue_server_cert(ca_key, ca_cert, [*hosts, *(h for h in LOOPBACK if h not in hosts)])
     write_secret(out / "ca" / "ca.key", pem_key(ca_key))
     write_public(out / "ca" / "ca.pem", pem_cert(ca_cert))
     coordinator = out / "coordinator"
@@ -109,8 +114,10 @@ def revoke_site(out: Path, name: str) -> None:
     _write_manifest(out, manifest)
 
 
-def authorized_sites(coordinator_dir: Path) -> list[tuple[str, str]]:
-    with open(Path(coordinator_dir) / AUTHORIZED, newline="") as handle:
+def authorized_sites(path: Path) -> list[tuple[str, str]]:
+    """(name, OpenSSH public key) rows of a coordinator's list (the CSV, or the bundle holding it)."""
+    path = Path(path)
+    with open(path / AUTHORIZED if path.is_dir() else path, newline="") as handle:
         return [(row["name"], row["public_key"]) for row in csv.DictReader(handle)]
 
 
@@ -128,19 +135,22 @@ def _coordinator_toml(hosts: list[str], port: int) -> str:
     return f"""# fedmeta coordinator: `fedmeta coordinator --config coordinator.toml`
 [coordinator]
 hosts = {json.dumps(hosts)}   # names/IPs in server.pem; sites dial one of them
-fleet-port = {port}           # SuperNodes connect here: open it to the sites
-control-port = {CONTROL_PORT}         # flwr CLI: keep it to the coordinator's operators
+fleet-port = {port}           # the sites' SuperNodes connect here: open it to the sites
+control-port = {CONTROL_PORT}         # the SuperLink itself, bound to 127.0.0.1 (flwr CLI, ServerApp)
 ca-cert = "ca.pem"
 server-cert = "server.pem"
 server-key = "server.key"
 authorized-sites = "{AUTHORIZED}"
-state-dir = "state"          # SuperLink's database: runs survive restarts
-log-file = "logs/superlink.log"
+bind = "0.0.0.0"              # the fleet port's listen address
+state-dir = "state"          # SuperLink's database (runs survive restarts), site registrations
+log-dir = "logs"             # superlink.log, gateway.log, run logs
+audit = true                 # logs/fleet-audit.jsonl: type and shape of everything sites send (never values)
 
 [run-config]                 # any key of fedmeta's run config
 scenario = "synthetic"
 num-server-rounds = 50
 out-dir = "results"
+min-sites = 1                # wait for this many sites before the first round
 """
 
 
@@ -152,5 +162,9 @@ coordinator = "{host}:{port}"
 ca-cert = "ca.pem"           # trust only the consortium's CA
 auth-key = "auth.key"        # this site's SuperNode key (0600, never leaves the site)
 data-dir = ""                # fill in: the folder with labels.csv and the images
+scenario = "synthetic"       # the consortium's scenario: fixes image size and channels
 device = "auto"              # auto | cpu | cuda | cuda:N
+runtime-port = 9094          # the SuperNode's local ClientApp port (loopback; change if taken)
+log-dir = "logs"
+max-wait = 0                 # seconds to retry an unreachable coordinator before giving up (0: forever)
 """

@@ -8,17 +8,20 @@ import typer
 from fedmeta.commands.adapt import adapt
 from fedmeta.commands.bench import bench_app
 from fedmeta.commands.data import data_app
+from fedmeta.commands.deploy import coordinator, site
 from fedmeta.commands.provision import provision_app
 from fedmeta.commands.scenario import scenario_app
 from fedmeta.commands.simulate import simulate
 
-app = typer.Typer(help="fedmeta: federated meta-learning for hospital networks.", no_args_is_help=True)
+app = typer.Typer(help="fedmeta: federated meta-learning for hospital networks.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(provision_app, name="provision")
 app.command("simulate")(simulate)
 app.command("adapt")(adapt)
+app.command("coordinator")(coordinator)
+app.command("site")(site)
 
 
 def main() -> None:

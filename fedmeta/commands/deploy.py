@@ -1,0 +1,111 @@
+"""`fedmeta coordinator` and `fedmeta site`: the two long-running commands of a deployment."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def _stop_on_sigterm() -> None:
+    """systemd and docker stop with SIGTERM: treat it like Ctrl-C so children are stopped."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _fail(console: Console, error: Exception, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from error
+
+
+def coordinator(
+    config: Path = typer.Option(..., "--config", help="coordinator.toml from the coordinator bundle."),
+    run: bool = typer.Option(False, "--run", help="Also start the federated meta-training run (else print its command)."),
+    exit_after_run: bool = typer.Option(False, "--exit-after-run", help="With --run: stop everything when the run ends."),
+    check: bool = typer.Option(False, "--check", help="Only check the bundle and config, start nothing."),
+) -> None:
+    """Start the coordinator: SuperLink (TLS, SuperNode authentication, persistent state), the fleet
+    gateway on the public port, the provisioned sites registered; optionally the training run."""
+    from deploy.config import ConfigError, load_coordinator_config
+    from deploy.coordinator import AUDIT_LOG, Coordinator, check_coordinator
+
+    console = Console()
+    try:
+        cfg = load_coordinator_config(config)
+    except ConfigError as error:
+        _fail(console, error)
+    if check:
+        problems = check_coordinator(cfg)
+        for problem in problems:
+            console.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+        if problems:
+            raise typer.Exit(1)
+        console.print(f"{config}: ready (sites dial {cfg.hosts[0]}:{cfg.fleet_port})")
+        return
+    _stop_on_sigterm()
+    node = Coordinator(cfg, echo=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    code = 0
+    try:
+        node.start()
+        command = node.run_command()
+        if not run:
+            console.print("start training with:\n  " + f"FLWR_HOME={shlex.quote(str(node.flwr_home))} " + shlex.join(command))
+        else:
+            child = node.start_run(echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+            console.print(f"run started; its log is {cfg.log_dir / 'run.log'}, results go to {cfg.run_config['out-dir']}")
+            if exit_after_run:
+                code = child.wait()
+                console.print(f"run finished with code {code}")
+        if cfg.audit:
+            console.print(f"what sites send (types and shapes, never values): {cfg.log_dir / AUDIT_LOG}")
+        if not exit_after_run:
+            console.print("coordinator running; Ctrl-C (or SIGTERM) stops it")
+            signal.pause()
+    except KeyboardInterrupt:
+        console.print("stopping")
+    except (ConfigError, RuntimeError, FileNotFoundError) as error:
+        _fail(console, error, 1)
+    finally:
+        node.stop()
+    raise typer.Exit(code)
+
+
+def site(
+    config: Path = typer.Option(..., "--config", help="site.toml from the site bundle."),
+    check: bool = typer.Option(False, "--check", help="Only check bundle, data and device; do not connect."),
+) -> None:
+    """Run this hospital's site: check its data and keys, wait for the coordinator, then serve
+    meta-gradients through a Flower SuperNode with TLS and the site's authentication key."""
+    from deploy.config import ConfigError, load_site_config
+    from deploy.processes import TLSRefused, Unreachable
+    from deploy.site import SiteRefused, check_site, run_site
+
+    console = Console()
+    try:
+        cfg = load_site_config(config)
+    except ConfigError as error:
+        _fail(console, error)
+    if check:
+        result = check_site(cfg)
+        for problem in result.problems:
+            console.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+        if result.problems:
+            raise typer.Exit(1)
+        console.print(f"ready: {result.summary}", highlight=False)
+        return
+    _stop_on_sigterm()
+    try:
+        run_site(cfg, echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except ConfigError as error:
+        _fail(console, error, 1)
+    except (SiteRefused, TLSRefused) as error:
+        _fail(console, error, 3)
+    except Unreachable as error:
+        _fail(console, error, 4)
