@@ -13,7 +13,8 @@ from common.config import EpisodeConfig, MetaConfig
 from common.models import ModelConfig
 
 OPTIMIZERS = ("adam", "sgd")
-TRANSPORT_DTYPES = ("float32", "float16")  # what meta-parameters and meta-gradients travel as
+TRANSPORT_DTYPES = ("float32", "float16")
+AGGREGATORS = ("mean", "median", "trimmed-mean")  # server.robust implements them  # what meta-parameters and meta-gradients travel as
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class TrainConfig:
     out_dir: str = ""
     device: str = "auto"
     transport_dtype: str = "float32"
+    aggregator: str = "mean"
+    trim_fraction: float = 0.1
+    max_update_norm: float = 0.0
+    min_train_sites: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -43,6 +48,12 @@ class TrainConfig:
             raise ValueError("num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"transport-dtype={self.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"aggregator={self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim-fraction={self.trim_fraction}: must be in [0, 0.5)")
+        if self.max_update_norm < 0 or self.min_train_sites < 1:
+            raise ValueError("max-update-norm must be >= 0 (0: no bound) and min-train-sites >= 1")
         if not self.round_timeout > 0:
             raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 

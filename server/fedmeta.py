@@ -26,14 +26,11 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from common.tasks import site_seed
+from server.robust import check_update, combine
 from server.sites import SiteInfo
 from simulation.report import Recorder
 
 WEIGHT_KEY = "num-tasks"
-
-
-def _finite(message: Message) -> bool:
-    return all(torch.isfinite(t).all() for r in message.content.array_records.values() for t in r.to_torch_state_dict().values())
 
 
 def _reason(message: Message) -> str:
@@ -58,6 +55,10 @@ class FedMeta(FedAvg):
         sites: dict[int, SiteInfo] | None = None,
         recorder: Recorder | None = None,
         transport_dtype: torch.dtype = torch.float32,
+        aggregator: str = "mean",
+        trim_fraction: float = 0.1,
+        max_update_norm: float = 0.0,
+        min_train_sites: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, **kwargs)
@@ -71,6 +72,10 @@ class FedMeta(FedAvg):
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.transport_dtype = transport_dtype
+        self.aggregator = aggregator
+        self.trim_fraction = trim_fraction
+        self.max_update_norm = max_update_norm
+        self.min_train_sites = min_train_sites
         self._bytes_down = 0
         self._round_start = time.monotonic()
 
@@ -109,16 +114,25 @@ class FedMeta(FedAvg):
         return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, failed = self._check_and_log_replies(list(replies), is_train=True)
-        errors = {self._name(m.metadata.src_node_id): _reason(m) for m in failed}
-        good = []
-        for message in valid:
-            if _finite(message):
-                good.append(message)
-            else:
-                name = self._name(message.metadata.src_node_id)
-                errors[name] = "meta-gradient with non-finite values: dropped from the average"
-                log(WARNING, "round %s: dropped %s's meta-gradient: it has non-finite values", server_round, name)
+        replies = list(replies)
+        errors = {self._name(m.metadata.src_node_id): _reason(m) for m in replies if m.has_error()}
+        good, updates = [], []
+        for message in (m for m in replies if not m.has_error()):
+            name = self._name(message.metadata.src_node_id)
+            update, weight, problem = self._unpack(message)
+            if problem is None:
+                problem = check_update(update, self.params, weight, self.max_update_norm)
+            if problem is not None:
+                errors[name] = f"rejected: {problem}"
+                log(WARNING, "round %s: rejected %s's meta-gradient: %s", server_round, name, problem)
+                continue
+            good.append(message)
+            updates.append((update, weight))
+        updated = len(good) >= max(1, self.min_train_sites)
+        log(INFO, "round %s: %d meta-gradients accepted, %d failed or rejected", server_round, len(good), len(errors))
+        if not updated:
+            log(WARNING, "round %s: %d acceptable meta-gradients, fewer than min-train-sites=%d: the meta-model is unchanged",
+                server_round, len(good), self.min_train_sites)
         if self.recorder is not None:
             self.recorder.train(
                 server_round,
@@ -127,24 +141,27 @@ class FedMeta(FedAvg):
                 bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for m in good),
                 seconds=time.monotonic() - self._round_start,
                 errors=errors,
+                updated=updated,
             )
-        if not good:
+        if not updated:
             return None, None
-        grads = self.average([(m.content[self.arrayrecord_key].to_torch_state_dict(), float(m.content["metrics"][WEIGHT_KEY])) for m in good])
+        grads = combine(updates, self.aggregator, self.trim_fraction)
         metrics = self.train_metrics_aggr_fn([m.content for m in good], WEIGHT_KEY)
         return self.wire(self.step(grads)), metrics
 
-    @staticmethod
-    def average(updates: list[tuple[dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
-        """Task-weighted mean of the sites' meta-gradients, accumulated in float64 whatever
-        precision they travelled in, returned in float32."""
-        total = sum(weight for _, weight in updates)
-        first = updates[0][0]
-        mean = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in first.items()}
-        for grads, weight in updates:
-            for k in mean:
-                mean[k] += grads[k].double() * (weight / total)
-        return {k: v.float() for k, v in mean.items()}
+    def _unpack(self, message: Message) -> tuple[dict[str, torch.Tensor], float, str | None]:
+        """The site's meta-gradient and task count, or why they cannot be read."""
+        content = message.content
+        if self.arrayrecord_key not in content.array_records or "metrics" not in content.metric_records:
+            return {}, 0.0, f"reply without '{self.arrayrecord_key}' arrays or 'metrics'"
+        metrics = content["metrics"]
+        if WEIGHT_KEY not in metrics or not isinstance(metrics[WEIGHT_KEY], (int, float)):
+            return {}, 0.0, f"metrics without a numeric '{WEIGHT_KEY}'"
+        try:
+            update = content[self.arrayrecord_key].to_torch_state_dict()
+        except Exception as error:  # noqa: BLE001 -- an undecodable array is the site's fault, not the round's
+            return {}, 0.0, f"arrays that cannot be decoded ({error})"
+        return update, float(metrics[WEIGHT_KEY]), None
 
     def wire(self, params: dict[str, torch.Tensor]) -> ArrayRecord:
         """What goes on the wire: the meta-parameters, in half precision if configured."""

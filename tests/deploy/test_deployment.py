@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -25,24 +24,13 @@ import pytest
 
 from deploy.processes import free_port, tls_check
 from deploy.provision import provision
+from tests.deploy.bundle import set_keys
 
 pytestmark = pytest.mark.integration
 
 SITES = ["site-0", "site-1", "heldout-0"]  # names of the synthetic scenario's sites
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 600
-
-
-def set_keys(path: Path, **values: object) -> None:
-    """Set `key = value` lines of a provisioned TOML (keys written with '-' as '_'); append missing ones."""
-    text = path.read_text()
-    for key, value in values.items():
-        key = key.replace("_", "-")
-        line = f"{key} = {json.dumps(value)}"
-        text, found = re.subn(rf"^{re.escape(key)}\s*=.*$", line, text, flags=re.M)
-        if not found:
-            text += line + "\n"
-    path.write_text(text)
 
 
 class Processes:
