@@ -37,6 +37,8 @@ class TrainConfig:
     trim_fraction: float = 0.1
     max_update_norm: float = 0.0
     min_train_sites: int = 1
+    resume: bool = False
+    force_resume: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

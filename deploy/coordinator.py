@@ -78,13 +78,13 @@ def _cert_names(cert: x509.Certificate) -> set[str]:
     return {*sans.get_values_for_type(x509.DNSName), *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))}
 
 
-def app_run_config(cfg: CoordinatorConfig) -> dict[str, object]:
-    """Every run-config key: the defaults, the scenario's recommendations, then coordinator.toml's [run-config]."""
+def app_run_config(cfg: CoordinatorConfig, **overrides: object) -> dict[str, object]:
+    """Every run-config key: the defaults, the scenario's recommendations, coordinator.toml's [run-config], `overrides`."""
     from simulation.scenario import load_scenario
 
     scenario = str(cfg.run_config.get("scenario", "synthetic"))
     sc = load_scenario(scenario)
-    values = {**sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries, **cfg.run_config}
+    values = {**sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries, **cfg.run_config, **overrides}
     return flat_run_config(parse_run_config(values))
 
 
@@ -208,17 +208,17 @@ class Coordinator:
         tmp.write_text(json.dumps(registry, indent=1))
         os.replace(tmp, self.registry_path)
 
-    def run_command(self) -> list[str]:
-        """The `flwr run` that starts federated meta-training on this coordinator (app dir written now)."""
+    def run_command(self, resume: bool = False, force_resume: bool = False) -> list[str]:
+        """The `flwr run` that starts (or resumes from its checkpoint) federated meta-training here."""
         from simulation.run import write_app_dir
 
         app_dir = self.cfg.state_dir / "app"
         app_dir.mkdir(parents=True, exist_ok=True)
-        write_app_dir(app_dir, app_run_config(self.cfg))
+        write_app_dir(app_dir, app_run_config(self.cfg, resume=resume, force_resume=force_resume))
         return [flower_command("flwr"), "run", str(app_dir), FEDERATION, "--stream"]
 
-    def start_run(self, echo: Callable[[str], None] | None = None) -> Child:
-        self.run = Child(self.run_command(), self.cfg.log_dir / "run.log", env=self._env(), echo=echo)
+    def start_run(self, echo: Callable[[str], None] | None = None, resume: bool = False, force_resume: bool = False) -> Child:
+        self.run = Child(self.run_command(resume, force_resume), self.cfg.log_dir / "run.log", env=self._env(), echo=echo)
         return self.run
 
     def stop(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from common.algorithms import build_algorithm
 from common.export import save_meta_model
 from common.models import build_model
 from common.runconfig import parse_run_config
+from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume
 from server.fedmeta import FedMeta
 from server.sites import discover_sites
 from simulation.report import Recorder
@@ -56,12 +57,37 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1,
         min_available_nodes=1,
     )
-    init = algorithm.init_meta_params()
-    strategy.initialize(ArrayRecord(init))  # the float32 master copy, whatever travels on the wire
+    strategy.initialize(ArrayRecord(algorithm.init_meta_params()))  # the float32 master copy
+    start_round, checkpoint_path = 1, (out_dir / CHECKPOINT if out_dir is not None else None)
+    if checkpoint_path is not None:
+        start_round = _resume(checkpoint_path, cfg, dict(context.run_config), strategy, recorder)
+
+    def save(server_round: int) -> None:
+        if checkpoint_path is not None:
+            params, optimizer = strategy.state()
+            Checkpoint(server_round, params, optimizer, torch.get_rng_state(), recorder.results, dict(context.run_config)).write(checkpoint_path)
+
     start = time.monotonic()
-    strategy.start(grid=grid, initial_arrays=strategy.wire(init), num_rounds=cfg.train.num_server_rounds, timeout=cfg.train.round_timeout)
+    strategy.run(grid, cfg.train.num_server_rounds, cfg.train.round_timeout, start_round=start_round, on_round_end=save)
     if out_dir is not None:
         recorder.finish(time.monotonic() - start)
         save_meta_model(out_dir / "model", strategy.params, model_config, cfg.meta, cfg.episode,
                         scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
         log(INFO, "results and the meta-model are in %s", out_dir.resolve())
+
+
+
+def _resume(path: Path, cfg, run_config: dict, strategy: FedMeta, recorder: Recorder) -> int:
+    """The first round to run: 1, or the one after the checkpoint's (whose state is restored)."""
+    checkpoint = prepare_resume(path, run_config, cfg.train.resume, cfg.train.force_resume)
+    if checkpoint is None:
+        return 1
+    if config_hash(checkpoint.run_config) != config_hash(run_config):
+        log(WARNING, "resuming with a changed config (force-resume): %s", config_changes(checkpoint.run_config, run_config))
+    strategy.restore(checkpoint.params, checkpoint.optimizer)
+    torch.set_rng_state(checkpoint.rng)
+    # rounds after the checkpoint (recorded before the crash, never checkpointed) run again: drop them
+    recorder.results["rounds"] = [r for r in checkpoint.history["rounds"] if r["round"] <= checkpoint.round]
+    recorder.results["resumed"] = [*checkpoint.history.get("resumed", []), {"after_round": checkpoint.round}]
+    log(INFO, "resuming after round %d of %d from %s", checkpoint.round, cfg.train.num_server_rounds, path)
+    return checkpoint.round + 1

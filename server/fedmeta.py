@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import numpy as np
@@ -175,6 +175,39 @@ class FedMeta(FedAvg):
         per_site = {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in valid}
         errors = {self._name(m.metadata.src_node_id): _reason(m) for m in failed}
         return MetricRecord(self.recorder.evaluate(server_round, per_site, errors))
+
+    def run(self, grid: Grid, num_rounds: int, timeout: float, start_round: int = 1,
+            on_round_end: Callable[[int], None] | None = None) -> None:
+        """Rounds `start_round..num_rounds`: train, aggregate, step, evaluate on schedule, then
+        `on_round_end(round)` (the checkpoint). Flower's `Strategy.start` always begins at round 1;
+        a resumed run must not."""
+        arrays = self.wire(self.params)
+        for server_round in range(start_round, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+            replies = grid.send_and_receive(self.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout)
+            new_arrays, _ = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            evaluate = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+            if evaluate:
+                self.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=timeout))
+            if on_round_end is not None:
+                on_round_end(server_round)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Meta-parameters and outer optimizer state, for a checkpoint."""
+        return {k: p.detach().clone() for k, p in self.params.items()}, self.optimizer.state_dict()
+
+    def restore(self, params: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+        """Continue from a checkpoint: same meta-parameters, same optimizer moments and step counts."""
+        missing = self.params.keys() ^ params.keys()
+        if missing:
+            raise ValueError(f"the checkpoint's meta-parameters differ from this model's: {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(params[name])
+        self.optimizer.load_state_dict(optimizer_state)
 
     def step(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One outer-optimizer step with the averaged meta-gradient; returns the new meta-parameters."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.runconfig import RunConfig, flat_run_config
+from server.checkpoint import CHECKPOINT, prepare_resume
 from simulation.report import RESULTS
 from simulation.scenario import load_scenario
 
@@ -73,6 +74,8 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
     scenario = load_scenario(cfg.data.scenario)
     num_sites = len(scenario.sites)
     run_config = flat_run_config(cfg)
+    # the ServerApp decides; asking first turns a refusal into this error, not a Ray log line
+    prepare_resume(out_dir / CHECKPOINT, run_config, cfg.train.resume, cfg.train.force_resume)
     # Ray warns on every start unless told how to treat GPU visibility for num_gpus=0 actors
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     handler = _log_to(out_dir / "simulation.log", verbose)
@@ -115,7 +118,7 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
 def _log_to(path: Path, verbose: bool) -> logging.Handler:
     """Flower's log goes to `path` in full; the console shows warnings only unless `verbose`."""
     logger = logging.getLogger("flwr")
-    handler = logging.FileHandler(path, mode="w")
+    handler = logging.FileHandler(path, mode="a")  # a resumed run continues the log
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.addHandler(handler)

@@ -27,6 +27,8 @@ def coordinator(
     config: Path = typer.Option(..., "--config", help="coordinator.toml from the coordinator bundle."),
     run: bool = typer.Option(False, "--run", help="Also start the federated meta-training run (else print its command)."),
     exit_after_run: bool = typer.Option(False, "--exit-after-run", help="With --run: stop everything when the run ends."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from out-dir's checkpoint when there is one (after a crash or restart); else start a new run."),
+    force_resume: bool = typer.Option(False, "--force-resume", help="Resume although training settings changed."),
     check: bool = typer.Option(False, "--check", help="Only check the bundle and config, start nothing."),
 ) -> None:
     """Start the coordinator: SuperLink (TLS, SuperNode authentication, persistent state), the fleet
@@ -47,16 +49,24 @@ def coordinator(
             raise typer.Exit(1)
         console.print(f"{config}: ready (sites dial {cfg.hosts[0]}:{cfg.fleet_port})")
         return
+    if resume or force_resume:
+        from server.checkpoint import CHECKPOINT
+
+        checkpoint = Path(str(cfg.run_config["out-dir"])) / CHECKPOINT
+        if not checkpoint.exists():
+            console.print(f"no checkpoint at {checkpoint}: starting a new run")
+            resume = force_resume = False
     _stop_on_sigterm()
     node = Coordinator(cfg, echo=lambda line: console.print(line, highlight=False, soft_wrap=True))
     code = 0
     try:
         node.start()
-        command = node.run_command()
+        command = node.run_command(resume or force_resume, force_resume)
         if not run:
             console.print("start training with:\n  " + f"FLWR_HOME={shlex.quote(str(node.flwr_home))} " + shlex.join(command))
         else:
-            child = node.start_run(echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+            child = node.start_run(echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
+                                   resume=resume or force_resume, force_resume=force_resume)
             console.print(f"run started; its log is {cfg.log_dir / 'run.log'}, results go to {cfg.run_config['out-dir']}")
             if exit_after_run:
                 code = child.wait()
@@ -68,8 +78,10 @@ def coordinator(
             signal.pause()
     except KeyboardInterrupt:
         console.print("stopping")
-    except (ConfigError, RuntimeError, FileNotFoundError) as error:
+    except ConfigError as error:  # the bundle or config: restarting will not help
         _fail(console, error, 1)
+    except (RuntimeError, FileNotFoundError, OSError) as error:  # e.g. a port still taken: worth a restart
+        _fail(console, error, 5)
     finally:
         node.stop()
     raise typer.Exit(code)

@@ -32,6 +32,8 @@ def simulate(
     cpus_per_site: float = typer.Option(1.0, help="CPUs per virtual site (Ray resources)."),
     gpus_per_site: float = typer.Option(0.0, help="GPU fraction per virtual site (0.25: four sites share a GPU)."),
     ray_address: str = typer.Option("", help="Use an existing Ray cluster (\"auto\" or ip:port) instead of a local one."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force_resume: bool = typer.Option(False, "--force-resume", help="Resume although training settings changed."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's logs on the console."),
 ) -> None:
     """Run federated meta-training with N virtual sites; write results.json, metrics.csv and plots."""
@@ -49,6 +51,9 @@ def simulate(
         given = {"num-server-rounds": rounds, "tasks-per-round": tasks_per_round, "eval-every": eval_every}
         values = {**base, **{k: v for k, v in given.items() if v is not None}, **parse_overrides(run_config),
                   "scenario": scenario, "seed": seed, **({"data-dir": str(data_dir)} if data_dir else {})}
+        if (resume or force_resume) and out is None:
+            raise ValueError("--resume continues a run: give its directory with --out")
+        values.update({"resume": resume or force_resume, "force-resume": force_resume})
         out = out or Path("runs") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
         learner = "maml" if algorithm in BASELINES else algorithm  # what the baselines meta-train
         configs = {

@@ -25,6 +25,7 @@ import pytest
 from deploy.processes import free_port, tls_check
 from deploy.provision import provision
 from tests.deploy.bundle import set_keys
+from tests.procs import group_gone, live_members
 
 pytestmark = pytest.mark.integration
 
@@ -73,14 +74,6 @@ def _env() -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +138,7 @@ def deployment(tmp_path_factory):
         for site in sites:
             os.killpg(site.pid, signal.SIGTERM) if site.poll() is None else None
         result["site_codes"] = [site.wait(30) for site in sites]
-        time.sleep(1)
-        result["left_running"] = [p.args[:3] for p in procs.started if group_alive(p.pid)]
+        result["left_running"] = [(p.args[:3], live_members(p.pid)) for p in procs.started if not group_gone(p.pid)]
         yield result
     finally:
         procs.kill_all()

@@ -1,0 +1,135 @@
+"""The coordinator's checkpoint: one safetensors file, replaced atomically after every round.
+
+It holds the meta-parameters, the outer optimizer's state (Adam moments and step counts), the
+torch RNG state, the round just finished, the metrics history (results.json as it was at that
+round) and the run config with its hash. Tensors go in the tensor section, everything else in
+the header's metadata as JSON: no pickles, like every file fedmeta writes.
+
+`write` goes to a temporary file in the same directory, fsyncs it, and renames it over the old
+checkpoint. A crash at any point leaves either the previous checkpoint or the new one, never a
+torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+CHECKPOINT = "checkpoint.safetensors"
+# keys that may change between a run and its resumption: how long, where, how patiently, who first
+RESUMABLE_CHANGES = frozenset({"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume"})
+
+
+def config_hash(run_config: Mapping[str, object]) -> str:
+    """What must match for a run to continue another: every key but RESUMABLE_CHANGES."""
+    kept = {k: run_config[k] for k in sorted(run_config) if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_changes(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, tuple[object, object]]:
+    keys = (old.keys() | new.keys()) - RESUMABLE_CHANGES
+    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    params: dict[str, torch.Tensor]
+    optimizer: dict  # torch optimizer state_dict
+    rng: torch.Tensor
+    history: dict  # the Recorder's results
+    run_config: dict[str, object]
+
+    def write(self, path: Path) -> None:
+        path = Path(path)
+        names = list(self.params)
+        tensors = {f"param/{k}": v.detach().contiguous() for k, v in self.params.items()}
+        scalars: dict[str, dict] = {}
+        for index, state in self.optimizer["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"opt/{index}/{key}"] = value.detach().contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        tensors["rng"] = self.rng
+        metadata = {
+            "format": "fedmeta-checkpoint-1",
+            "round": str(self.round),
+            "param_names": json.dumps(names),
+            "param_groups": json.dumps(self.optimizer["param_groups"]),
+            "optimizer_scalars": json.dumps(scalars),
+            "history": json.dumps(self.history, allow_nan=True),
+            "run_config": json.dumps(self.run_config, default=str),
+            "config_hash": config_hash(self.run_config),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 -- any unreadable file gets the same advice
+        raise ValueError(f"{path} is not a readable fedmeta checkpoint ({error}); start a new run, or restore it from a backup") from error
+    if meta.get("format") != "fedmeta-checkpoint-1":
+        raise ValueError(f"{path} is not a fedmeta checkpoint (format {meta.get('format')!r})")
+    names = json.loads(meta["param_names"])
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in json.loads(meta["optimizer_scalars"]).items():
+        state.setdefault(int(index), {}).update(values)
+    return Checkpoint(
+        round=int(meta["round"]),
+        params={k: tensors[f"param/{k}"] for k in names},
+        optimizer={"state": state, "param_groups": json.loads(meta["param_groups"])},
+        rng=tensors["rng"],
+        history=json.loads(meta["history"]),
+        run_config=json.loads(meta["run_config"]),
+    )
+
+
+def prepare_resume(path: Path, run_config: Mapping[str, object], resume: bool, force: bool = False) -> Checkpoint | None:
+    """The checkpoint to continue from (None: start at round 1), or a clear refusal:
+    overwriting an earlier run's checkpoint, resuming without one, resuming with another config."""
+    path = Path(path)
+    if not resume:
+        if path.exists():
+            raise FileExistsError(f"{path.parent} holds a checkpoint of an earlier run: continue it with --resume "
+                                  "(run config resume=true), or give this run another output directory")
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"resume was asked for, but there is no checkpoint at {path}: start without --resume")
+    checkpoint = read_checkpoint(path)
+    changes = config_changes(checkpoint.run_config, run_config)
+    if changes and not force:
+        raise ValueError(f"the checkpoint at {path} was written with another config; changed (old, new): {changes}. "
+                         "Resume with the same config, or force it (--force-resume, run config force-resume=true)")
+    return checkpoint
