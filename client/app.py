@@ -17,8 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from common.algorithms import MetaAlgorithm, build_algorithm
-from common.device import resolve_device
 from common.config import MetaConfig
+from common.device import resolve_device
+from common.privacy import add_noise, clip, site_noise_std
 from common.models import ModelConfig, build_model
 from common.runconfig import RunConfig, parse_run_config
 from simulation.protocol import evaluate_site, evaluation_tasks, site_tasks
@@ -96,8 +97,14 @@ def train(msg: Message, context: Context) -> Message:
     step = site.algorithm.meta_gradient(meta, tasks)
     metrics = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks,
                "compute-s": time.perf_counter() - start}
+    grads = {k: g.detach().to("cpu", torch.float32) for k, g in step.grads.items()}
+    if cfg.train.dp_clip > 0:  # site-level DP: nothing leaves the site above the bound
+        grads, _ = clip(grads, cfg.train.dp_clip)
+        if cfg.train.dp_noise == "sites":
+            sampled = int(msg.content["config"]["dp-sites"])
+            grads = add_noise(grads, site_noise_std(cfg.train.dp_noise_multiplier, cfg.train.dp_clip, sampled))
     wire = getattr(torch, cfg.train.transport_dtype)
-    content = RecordDict({"arrays": ArrayRecord({k: g.detach().to("cpu", wire) for k, g in step.grads.items()}), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": ArrayRecord({k: g.to(wire) for k, g in grads.items()}), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 

@@ -39,6 +39,10 @@ class TrainConfig:
     min_train_sites: int = 1
     resume: bool = False
     force_resume: bool = False
+    dp_clip: float = 0.0
+    dp_noise_multiplier: float = 1.0
+    dp_delta: float = 1e-5
+    dp_noise: str = "server"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,6 +60,13 @@ class TrainConfig:
             raise ValueError(f"trim-fraction={self.trim_fraction}: must be in [0, 0.5)")
         if self.max_update_norm < 0 or self.min_train_sites < 1:
             raise ValueError("max-update-norm must be >= 0 (0: no bound) and min-train-sites >= 1")
+        if self.dp_clip < 0:
+            raise ValueError(f"dp-clip={self.dp_clip}: the clipping bound must be > 0 (0: no differential privacy)")
+        if self.dp_clip > 0:
+            if not self.dp_noise_multiplier > 0 or not 0 < self.dp_delta < 1 or self.dp_noise not in ("server", "sites"):
+                raise ValueError("with dp-clip > 0: dp-noise-multiplier must be > 0, dp-delta in (0, 1), dp-noise server or sites")
+            if self.aggregator != "mean":
+                raise ValueError(f"dp-clip > 0 needs aggregator=mean (the Gaussian mechanism's sensitivity is for a sum), not {self.aggregator!r}")
         if not self.round_timeout > 0:
             raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 

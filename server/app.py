@@ -17,6 +17,7 @@ from common.models import build_model
 from common.runconfig import parse_run_config
 from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume
 from server.fedmeta import FedMeta
+from server.privacy import Privacy
 from server.sites import discover_sites
 from simulation.report import Recorder
 from simulation.scenario import load_scenario
@@ -53,6 +54,8 @@ def main(grid: Grid, context: Context) -> None:
         trim_fraction=cfg.train.trim_fraction,
         max_update_norm=cfg.train.max_update_norm,
         min_train_sites=cfg.train.min_train_sites,
+        privacy=Privacy(cfg.train.dp_clip, cfg.train.dp_noise_multiplier, cfg.train.dp_delta, cfg.train.dp_noise,
+                        population=sum(s.role == "train" for s in sites.values())) if cfg.train.dp_clip > 0 else None,
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=1,
@@ -65,7 +68,9 @@ def main(grid: Grid, context: Context) -> None:
     def save(server_round: int) -> None:
         if checkpoint_path is not None:
             params, optimizer = strategy.state()
-            Checkpoint(server_round, params, optimizer, torch.get_rng_state(), recorder.results, dict(context.run_config)).write(checkpoint_path)
+            accountant = strategy.privacy.accountant.state_dict() if strategy.privacy is not None else None
+            Checkpoint(server_round, params, optimizer, torch.get_rng_state(), recorder.results, dict(context.run_config),
+                       accountant).write(checkpoint_path)
 
     start = time.monotonic()
     strategy.run(grid, cfg.train.num_server_rounds, cfg.train.round_timeout, start_round=start_round, on_round_end=save)
@@ -85,6 +90,8 @@ def _resume(path: Path, cfg, run_config: dict, strategy: FedMeta, recorder: Reco
     if config_hash(checkpoint.run_config) != config_hash(run_config):
         log(WARNING, "resuming with a changed config (force-resume): %s", config_changes(checkpoint.run_config, run_config))
     strategy.restore(checkpoint.params, checkpoint.optimizer)
+    if strategy.privacy is not None and checkpoint.privacy is not None:
+        strategy.privacy.accountant.load_state_dict(checkpoint.privacy)
     torch.set_rng_state(checkpoint.rng)
     # rounds after the checkpoint (recorded before the crash, never checkpointed) run again: drop them
     recorder.results["rounds"] = [r for r in checkpoint.history["rounds"] if r["round"] <= checkpoint.round]

@@ -47,6 +47,7 @@ class Checkpoint:
     rng: torch.Tensor
     history: dict  # the Recorder's results
     run_config: dict[str, object]
+    privacy: dict | None = None  # the DP accountant's state (epsilon must keep growing after a resume)
 
     def write(self, path: Path) -> None:
         path = Path(path)
@@ -69,6 +70,7 @@ class Checkpoint:
             "history": json.dumps(self.history, allow_nan=True),
             "run_config": json.dumps(self.run_config, default=str),
             "config_hash": config_hash(self.run_config),
+            "privacy": json.dumps(self.privacy),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -113,6 +115,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         rng=tensors["rng"],
         history=json.loads(meta["history"]),
         run_config=json.loads(meta["run_config"]),
+        privacy=json.loads(meta.get("privacy", "null")),
     )
 
 

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from common.tasks import site_seed
+from server.privacy import Privacy
 from server.robust import check_update, combine
 from server.sites import SiteInfo
 from simulation.report import Recorder
@@ -59,6 +60,7 @@ class FedMeta(FedAvg):
         trim_fraction: float = 0.1,
         max_update_norm: float = 0.0,
         min_train_sites: int = 1,
+        privacy: Privacy | None = None,
         **kwargs,
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, **kwargs)
@@ -76,6 +78,8 @@ class FedMeta(FedAvg):
         self.trim_fraction = trim_fraction
         self.max_update_norm = max_update_norm
         self.min_train_sites = min_train_sites
+        self.privacy = privacy
+        self._sampled = 0
         self._bytes_down = 0
         self._round_start = time.monotonic()
 
@@ -102,6 +106,9 @@ class FedMeta(FedAvg):
         chosen = sorted(pool[i] for i in rng.choice(len(pool), size=min(count, len(pool)), replace=False))
         log(INFO, "round %s: training on %s", server_round, ", ".join(self._name(n) for n in chosen))
         config["server-round"] = server_round
+        if self.privacy is not None:
+            config["dp-sites"] = len(chosen)  # in `sites` noise mode each adds 1/n of the noise
+        self._sampled = len(chosen)
         self._bytes_down = _nbytes(arrays) * len(chosen)
         self._round_start = time.monotonic()
         return self._messages(chosen, arrays, config, MessageType.TRAIN)
@@ -133,6 +140,13 @@ class FedMeta(FedAvg):
         if not updated:
             log(WARNING, "round %s: %d acceptable meta-gradients, fewer than min-train-sites=%d: the meta-model is unchanged",
                 server_round, len(good), self.min_train_sites)
+        privacy = None
+        if updated and self.privacy is not None:
+            grads, multiplier = self.privacy.aggregate([u for u, _ in updates], max(self._sampled, len(updates)))
+            privacy = self.privacy.account(multiplier, max(self._sampled, len(updates)))
+            log(INFO, "round %s: differential privacy (epsilon %.3g, delta %g) so far", server_round, privacy["epsilon"], privacy["delta"])
+        elif updated:
+            grads = combine(updates, self.aggregator, self.trim_fraction)
         if self.recorder is not None:
             self.recorder.train(
                 server_round,
@@ -142,10 +156,10 @@ class FedMeta(FedAvg):
                 seconds=time.monotonic() - self._round_start,
                 errors=errors,
                 updated=updated,
+                privacy=privacy,
             )
         if not updated:
             return None, None
-        grads = combine(updates, self.aggregator, self.trim_fraction)
         metrics = self.train_metrics_aggr_fn([m.content for m in good], WEIGHT_KEY)
         return self.wire(self.step(grads)), metrics
 

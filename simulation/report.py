@@ -49,12 +49,15 @@ class Recorder:
         return rounds[-1]
 
     def train(self, server_round: int, per_site: dict[str, dict[str, float]], bytes_down: int = 0, bytes_up: int = 0,
-              seconds: float = float("nan"), errors: dict[str, str] | None = None, updated: bool = True) -> None:
+              seconds: float = float("nan"), errors: dict[str, str] | None = None, updated: bool = True,
+              privacy: dict[str, float] | None = None) -> None:
         """A training round: each site's metrics, bytes each way, wall time, sites that failed or
         were rejected, and whether the meta-model moved (not when too few updates were acceptable)."""
         row = self._round(server_round)
         row["train"] = per_site
         row["updated"] = updated
+        if privacy is not None:
+            row["privacy"] = privacy  # cumulative (epsilon, delta) after this round
         row["bytes"] = {"down": bytes_down, "up": bytes_up}
         row["seconds"] = seconds
         if errors:
