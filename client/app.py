@@ -22,6 +22,7 @@ from common.device import resolve_device
 from common.privacy import add_noise, clip, site_noise_std
 from common.models import ModelConfig, build_model
 from common.runconfig import RunConfig, parse_run_config
+from client import secure
 from simulation.protocol import evaluate_site, evaluation_tasks, site_tasks
 from simulation.scenario import SiteData, load_hospital_site, load_scenario, load_site
 
@@ -84,9 +85,8 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"site": info}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    site = _site(context)
+def _private_meta_gradient(site: Site, msg: Message) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """This round's meta-gradient (float32, CPU), clipped and noised when DP is on, and its metrics."""
     if site.data.spec.role != "train":
         raise RuntimeError(f"site {site.data.spec.name!r} is held out for meta-testing and does not train")
     meta = site.meta(msg)
@@ -103,9 +103,45 @@ def train(msg: Message, context: Context) -> Message:
         if cfg.train.dp_noise == "sites":
             sampled = int(msg.content["config"]["dp-sites"])
             grads = add_noise(grads, site_noise_std(cfg.train.dp_noise_multiplier, cfg.train.dp_clip, sampled))
-    wire = getattr(torch, cfg.train.transport_dtype)
+    return grads, metrics
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    site = _site(context)
+    grads, metrics = _private_meta_gradient(site, msg)
+    wire = getattr(torch, site.cfg.train.transport_dtype)
     content = RecordDict({"arrays": ArrayRecord({k: g.to(wire) for k, g in grads.items()}), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+@app.train("secagg")
+def train_secure(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 1: compute and keep the meta-gradient here; send public keys."""
+    site = _site(context)
+    grads, metrics = _private_meta_gradient(site, msg)
+    config = msg.content["config"]
+    weight = 1.0 if site.cfg.train.dp_clip > 0 else metrics["num-tasks"] / float(config["secagg-weight-scale"])
+    keys = secure.advertise(context, int(config["secagg-index"]), grads, weight)
+    # the task count would tell the coordinator this site's weight in the sum: it stays here
+    metrics.pop("num-tasks")
+    return Message(content=RecordDict({"secagg": keys, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("secagg_share")
+def secagg_share(msg: Message, context: Context) -> Message:
+    return Message(content=RecordDict({"secagg": secure.share(context, msg.content["config"])}), reply_to=msg)
+
+
+@app.query("secagg_mask")
+def secagg_mask(msg: Message, context: Context) -> Message:
+    masked, info = secure.mask(context, msg.content["config"])
+    return Message(content=RecordDict({"masked": masked, "masked-info": info}), reply_to=msg)
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return Message(content=RecordDict({"secagg": secure.unmask(context, msg.content["config"])}), reply_to=msg)
 
 
 @app.evaluate()

@@ -43,6 +43,9 @@ class TrainConfig:
     dp_noise_multiplier: float = 1.0
     dp_delta: float = 1e-5
     dp_noise: str = "server"
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
+    secagg_clip_range: float = 1024.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +70,14 @@ class TrainConfig:
                 raise ValueError("with dp-clip > 0: dp-noise-multiplier must be > 0, dp-delta in (0, 1), dp-noise server or sites")
             if self.aggregator != "mean":
                 raise ValueError(f"dp-clip > 0 needs aggregator=mean (the Gaussian mechanism's sensitivity is for a sum), not {self.aggregator!r}")
+        if self.secure_aggregation:
+            if self.aggregator != "mean" or self.max_update_norm > 0:
+                raise ValueError("secure-aggregation hides each site's meta-gradient: per-site checks (max-update-norm) "
+                                 "and robust rules (aggregator median/trimmed-mean) cannot apply; use aggregator=mean, max-update-norm=0")
+            if self.dp_clip > 0 and self.dp_noise != "sites":
+                raise ValueError("with secure-aggregation, differential privacy needs dp-noise=sites: the sites add the noise")
+            if not 0 < self.secagg_threshold <= 1 or not self.secagg_clip_range > 0:
+                raise ValueError("secagg-threshold must be in (0, 1] and secagg-clip-range > 0")
         if not self.round_timeout > 0:
             raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 

@@ -214,7 +214,7 @@ class Coordinator:
 
         app_dir = self.cfg.state_dir / "app"
         app_dir.mkdir(parents=True, exist_ok=True)
-        write_app_dir(app_dir, app_run_config(self.cfg, resume=resume, force_resume=force_resume))
+        write_app_dir(app_dir, app_run_config(self.cfg, **{"resume": resume, "force-resume": force_resume}))
         return [flower_command("flwr"), "run", str(app_dir), FEDERATION, "--stream"]
 
     def start_run(self, echo: Callable[[str], None] | None = None, resume: bool = False, force_resume: bool = False) -> Child:

@@ -18,6 +18,7 @@ from common.runconfig import parse_run_config
 from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume
 from server.fedmeta import FedMeta
 from server.privacy import Privacy
+from server.secure import SecureAggregation
 from server.sites import discover_sites
 from simulation.report import Recorder
 from simulation.scenario import load_scenario
@@ -56,6 +57,8 @@ def main(grid: Grid, context: Context) -> None:
         min_train_sites=cfg.train.min_train_sites,
         privacy=Privacy(cfg.train.dp_clip, cfg.train.dp_noise_multiplier, cfg.train.dp_delta, cfg.train.dp_noise,
                         population=sum(s.role == "train" for s in sites.values())) if cfg.train.dp_clip > 0 else None,
+        secure=SecureAggregation(cfg.train.secagg_threshold, cfg.train.secagg_clip_range,
+                                 weight_scale=float(cfg.train.tasks_per_round)) if cfg.train.secure_aggregation else None,
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=1,

@@ -28,6 +28,7 @@ from flwr.supercore import log
 from common.tasks import site_seed
 from server.privacy import Privacy
 from server.robust import check_update, combine
+from server.secure import SecureAggregation, secure_round, unflatten
 from server.sites import SiteInfo
 from simulation.report import Recorder
 
@@ -35,8 +36,12 @@ WEIGHT_KEY = "num-tasks"
 
 
 def _reason(message: Message) -> str:
+    return _reason_text(message.error.reason)
+
+
+def _reason_text(reason: str) -> str:
     """The site's own error message, without the Ray/Flower traceback wrapped around it."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", message.error.reason)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
     head, _, tail = text.rpartition("Message: ")
     return (tail if head else text.strip().splitlines()[-1]).strip().removesuffix("'>").strip()
 
@@ -61,6 +66,7 @@ class FedMeta(FedAvg):
         max_update_norm: float = 0.0,
         min_train_sites: int = 1,
         privacy: Privacy | None = None,
+        secure: SecureAggregation | None = None,
         **kwargs,
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, **kwargs)
@@ -79,6 +85,7 @@ class FedMeta(FedAvg):
         self.max_update_norm = max_update_norm
         self.min_train_sites = min_train_sites
         self.privacy = privacy
+        self.secure = secure
         self._sampled = 0
         self._bytes_down = 0
         self._round_start = time.monotonic()
@@ -163,6 +170,32 @@ class FedMeta(FedAvg):
         metrics = self.train_metrics_aggr_fn([m.content for m in good], WEIGHT_KEY)
         return self.wire(self.step(grads)), metrics
 
+    def secure_train(self, server_round: int, grid: Grid, train: list[Message], arrays: ArrayRecord, timeout: float) -> ArrayRecord | None:
+        """A training round under secure aggregation: only the sum of the sites' vectors is seen."""
+        config = train[0].content[self.configrecord_key] if train else ConfigRecord()
+        result = secure_round(grid, [m.metadata.dst_node_id for m in train], arrays, config, self.secure, timeout, _reason_text)
+        errors = {("(round)" if n == -1 else self._name(n)): text for n, text in result.errors.items()}
+        for name, text in errors.items():
+            log(WARNING, "round %s: secure aggregation: %s: %s", server_round, name, text)
+        updated = result.total is not None and result.survivors >= max(1, self.min_train_sites)
+        privacy, grads = None, None
+        if updated:
+            sums, weight = unflatten(result.total, self.params)
+            if self.privacy is not None:  # uniform weights: the sum's weight entry counts the survivors
+                grads = {k: (v / self._sampled).float() for k, v in sums.items()}
+                multiplier = self.privacy.noise_multiplier * (result.survivors / self._sampled) ** 0.5
+                privacy = self.privacy.account(multiplier, self._sampled)
+            else:
+                grads = {k: (v / weight).float() for k, v in sums.items()}
+            if not all(torch.isfinite(g).all() for g in grads.values()):
+                updated, errors["(round)"] = False, "the aggregate is not finite: the meta-model is unchanged"
+        log(INFO, "round %s: secure aggregate of %d sites%s", server_round, result.survivors, "" if updated else " not applied")
+        if self.recorder is not None:
+            self.recorder.train(server_round, {self._name(n): m for n, m in result.metrics.items()}, bytes_down=self._bytes_down,
+                                bytes_up=result.bytes_up, seconds=time.monotonic() - self._round_start, errors=errors,
+                                updated=updated, privacy=privacy)
+        return self.wire(self.step(grads)) if updated else None
+
     def _unpack(self, message: Message) -> tuple[dict[str, torch.Tensor], float, str | None]:
         """The site's meta-gradient and task count, or why they cannot be read."""
         content = message.content
@@ -199,8 +232,11 @@ class FedMeta(FedAvg):
         for server_round in range(start_round, num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
-            replies = grid.send_and_receive(self.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout)
-            new_arrays, _ = self.aggregate_train(server_round, replies)
+            train = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
+            if self.secure is not None:
+                new_arrays = self.secure_train(server_round, grid, train, arrays, timeout)
+            else:
+                new_arrays, _ = self.aggregate_train(server_round, grid.send_and_receive(train, timeout=timeout))
             if new_arrays is not None:
                 arrays = new_arrays
             evaluate = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))

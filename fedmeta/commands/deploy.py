@@ -78,7 +78,7 @@ def coordinator(
             signal.pause()
     except KeyboardInterrupt:
         console.print("stopping")
-    except ConfigError as error:  # the bundle or config: restarting will not help
+    except (ConfigError, ValueError) as error:  # the bundle or config: restarting will not help
         _fail(console, error, 1)
     except (RuntimeError, FileNotFoundError, OSError) as error:  # e.g. a port still taken: worth a restart
         _fail(console, error, 5)

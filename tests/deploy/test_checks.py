@@ -44,6 +44,20 @@ def test_a_provisioned_coordinator_bundle_loads_and_passes(bundles):
     assert check_coordinator(cfg) == []
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_the_run_command_carries_the_full_run_config(bundles, resume):
+    import tomllib
+
+    cfg = load_coordinator_config(coordinator_toml(bundles))
+    command = Coordinator(cfg, echo=lambda _: None).run_command(resume=resume)
+    app = tomllib.loads((cfg.state_dir / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert command[1:3] == ["run", str(cfg.state_dir / "app")] and command[-1] == "--stream"
+    config = app["config"]
+    assert config["resume"] is resume and config["force-resume"] is False
+    assert config["out-dir"] == str(bundles / "coordinator" / "results") and config["num-server-rounds"] == 50
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}  # no code, only names
+
+
 @pytest.mark.parametrize(("keys", "message"), [
     ({"fleet_port": 70000}, "is not a TCP port"),
     ({"fleet_port": 9093}, "must differ"),

@@ -1,0 +1,146 @@
+"""Secure aggregation of meta-gradients over Flower messages (the protocol is `common.secagg`).
+
+One training round becomes four message exchanges with the sampled sites:
+
+    train.secagg         global meta-parameters out; two public keys and scalar metrics back
+    query.secagg_share   everyone's public keys out; encrypted key shares for each peer back
+    query.secagg_mask    the shares addressed to the site out; its masked, quantized vector back
+    query.secagg_unmask  who survived, who dropped; the shares needed to remove the masks back
+
+Each site's vector is its meta-gradient times w / weight-scale, followed by w / weight-scale,
+where w is its task count (1 under differential privacy). The coordinator recovers only the
+sum, and from it the task-weighted mean. It never holds a single site's meta-gradient, so
+per-site checks (norm bounds, robust rules) cannot apply. A site that fails in stage 1 or 2
+is left out of the round. A site that drops after stage 2 is recovered from the others' shares,
+as long as `threshold` of them answer the unmask request. The model: a coordinator that
+follows the protocol but is curious (honest-but-curious). The consistency-check round that
+defends against a coordinator lying about dropouts is not implemented.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common import secagg
+from common.secagg import SecAggError
+
+STAGES = ("train.secagg", "query.secagg_share", "query.secagg_mask", "query.secagg_unmask")
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    threshold_fraction: float = 0.6  # of the sampled sites, at least 2
+    clip_range: float = 1024.0  # |w/W * meta-gradient| per coordinate beyond this is clipped (and counted)
+    levels: int = 1 << 40  # quantization levels over [-clip_range, clip_range]: steps of 2e-9 at the default range
+    weight_scale: float = 1.0  # W: the largest task count a site can report (tasks-per-round)
+
+    def threshold(self, sampled: int) -> int:
+        return min(sampled, max(2, math.ceil(self.threshold_fraction * sampled)))
+
+
+@dataclass
+class SecureRound:
+    """What one secure round produced: the sum (or None), per-site metrics, errors, bytes."""
+
+    total: np.ndarray | None = None
+    survivors: int = 0
+    metrics: dict[int, dict] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    bytes_up: int = 0
+
+
+def _send(grid: Grid, kind: str, contents: dict[int, RecordDict], timeout: float) -> tuple[dict[int, Message], dict[int, str]]:
+    messages = [Message(content=content, message_type=kind, dst_node_id=node) for node, content in contents.items()]
+    ok, failed = {}, {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            failed[node] = reply.error.reason
+        else:
+            ok[node] = reply
+    for node in contents.keys() - ok.keys() - failed.keys():
+        failed[node] = f"no reply within {timeout:.0f} s ({kind})"
+    return ok, failed
+
+
+def secure_round(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, spec: SecureAggregation,
+                 timeout: float, reason: callable) -> SecureRound:
+    """Run the four stages with `nodes`; `reason(message_error_text)` cleans site errors."""
+    out = SecureRound()
+    index = {node: k + 1 for k, node in enumerate(nodes)}
+    threshold = spec.threshold(len(nodes))
+    base = dict(config) | {"secagg-threshold": threshold, "secagg-clip-range": spec.clip_range, "secagg-levels": spec.levels,
+                           "secagg-weight-scale": spec.weight_scale}
+
+    def fail(failed: dict[int, str], stage: str) -> None:
+        for node, text in failed.items():
+            out.errors.setdefault(node, f"{stage}: {reason(text)}")
+
+    # 1. meta-gradients computed and kept at the sites; public keys out
+    replies, failed = _send(grid, STAGES[0], {n: RecordDict({"arrays": arrays, "config": ConfigRecord(base | {"secagg-index": index[n]})})
+                                              for n in nodes}, timeout)
+    fail(failed, "training")
+    keys = {index[n]: (bytes(r.content["secagg"]["c-pk"]), bytes(r.content["secagg"]["s-pk"])) for n, r in replies.items()}
+    out.metrics = {n: dict(r.content["metrics"]) for n, r in replies.items()}
+    if len(keys) < threshold:
+        out.errors.setdefault(-1, f"{len(keys)} sites advertised keys, fewer than the threshold {threshold}")
+        return out
+    order = sorted(keys)
+    listing = {"secagg-indices": order, "secagg-c-pks": [keys[i][0] for i in order], "secagg-s-pks": [keys[i][1] for i in order]}
+    # 2. encrypted shares, routed by the coordinator, who cannot read them
+    replies, failed = _send(grid, STAGES[1], {n: RecordDict({"config": ConfigRecord(base | listing | {"secagg-index": index[n]})})
+                                              for n in replies}, timeout)
+    fail(failed, "key sharing")
+    inbox: dict[int, dict[int, bytes]] = {index[n]: {} for n in replies}
+    for n, r in replies.items():
+        shares = r.content["secagg"]
+        for to, blob in zip(shares["to"], shares["blobs"]):
+            if to in inbox:
+                inbox[to][index[n]] = bytes(blob)
+    shared = {index[n]: keys[index[n]] for n in replies}
+    if len(shared) < threshold:
+        out.errors.setdefault(-1, f"{len(shared)} sites shared their keys, fewer than the threshold {threshold}")
+        return out
+    # 3. masked vectors (the only arrays that leave a site)
+    contents = {n: RecordDict({"config": ConfigRecord(base | {"secagg-from": list(inbox[index[n]]), "secagg-blobs": list(inbox[index[n]].values())})})
+                for n in replies}
+    replies, failed = _send(grid, STAGES[2], contents, timeout)
+    fail(failed, "masking")
+    masked = {index[n]: r.content["masked"]["y"].numpy().astype(np.uint64) for n, r in replies.items()}
+    clipped = {n: int(r.content["masked-info"]["clipped"]) for n, r in replies.items()}
+    for n, count in clipped.items():
+        if count:
+            out.errors.setdefault(n, f"{count} coordinates beyond secagg-clip-range={spec.clip_range} were clipped: raise it")
+    out.bytes_up = sum(len(r.content["masked"]["y"].data) for r in replies.values())
+    survivors, dropped = sorted(masked), sorted(set(shared) - set(masked))
+    # 4. the shares that remove the masks: each survivor's self mask, each dropped site's pair masks
+    replies, failed = _send(grid, STAGES[3], {n: RecordDict({"config": ConfigRecord(base | {"secagg-survivors": survivors, "secagg-dropped": dropped})})
+                                              for n in replies}, timeout)
+    fail(failed, "unmasking")
+    responses = {}
+    for n, r in replies.items():
+        c = r.content["secagg"]
+        responses[index[n]] = {"b": dict(zip(c["b-from"], map(bytes, c["b"]))), "s": dict(zip(c["s-from"], map(bytes, c["s"])))}
+    try:
+        out.total = secagg.unmasked_sum(masked, shared, responses, threshold, spec.clip_range, spec.levels)
+        out.survivors = len(survivors)
+    except SecAggError as error:
+        out.errors.setdefault(-1, str(error))
+    return out
+
+
+def unflatten(total: np.ndarray, template: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+    """The summed vector back into named arrays, and the summed weight (its last entry)."""
+    out, offset = {}, 0
+    for name, ref in template.items():
+        out[name] = torch.from_numpy(total[offset:offset + ref.numel()].copy()).reshape(ref.shape)
+        offset += ref.numel()
+    if offset + 1 != len(total):
+        raise SecAggError(f"the aggregate has {len(total)} entries, the meta-parameters {offset} (+1 weight)")
+    return out, float(total[-1])

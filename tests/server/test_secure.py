@@ -1,0 +1,118 @@
+"""Secure aggregation through the real ServerApp strategy and the real ClientApp handlers.
+
+`LocalGrid` carries messages in-process to `client.app.app`, with one Flower `Context` per
+site that persists across messages the way a SuperNode's does. It can let a site die at a given
+stage. That is the only stand-in: keys, shares, masks and meta-gradients are all real."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord
+
+from client.app import app as client_app
+from common import secagg
+from common.algorithms import build_algorithm
+from common.models import build_model
+from common.runconfig import flat_run_config, parse_run_config
+from server.fedmeta import FedMeta
+from server.secure import SecureAggregation
+from server.sites import SiteInfo
+from simulation.scenario import load_scenario
+from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
+
+RUN = {"ways": 3, "shots": 2, "queries": 3, "model-width": 8, "model-groups": 2, "model-depth": 2, "inner-steps": 1,
+       "tasks-per-round": 2, "secure-aggregation": True, "outer-optimizer": "sgd", "outer-lr": 1.0, "device": "cpu"}
+NODES = [101, 202, 303, 404]
+
+
+class LocalGrid:
+    """Delivers messages to the ClientApp in this process; `dead` maps node -> the stage it dies at."""
+
+    def __init__(self, run_config: dict, dead: dict[int, str] | None = None):
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(), run_config=run_config)
+                         for i, n in enumerate(NODES)}
+        self.dead = dict(dead or {})
+        self.seen: list[tuple[int, str, Message]] = []  # (node, message type, reply): everything the coordinator received
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            node, kind = message.metadata.dst_node_id, message.metadata.message_type
+            if node in self.dead and (self.dead[node] == kind or self.dead[node] == "gone"):
+                self.dead[node] = "gone"  # a dead site stays dead
+                continue
+            try:
+                reply = client_app(message, self.contexts[node])
+            except Exception as error:  # noqa: BLE001 -- what a SuperNode turns into an error reply
+                reply = Message(Error(code=0, reason=str(error)), reply_to=message)
+            self.seen.append((node, kind, reply))
+            replies.append(reply)
+        return replies
+
+
+def strategy_and_params(run_config):
+    cfg = parse_run_config(run_config)
+    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
+    params = build_algorithm(model, cfg.meta).init_meta_params()
+    sites = {n: SiteInfo(n, f"site-{i}", "train", 300, 200) for i, n in enumerate(NODES)}
+    strategy = FedMeta(outer_optimizer="sgd", outer_lr=1.0, sites=sites, secure=SecureAggregation(weight_scale=2.0))
+    strategy.initialize(ArrayRecord(params))
+    return strategy, params
+
+
+def plain_mean(run_config, params, nodes):
+    """What the same sites would send without secure aggregation, task-weighted."""
+    grid = LocalGrid(run_config)
+    sent = RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord({"server-round": 1})})
+    replies = grid.send_and_receive([Message(content=sent, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes])
+    grads = [(r.content["arrays"].to_torch_state_dict(), float(r.content["metrics"]["num-tasks"])) for r in replies]
+    total = sum(w for _, w in grads)
+    return {k: sum(g[k].double() * w for g, w in grads) / total for k in params}
+
+
+@pytest.mark.parametrize("dead", [{}, {202: "query.secagg_mask"}])
+def test_the_coordinator_gets_the_weighted_mean_and_never_a_site_gradient(dead):
+    run_config = flat_run_config(parse_run_config(RUN))
+    strategy, params = strategy_and_params(run_config)
+    grid = LocalGrid(run_config, dead)
+    train = list(strategy.configure_train(1, ArrayRecord(params), ConfigRecord(), grid))
+    assert strategy.secure_train(1, grid, train, ArrayRecord(params), timeout=60) is not None
+    applied = {k: params[k].double() - strategy.params[k].double() for k in params}  # SGD at rate 1: the mean itself
+    survivors = [n for n in NODES if n not in dead]
+    expected = plain_mean(run_config, params, survivors)
+    for k in params:  # quantization: half a level per site, over the summed weight
+        assert torch.allclose(applied[k], expected[k], atol=1e-5), (k, float((applied[k] - expected[k]).abs().max()))
+
+    arrays_received = [(node, kind, reply) for node, kind, reply in grid.seen if reply.content.array_records]
+    assert {kind for _, kind, _ in arrays_received} == {"query.secagg_mask"}  # the only arrays a site sent
+    for node, _, reply in arrays_received:
+        masked = reply.content["masked"]["y"].numpy()
+        plain_grads = plain_mean(run_config, params, [node])  # that site's own meta-gradient
+        flat = np.concatenate([v.flatten().numpy() for v in plain_grads.values()])
+        assert masked.dtype == np.uint64 and len(masked) == len(flat) + 1
+        assert abs(np.corrcoef(masked[:-1].astype(np.float64), flat)[0, 1]) < 0.2  # looks like noise, not the gradient
+    metric_keys = {k for _, kind, r in grid.seen if kind == "train.secagg" for k in r.content["metrics"]}
+    assert "num-tasks" not in metric_keys  # a site's weight stays inside the masked sum
+
+
+def test_too_many_dropouts_leave_the_model_unchanged():
+    run_config = flat_run_config(parse_run_config(RUN))
+    strategy, params = strategy_and_params(run_config)
+    grid = LocalGrid(run_config, {101: "query.secagg_mask", 202: "query.secagg_mask", 303: "query.secagg_mask"})
+    train = list(strategy.configure_train(1, ArrayRecord(params), ConfigRecord(), grid))
+    assert strategy.secure_train(1, grid, train, ArrayRecord(params), timeout=60) is None
+    assert all(torch.equal(strategy.params[k], params[k]) for k in params)
+
+
+def test_secure_aggregation_refuses_settings_it_cannot_honour():
+    for extra, message in (({"aggregator": "median"}, "robust rules"), ({"max-update-norm": 5.0}, "max-update-norm"),
+                           ({"dp-clip": 1.0, "dp-noise": "server"}, "dp-noise=sites")):
+        with pytest.raises(ValueError, match=message):
+            parse_run_config({**RUN, **extra})
+    assert 4 * SecureAggregation().levels < secagg.EXACT  # four sites' quantized sums stay exact in float64
