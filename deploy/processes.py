@@ -1,7 +1,8 @@
 """Child processes (Flower's SuperLink and SuperNode) and the network checks around them.
 
 Each child runs in its own process group with its output teed to a log file, so stopping it
-stops whatever it spawned (SuperExec, ServerApp/ClientApp processes) too.
+stops whatever it spawned (SuperExec, ServerApp/ClientApp processes) too. It also gets SIGTERM
+when its supervisor dies, however it dies.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Child:
         self._log = open(log_file, "a", encoding="utf-8")
         self._echo = echo
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env or child_env(), cwd=cwd, start_new_session=True, text=True, errors="replace")
+                                        env=env or child_env(), cwd=cwd, start_new_session=True, text=True, errors="replace",
+                                        preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
 
@@ -82,6 +84,16 @@ class Child:
         self.process.wait()
         self._reader.join(timeout=5)
         self._log.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the fedmeta process that started it dies, even by
+    SIGKILL, so a SuperLink or SuperNode never outlives its supervisor (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pid: int, sig: int) -> None:

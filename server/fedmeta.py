@@ -29,7 +29,7 @@ from common.tasks import site_seed
 from server.privacy import Privacy
 from server.robust import check_update, combine
 from server.secure import SecureAggregation, secure_round, unflatten
-from server.sites import SiteInfo
+from server.sites import SiteInfo, answered, source
 from simulation.report import Recorder
 
 WEIGHT_KEY = "num-tasks"
@@ -89,6 +89,8 @@ class FedMeta(FedAvg):
         self._sampled = 0
         self._bytes_down = 0
         self._round_start = time.monotonic()
+        self._sent: dict[str, int] = {}  # message id -> node, for replies the SuperLink makes
+        self._expected: set[int] = set()  # nodes asked in the current exchange
 
     def initialize(self, arrays: ArrayRecord) -> None:
         """Take the meta-parameters to optimize (once: the optimizer state then persists)."""
@@ -98,6 +100,27 @@ class FedMeta(FedAvg):
 
     def _name(self, node: int) -> str:
         return self.sites[node].name if node in self.sites else f"node-{node}"
+
+    def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+        """send_and_receive, remembering whom each message went to."""
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        self._sent, self._expected = answered(messages, replies), {m.metadata.dst_node_id for m in messages}
+        return replies
+
+    def _outcomes(self, replies: list[Message]) -> tuple[list[tuple[int, Message]], dict[str, str]]:
+        """(node, good reply) pairs and {site: why it failed}, including nodes that never answered."""
+        good, errors = [], {}
+        for reply in replies:
+            node = source(reply, self._sent)
+            if reply.has_error():
+                errors[self._name(node)] = _reason(reply)
+            else:
+                good.append((node, reply))
+        answered_nodes = {source(r, self._sent) for r in replies}
+        for node in sorted(self._expected - answered_nodes):
+            errors[self._name(node)] = "no reply within the round timeout"
+        self._expected = set()
+        return good, errors
 
     def _messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -128,11 +151,10 @@ class FedMeta(FedAvg):
         return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        errors = {self._name(m.metadata.src_node_id): _reason(m) for m in replies if m.has_error()}
+        replies, errors = self._outcomes(list(replies))
         good, updates = [], []
-        for message in (m for m in replies if not m.has_error()):
-            name = self._name(message.metadata.src_node_id)
+        for node, message in replies:
+            name = self._name(node)
             update, weight, problem = self._unpack(message)
             if problem is None:
                 problem = check_update(update, self.params, weight, self.max_update_norm)
@@ -140,7 +162,7 @@ class FedMeta(FedAvg):
                 errors[name] = f"rejected: {problem}"
                 log(WARNING, "round %s: rejected %s's meta-gradient: %s", server_round, name, problem)
                 continue
-            good.append(message)
+            good.append((node, message))
             updates.append((update, weight))
         updated = len(good) >= max(1, self.min_train_sites)
         log(INFO, "round %s: %d meta-gradients accepted, %d failed or rejected", server_round, len(good), len(errors))
@@ -157,9 +179,9 @@ class FedMeta(FedAvg):
         if self.recorder is not None:
             self.recorder.train(
                 server_round,
-                {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in good},
+                {self._name(n): dict(m.content["metrics"]) for n, m in good},
                 bytes_down=self._bytes_down,
-                bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for m in good),
+                bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for _, m in good),
                 seconds=time.monotonic() - self._round_start,
                 errors=errors,
                 updated=updated,
@@ -167,7 +189,7 @@ class FedMeta(FedAvg):
             )
         if not updated:
             return None, None
-        metrics = self.train_metrics_aggr_fn([m.content for m in good], WEIGHT_KEY)
+        metrics = self.train_metrics_aggr_fn([m.content for _, m in good], WEIGHT_KEY)
         return self.wire(self.step(grads)), metrics
 
     def secure_train(self, server_round: int, grid: Grid, train: list[Message], arrays: ArrayRecord, timeout: float) -> ArrayRecord | None:
@@ -218,9 +240,8 @@ class FedMeta(FedAvg):
         replies = list(replies)
         if self.recorder is None:
             return super().aggregate_evaluate(server_round, replies)
-        valid, failed = self._check_and_log_replies(replies, is_train=False)
-        per_site = {self._name(m.metadata.src_node_id): dict(m.content["metrics"]) for m in valid}
-        errors = {self._name(m.metadata.src_node_id): _reason(m) for m in failed}
+        good, errors = self._outcomes(replies)
+        per_site = {self._name(n): dict(m.content["metrics"]) for n, m in good}
         return MetricRecord(self.recorder.evaluate(server_round, per_site, errors))
 
     def run(self, grid: Grid, num_rounds: int, timeout: float, start_round: int = 1,
@@ -236,12 +257,12 @@ class FedMeta(FedAvg):
             if self.secure is not None:
                 new_arrays = self.secure_train(server_round, grid, train, arrays, timeout)
             else:
-                new_arrays, _ = self.aggregate_train(server_round, grid.send_and_receive(train, timeout=timeout))
+                new_arrays, _ = self.aggregate_train(server_round, self._exchange(grid, train, timeout))
             if new_arrays is not None:
                 arrays = new_arrays
             evaluate = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
             if evaluate:
-                self.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=timeout))
+                self.aggregate_evaluate(server_round, self._exchange(grid, evaluate, timeout))
             if on_round_end is not None:
                 on_round_end(server_round)
 

@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 
 from common import secagg
 from common.secagg import SecAggError
+from server.sites import exchange
 
 STAGES = ("train.secagg", "query.secagg_share", "query.secagg_mask", "query.secagg_unmask")
 
@@ -56,17 +57,7 @@ class SecureRound:
 
 
 def _send(grid: Grid, kind: str, contents: dict[int, RecordDict], timeout: float) -> tuple[dict[int, Message], dict[int, str]]:
-    messages = [Message(content=content, message_type=kind, dst_node_id=node) for node, content in contents.items()]
-    ok, failed = {}, {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            failed[node] = reply.error.reason
-        else:
-            ok[node] = reply
-    for node in contents.keys() - ok.keys() - failed.keys():
-        failed[node] = f"no reply within {timeout:.0f} s ({kind})"
-    return ok, failed
+    return exchange(grid, [Message(content=content, message_type=kind, dst_node_id=node) for node, content in contents.items()], timeout)
 
 
 def secure_round(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, spec: SecureAggregation,

@@ -28,6 +28,36 @@ class SiteInfo:
         return {"node_id": self.node_id, "name": self.name, "role": self.role, "num_train": self.num_train, "num_test": self.num_test}
 
 
+def answered(messages: list[Message], replies: list[Message]) -> dict[str, int]:
+    """Message id -> the node it was sent to, for the messages a grid has sent (it stamps the ids).
+    Errors made by the SuperLink (e.g. "Node Unavailable") come from the SuperLink's own node id
+    and name the node they stand for only through `reply_to_message_id`."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+
+
+def source(reply: Message, sent: dict[str, int]) -> int:
+    """The node a reply answers for."""
+    return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> tuple[dict[int, Message], dict[int, str]]:
+    """Send and wait: the good replies by node, and for every other addressed node why not."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    sent = answered(messages, replies)
+    ok, failed = {}, {}
+    for reply in replies:
+        node = source(reply, sent)
+        if reply.has_error():
+            failed[node] = reply.error.reason
+        else:
+            ok[node] = reply
+    for message in messages:
+        node = message.metadata.dst_node_id
+        if node not in ok and node not in failed:
+            failed[node] = f"no reply within {timeout:.0f} s ({message.metadata.message_type})"
+    return ok, failed
+
+
 def discover_sites(grid: Grid, min_sites: int, timeout: float) -> dict[int, SiteInfo]:
     """Wait for `min_sites` nodes, then query each for its site description."""
     deadline = time.monotonic() + timeout
@@ -42,11 +72,10 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float) -> dict[int, Site
     query = RecordDict({"config": ConfigRecord({"query": "site-info"})})
     messages = [Message(content=query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     sites: dict[int, SiteInfo] = {}
-    for reply in grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic())):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            log(WARNING, "node %s did not describe its site and takes no part: %s", node, reply.error.reason)
-            continue
+    replies, failed = exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()))
+    for node, reason in failed.items():
+        log(WARNING, "node %s did not describe its site and takes no part: %s", node, reason)
+    for node, reply in replies.items():
         info = reply.content[SITE_RECORD]
         sites[node] = SiteInfo(node, str(info["site-name"]), str(info["role"]), int(info["num-train"]), int(info["num-test"]))
     names = [s.name for s in sites.values()]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
+
+from deploy.processes import tls_check
+
+BIN = Path(sys.executable).parent
 
 
 def live_members(pgid: int) -> list[str]:
@@ -21,3 +29,57 @@ def group_gone(pgid: int, timeout: float = 15.0) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+class Processes:
+    """Every process the test starts, each in its own group, killed at the end."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+        process.log_path = self.logs / f"{name}.log"
+        self.started.append(process)
+        return process
+
+    def run(self, name: str, argv: list[str], timeout: float = 180) -> tuple[int, str]:
+        process = self.start(name, argv)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, process.log_path.read_text()
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_for_port(owner: subprocess.Popen, port: int, ca_cert: Path, timeout: float = 120) -> None:
+    """Until a TLS handshake with localhost:port succeeds (while `owner` runs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return tls_check("localhost", port, ca_cert)
+        except ConnectionError:
+            assert owner.poll() is None, owner.log_path.read_text()[-5000:]
+            assert time.monotonic() < deadline, f"port {port} did not open within {timeout:.0f} s"
+            time.sleep(0.5)

@@ -15,65 +15,19 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from deploy.processes import free_port, tls_check
+from deploy.processes import free_port
 from deploy.provision import provision
 from tests.deploy.bundle import set_keys
-from tests.procs import group_gone, live_members
+from tests.procs import BIN, Processes, group_gone, live_members, wait_for_port
 
 pytestmark = pytest.mark.integration
 
 SITES = ["site-0", "site-1", "heldout-0"]  # names of the synthetic scenario's sites
-BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 600
-
-
-class Processes:
-    """Every process the test starts, each in its own group, killed at the end."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
-        process.log_path = self.logs / f"{name}.log"
-        self.started.append(process)
-        return process
-
-    def run(self, name: str, argv: list[str], timeout: float = 180) -> tuple[int, str]:
-        process = self.start(name, argv)
-        try:
-            code = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        return code, process.log_path.read_text()
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +53,7 @@ def deployment(tmp_path_factory):
         coordinator = procs.start("coordinator", [str(BIN / "fedmeta"), "coordinator", "--config", str(coordinator_toml),
                                                   "--run", "--exit-after-run"])
         result["coordinator"] = coordinator
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                tls_check("localhost", fleet, root / "consortium" / "ca" / "ca.pem")
-                break
-            except ConnectionError:
-                assert coordinator.poll() is None, coordinator.log_path.read_text()
-                assert time.monotonic() < deadline, "the coordinator's fleet port did not open"
-                time.sleep(0.5)
+        wait_for_port(coordinator, fleet, root / "consortium" / "ca" / "ca.pem")
 
         # intruders, before the real sites: the run must still start with exactly the three of them
         unregistered = root / "unregistered.toml"

@@ -6,6 +6,8 @@ stage. That is the only stand-in: keys, shares, masks and meta-gradients are all
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,7 @@ class LocalGrid:
     def send_and_receive(self, messages, timeout=None):
         replies = []
         for message in messages:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as every Flower grid stamps it
             node, kind = message.metadata.dst_node_id, message.metadata.message_type
             if node in self.dead and (self.dead[node] == kind or self.dead[node] == "gone"):
                 self.dead[node] = "gone"  # a dead site stays dead
