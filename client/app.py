@@ -11,18 +11,28 @@ import time
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from logging import ERROR
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.supercore import log
 
+from client import secure
 from common.algorithms import MetaAlgorithm, build_algorithm
 from common.config import MetaConfig
+from common.data.dataset import DataError
 from common.device import resolve_device
-from common.privacy import add_noise, clip, site_noise_std
 from common.models import ModelConfig, build_model
+from common.privacy import add_noise, clip, site_noise_std
 from common.runconfig import RunConfig, parse_run_config
-from client import secure
 from simulation.protocol import evaluate_site, evaluation_tasks, site_tasks
 from simulation.scenario import SiteData, load_hospital_site, load_scenario, load_site
 
@@ -53,7 +63,14 @@ def _site_data(scenario_ref: str, site: int | str, data_dir: str | None) -> tupl
         return index, load_site(scenario, index, data_dir)
     if data_dir is None:
         raise ValueError(f"site {site!r} is not in scenario {scenario.name!r} ({names}); give its folder as --node-config data-dir=...")
-    data = load_hospital_site(scenario, site, data_dir)
+    try:
+        data = load_hospital_site(scenario, site, data_dir)
+    except DataError as error:
+        # A hospital's file names can carry patient identifiers: the full report (every file, its
+        # problem, the fix) goes to this site's own log; the coordinator learns only that and how many.
+        log(ERROR, "site %s cannot train on its data folder:\n%s", site, error)
+        raise RuntimeError(f"site {site!r}: {len(error.problems)} problem(s) in its data folder; the site's own log lists "
+                           "each file and the fix (or run `fedmeta site --check` there)") from None
     return zlib.crc32(site.encode()), data  # the stable number its seeds derive from
 
 

@@ -23,6 +23,15 @@ def _fail(console: Console, error: Exception, code: int = 2) -> None:
     raise typer.Exit(code) from error
 
 
+def _report(console: Console, problems: list[str], ready: str) -> None:
+    """`--check`: every problem (exit 1), or what is ready."""
+    for problem in problems:
+        console.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(ready, highlight=False, soft_wrap=True)
+
+
 def coordinator(
     config: Path = typer.Option(..., "--config", help="coordinator.toml from the coordinator bundle."),
     run: bool = typer.Option(False, "--run", help="Also start the federated meta-training run (else print its command)."),
@@ -42,12 +51,7 @@ def coordinator(
     except ConfigError as error:
         _fail(console, error)
     if check:
-        problems = check_coordinator(cfg)
-        for problem in problems:
-            console.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
-        if problems:
-            raise typer.Exit(1)
-        console.print(f"{config}: ready (sites dial {cfg.hosts[0]}:{cfg.fleet_port})")
+        _report(console, check_coordinator(cfg), f"{config}: ready (sites dial {cfg.hosts[0]}:{cfg.fleet_port})")
         return
     if resume or force_resume:
         from server.checkpoint import CHECKPOINT
@@ -104,11 +108,7 @@ def site(
         _fail(console, error)
     if check:
         result = check_site(cfg)
-        for problem in result.problems:
-            console.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
-        if result.problems:
-            raise typer.Exit(1)
-        console.print(f"ready: {result.summary}", highlight=False)
+        _report(console, result.problems, f"ready: {result.summary}")
         return
     _stop_on_sigterm()
     try:

@@ -90,3 +90,19 @@ def test_provision_new_then_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "sites" / "st-mary" / "auth.key").is_file()
     again = fedmeta("provision", "new", "--out", str(tmp_path), "--host", "localhost", "--site", "st-mary")
     assert again.returncode == 2 and "already exist" in again.stdout
+
+
+def test_coordinator_and_site_checks_from_the_command_line(tmp_path):
+    from deploy.provision import provision
+    from tests.deploy.bundle import set_keys
+
+    provision(tmp_path, ["localhost"], ["st-mary"])
+    out = fedmeta("coordinator", "--config", str(tmp_path / "coordinator" / "coordinator.toml"), "--check")
+    assert out.returncode == 0 and "ready (sites dial localhost:9092)" in out.stdout, out.stdout + out.stderr
+    site_toml = tmp_path / "sites" / "st-mary" / "site.toml"
+    set_keys(site_toml, device="cpu", data_dir=str(tmp_path / "missing"))
+    out = fedmeta("site", "--config", str(site_toml), "--check")
+    assert out.returncode == 1 and "problem: data:" in out.stdout and "missing does not exist" in " ".join(out.stdout.split())
+    set_keys(site_toml, coordinator="no-port")
+    out = fedmeta("site", "--config", str(site_toml), "--check")
+    assert out.returncode == 2 and "should be host:port" in " ".join(out.stdout.split())

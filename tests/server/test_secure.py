@@ -6,15 +6,13 @@ stage. That is the only stand-in: keys, shares, masks and meta-gradients are all
 
 from __future__ import annotations
 
-import uuid
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.app import ConfigRecord
 
-from client.app import app as client_app
 from common import secagg
 from common.algorithms import build_algorithm
 from common.models import build_model
@@ -23,40 +21,11 @@ from server.fedmeta import FedMeta
 from server.secure import SecureAggregation
 from server.sites import SiteInfo
 from simulation.scenario import load_scenario
+from tests.server.local_grid import NODES, LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
 RUN = {"ways": 3, "shots": 2, "queries": 3, "model-width": 8, "model-groups": 2, "model-depth": 2, "inner-steps": 1,
        "tasks-per-round": 2, "secure-aggregation": True, "outer-optimizer": "sgd", "outer-lr": 1.0, "device": "cpu"}
-NODES = [101, 202, 303, 404]
-
-
-class LocalGrid:
-    """Delivers messages to the ClientApp in this process; `dead` maps node -> the stage it dies at."""
-
-    def __init__(self, run_config: dict, dead: dict[int, str] | None = None):
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(), run_config=run_config)
-                         for i, n in enumerate(NODES)}
-        self.dead = dict(dead or {})
-        self.seen: list[tuple[int, str, Message]] = []  # (node, message type, reply): everything the coordinator received
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as every Flower grid stamps it
-            node, kind = message.metadata.dst_node_id, message.metadata.message_type
-            if node in self.dead and (self.dead[node] == kind or self.dead[node] == "gone"):
-                self.dead[node] = "gone"  # a dead site stays dead
-                continue
-            try:
-                reply = client_app(message, self.contexts[node])
-            except Exception as error:  # noqa: BLE001 -- what a SuperNode turns into an error reply
-                reply = Message(Error(code=0, reason=str(error)), reply_to=message)
-            self.seen.append((node, kind, reply))
-            replies.append(reply)
-        return replies
 
 
 def strategy_and_params(run_config):
