@@ -40,7 +40,7 @@ def main() -> None:
     plain_s, plain_b = rows[0][1], rows[0][2]
     print("| mode | s / round | ratio | bytes up / round | ratio |\n| --- | --- | --- | --- | --- |")
     for name, seconds, up in rows:
-        print(f"| {name} | {seconds:.2f} | {seconds / plain_s:.2f}x | {up:,} | {up / plain_b:.2f}x |")
+        print(f"| {name} | {seconds:.2f} | {seconds / plain_s:.2f}x | {up:,.0f} | {up / plain_b:.2f}x |")
 
 
 if __name__ == "__main__":
