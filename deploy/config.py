@@ -134,6 +134,7 @@ class SiteConfig:
     state_dir: Path  # the SuperNode's Flower home
     log_dir: Path
     max_wait: float  # seconds to keep retrying an unreachable coordinator (0: forever)
+    activation_wait: float  # seconds to retry a refused activation (a restart inside the heartbeat window)
 
     @property
     def host(self) -> str:
@@ -172,6 +173,7 @@ def load_site_config(path: Path) -> SiteConfig:
         state_dir=r.path_of("state-dir", "state"),
         log_dir=r.path_of("log-dir", "logs"),
         max_wait=r.get("max-wait", float, 0.0),
+        activation_wait=r.get("activation-wait", float, 120.0),
     )
     r.done()
     if '"' in cfg.name or (cfg.data_dir is not None and '"' in str(cfg.data_dir)):

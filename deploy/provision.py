@@ -167,4 +167,5 @@ device = "auto"              # auto | cpu | cuda | cuda:N
 runtime-port = 9094          # the SuperNode's local ClientApp port (loopback; change if taken)
 log-dir = "logs"
 max-wait = 0                 # seconds to retry an unreachable coordinator before giving up (0: forever)
+activation-wait = 120        # seconds to retry when the coordinator will not activate this site yet (after a restart)
 """

@@ -76,9 +76,12 @@ def check_site(cfg: SiteConfig) -> SiteCheck:
 
 
 def free_port_check(port: int) -> None:
+    """Raises OSError if something listens on 127.0.0.1:port (connections lingering in TIME_WAIT
+    after a crash do not count: the SuperNode binds with SO_REUSEADDR too)."""
     import socket
 
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
 
 
@@ -111,13 +114,19 @@ def supernode_argv(cfg: SiteConfig) -> list[str]:
     ]
 
 
-def refusal(output: str, cfg: SiteConfig) -> str | None:
-    """Why the coordinator turned this SuperNode away, from its output; None if it did not."""
+def refusal(output: str, cfg: SiteConfig) -> tuple[str, bool] | None:
+    """Why the coordinator turned this SuperNode away, from its output, and whether waiting may
+    help; None if it did not turn it away.
+
+    Flower answers "Failed to activate SuperNode" both to a key it does not know and to a node it
+    still counts as online (a site restarted within its heartbeat window). From the site the two
+    look the same, so an activation refusal is retried for `activation-wait` seconds first."""
     if any(marker in output for marker in NOT_REGISTERED):
-        return (f"the coordinator refused this site's key {cfg.auth_key}: it is not registered there (or was revoked). "
-                f"Ask the consortium's ML lead to add site {cfg.name!r} (fedmeta provision add-site) and restart the coordinator")
+        return (f"the coordinator did not activate this site: its key {cfg.auth_key} is not registered there (or was "
+                f"revoked). Ask the consortium's ML lead to add site {cfg.name!r} (fedmeta provision add-site) and restart the "
+                "coordinator", True)
     if any(marker in output for marker in BAD_CERTIFICATE):
-        return (f"the coordinator's certificate is not trusted by {cfg.ca_cert}: use the ca.pem from your consortium's bundle")
+        return (f"the coordinator's certificate is not trusted by {cfg.ca_cert}: use the ca.pem from your consortium's bundle", False)
     return None
 
 
@@ -130,7 +139,7 @@ def run_site(cfg: SiteConfig, echo: Callable[[str], None] = print, restarts: int
     env = child_env()
     env["FLWR_HOME"] = str(cfg.state_dir)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    attempt, delay = 0, 2.0
+    attempt, delay, refused_since = 0, 2.0, None
     while True:
         wait_until(lambda: tls_check(cfg.host, cfg.port, cfg.ca_cert), cfg.max_wait,
                    on_retry=lambda why, wait: echo(f"{why}; retrying in {wait:.0f} s"))
@@ -140,9 +149,19 @@ def run_site(cfg: SiteConfig, echo: Callable[[str], None] = print, restarts: int
             code = node.wait()
         finally:
             node.stop()
-        reason = refusal(node.output(), cfg)
-        if reason is not None:
-            raise SiteRefused(reason)
+        refused = refusal(node.output(), cfg)
+        if refused is not None:
+            reason, may_pass = refused
+            refused_since = refused_since or time.monotonic()
+            waited = time.monotonic() - refused_since
+            if not may_pass or waited >= cfg.activation_wait:
+                raise SiteRefused(reason)
+            pause = min(15.0, cfg.activation_wait - waited)
+            echo(f"the coordinator did not activate this site (an unknown key, or this site still counted online from before "
+                 f"a restart); retrying in {pause:.0f} s for up to {cfg.activation_wait - waited:.0f} s more")
+            time.sleep(pause)
+            continue
+        refused_since = None
         attempt += 1
         if restarts and attempt >= restarts:
             raise RuntimeError(f"the SuperNode exited {attempt} times (last code {code}); see {cfg.log_dir / 'supernode.log'}")

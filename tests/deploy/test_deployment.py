@@ -45,7 +45,7 @@ def deployment(tmp_path_factory):
     # an outsider with its own consortium: a valid-looking key the coordinator never registered, another CA
     provision(root / "outsider", ["localhost"], ["site-2"], port=fleet)
     outsider = root / "outsider" / "sites" / "site-2"
-    set_keys(outsider / "site.toml", runtime_port=free_port(), device="cpu", max_wait=60)
+    set_keys(outsider / "site.toml", runtime_port=free_port(), device="cpu", max_wait=60, activation_wait=5)
 
     procs = Processes(logs)
     result: dict[str, object] = {"root": root, "fleet": fleet, "control": control, "procs": procs}
@@ -107,7 +107,7 @@ def test_the_federated_run_completes_and_writes_results(deployment):
 def test_an_unregistered_key_is_refused(deployment):
     code, output = deployment["unregistered"]
     assert code == 3, output
-    assert "refused this site's key" in output and "not registered" in output
+    assert "did not activate this site" in output and "not registered" in output
     superlink = (deployment["root"] / "consortium" / "coordinator" / "logs" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink
 
