@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # where available); a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-slow bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -m "not gpu and not slow"
+
+# what CI leaves out for time (about 5 minutes on 2 cores): the four-site deployment with a site killed mid-round
+test-slow: venv
+	$(PY) -m pytest -m "slow and not gpu"
 
 bench: venv
 	$(VENV)/bin/fedmeta bench maml --json

@@ -17,7 +17,9 @@ from deploy.provision import provision
 from tests.deploy.bundle import set_keys
 from tests.procs import BIN, Processes, group_gone, wait_for_port
 
-pytestmark = pytest.mark.integration
+# about 5 minutes on 2 cores: `make test-slow` (CI keeps the 3-site deployment, and the in-process
+# secure-aggregation dropout test in tests/server/test_secure.py)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SITES = ["site-0", "site-1", "site-2", "site-3"]
 VICTIM = "site-2"
