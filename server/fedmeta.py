@@ -205,7 +205,7 @@ class FedMeta(FedAvg):
             sums, weight = unflatten(result.total, self.params)
             if self.privacy is not None:  # uniform weights: the sum's weight entry counts the survivors
                 grads = {k: (v / self._sampled).float() for k, v in sums.items()}
-                multiplier = self.privacy.noise_multiplier * (result.survivors / self._sampled) ** 0.5
+                multiplier = self.privacy.received_multiplier(result.survivors, self._sampled)
                 privacy = self.privacy.account(multiplier, self._sampled)
             else:
                 grads = {k: (v / weight).float() for k, v in sums.items()}

@@ -60,8 +60,12 @@ class Privacy:
             effective = self.noise_multiplier
         else:  # the sites clipped and noised: the coordinator only sums
             total = {k: sum(u[k].double() for u in updates) for k in updates[0]}
-            effective = self.noise_multiplier * math.sqrt(len(updates) / sampled)
+            effective = self.received_multiplier(len(updates), sampled)
         return {k: (v / sampled).float() for k, v in total.items()}, effective
+
+    def received_multiplier(self, received: int, sampled: int) -> float:
+        """Site-added noise: the multiplier the sum carries when `received` of `sampled` shares arrived."""
+        return self.noise_multiplier * math.sqrt(received / sampled)
 
     def account(self, effective_multiplier: float, sampled: int) -> dict[str, float]:
         self.accountant.compose(GaussianPrivacyEvent(effective_multiplier, min(sampled, self.accountant.config.population_size),

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from common.privacy import l2_norm
 from common.runconfig import AGGREGATORS
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -36,14 +37,10 @@ def check_update(update: dict[str, torch.Tensor], reference: dict[str, torch.Ten
     if not (math.isfinite(weight) and weight > 0):
         return f"num-tasks={weight} is not a positive count"
     if max_norm > 0:
-        norm = global_norm(update)
+        norm = l2_norm(update)
         if norm > max_norm:
             return f"meta-gradient norm {norm:.3g} exceeds the bound max-update-norm={max_norm:g}"
     return None
-
-
-def global_norm(update: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
 
 
 def combine(updates: list[tuple[dict[str, torch.Tensor], float]], rule: str = "mean", trim_fraction: float = 0.1) -> dict[str, torch.Tensor]:

@@ -23,6 +23,16 @@ def _fail(console: Console, error: Exception, code: int = 2) -> None:
     raise typer.Exit(code) from error
 
 
+def _load(console: Console, loader, path: Path):
+    """A config file into its typed config, or exit 2 with the file and key to fix."""
+    from deploy.config import ConfigError
+
+    try:
+        return loader(path)
+    except ConfigError as error:
+        _fail(console, error)
+
+
 def _report(console: Console, problems: list[str], ready: str) -> None:
     """`--check`: every problem (exit 1), or what is ready."""
     for problem in problems:
@@ -46,10 +56,7 @@ def coordinator(
     from deploy.coordinator import AUDIT_LOG, Coordinator, check_coordinator
 
     console = Console()
-    try:
-        cfg = load_coordinator_config(config)
-    except ConfigError as error:
-        _fail(console, error)
+    cfg = _load(console, load_coordinator_config, config)
     if check:
         _report(console, check_coordinator(cfg), f"{config}: ready (sites dial {cfg.hosts[0]}:{cfg.fleet_port})")
         return
@@ -102,10 +109,7 @@ def site(
     from deploy.site import SiteRefused, check_site, run_site
 
     console = Console()
-    try:
-        cfg = load_site_config(config)
-    except ConfigError as error:
-        _fail(console, error)
+    cfg = _load(console, load_site_config, config)
     if check:
         result = check_site(cfg)
         _report(console, result.problems, f"ready: {result.summary}")

@@ -7,7 +7,8 @@ import torch
 from flwr.app import ArrayRecord
 
 from server.fedmeta import FedMeta
-from server.robust import check_update, combine, global_norm
+from common.privacy import l2_norm
+from server.robust import check_update, combine
 from simulation.report import RESULTS, Recorder
 from tests.server.test_fedmeta import reply, sites, task_identity  # noqa: F401 -- the fixture is used by name
 
@@ -29,7 +30,7 @@ def test_bad_updates_are_rejected_with_the_reason(update, weight, max_norm, mess
 
 def test_a_good_update_passes_and_the_norm_is_the_global_l2_norm():
     update = {"w": torch.full((2, 2), 3.0), "b": torch.tensor([4.0, 0.0])}
-    assert global_norm(update) == pytest.approx((4 * 9 + 16) ** 0.5)
+    assert l2_norm(update) == pytest.approx((4 * 9 + 16) ** 0.5)
     assert check_update(update, REF, 2, max_norm=8.0) is None
     assert check_update({k: v.half() for k, v in update.items()}, REF, 2) is None  # float16 transport is fine
 
