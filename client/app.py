@@ -29,7 +29,7 @@ from client import secure
 from common.algorithms import MetaAlgorithm, build_algorithm
 from common.config import MetaConfig
 from common.data.dataset import DataError
-from common.device import resolve_device
+from common.device import describe_device, resolve_device
 from common.models import ModelConfig, build_model
 from common.privacy import add_noise, clip, site_noise_std
 from common.runconfig import RunConfig, parse_run_config
@@ -98,6 +98,7 @@ def describe(msg: Message, context: Context) -> Message:
         "role": site.data.spec.role,
         "num-train": len(site.data.train),
         "num-test": len(site.data.test),
+        "device": describe_device(site.device),
     })
     return Message(content=RecordDict({"site": info}), reply_to=msg)
 

@@ -37,6 +37,7 @@ class BenchConfig:
     device: str = "cpu"
     execution: str = "auto"
     seed: int = 0
+    tf32: bool = False  # CUDA: TF32 convolutions and matmuls (faster; gradients then agree to ~1e-3 only)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,15 @@ def max_relative_difference(a: Params, b: Params) -> float:
 
 
 def run_maml_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> BenchResult:
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    try:
+        return _run(cfg, progress)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(ModelConfig(image_size=cfg.image_size, num_classes=cfg.ways, width=cfg.width)).to(device)

@@ -22,3 +22,11 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device={name!r}: fedmeta runs on cpu or cuda")
     return device
+
+
+def describe_device(device: torch.device) -> str:
+    """`cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3)`: what a site reports about where it computes."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -23,9 +23,11 @@ class SiteInfo:
     role: str
     num_train: int
     num_test: int
+    device: str = "unknown"  # where the site computes (cpu, cuda:0), as it reports it
 
     def as_dict(self) -> dict[str, object]:
-        return {"node_id": self.node_id, "name": self.name, "role": self.role, "num_train": self.num_train, "num_test": self.num_test}
+        return {"node_id": self.node_id, "name": self.name, "role": self.role, "num_train": self.num_train,
+                "num_test": self.num_test, "device": self.device}
 
 
 def answered(messages: list[Message], replies: list[Message]) -> dict[str, int]:
@@ -77,12 +79,14 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float) -> dict[int, Site
         log(WARNING, "node %s did not describe its site and takes no part: %s", node, reason)
     for node, reply in replies.items():
         info = reply.content[SITE_RECORD]
-        sites[node] = SiteInfo(node, str(info["site-name"]), str(info["role"]), int(info["num-train"]), int(info["num-test"]))
+        sites[node] = SiteInfo(node, str(info["site-name"]), str(info["role"]), int(info["num-train"]), int(info["num-test"]),
+                               str(info.get("device", "unknown")))
     names = [s.name for s in sites.values()]
     if len(set(names)) != len(names):
         raise RuntimeError(f"two nodes claim the same site name: {sorted(names)}; give each site its own site-name")
     if not any(s.role == "train" for s in sites.values()):
         raise RuntimeError(f"no training site among the connected sites {names}; at least one needs role 'train'")
     for site in sorted(sites.values(), key=lambda s: s.name):
-        log(INFO, "site %s (node %s): %s, %d train / %d test examples", site.name, site.node_id, site.role, site.num_train, site.num_test)
+        log(INFO, "site %s (node %s): %s, %d train / %d test examples, computes on %s", site.name, site.node_id, site.role,
+            site.num_train, site.num_test, site.device)
     return sites

@@ -26,6 +26,7 @@ def bench_maml(
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu, cuda, cuda:1."),
     execution: str = typer.Option("auto", help="Task execution: auto, loop, threads or vmap."),
     seed: int = typer.Option(0, help="Seed for weights and tasks."),
+    tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions and matmuls (faster; gradients then agree to about 1e-3)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Time one second-order MAML meta-batch: fedmeta vs `higher` vs a plain autograd loop."""
@@ -36,7 +37,7 @@ def bench_maml(
     if device.startswith("cuda") and not torch.cuda.is_available():
         typer.echo(f"error: --device {device} requested but this torch build sees no CUDA device; use --device cpu", err=True)
         raise typer.Exit(2)
-    cfg = BenchConfig(tasks, ways, shots, queries, inner_steps, inner_lr, width, image_size, repeats, device, execution, seed)
+    cfg = BenchConfig(tasks, ways, shots, queries, inner_steps, inner_lr, width, image_size, repeats, device, execution, seed, tf32)
     console = Console(stderr=as_json)
     result = run_maml_bench(cfg, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
     table = Table(title=f"Second-order MAML meta-batch on {result.device} ({result.threads} threads, fedmeta execution: {result.execution})")
