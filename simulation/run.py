@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,45 @@ class Resources:
     def __post_init__(self) -> None:
         if self.cpus_per_site <= 0 or not 0 <= self.gpus_per_site <= 1:
             raise ValueError(f"{self}: cpus-per-site must be > 0 and gpus-per-site in [0, 1]")
+
+    def ray_init_args(self) -> dict[str, object]:
+        """Arguments for `ray.init`, after checking that this machine can host one site.
+
+        Flower's Ray backend fails an unplaceable site inside its runtime thread, and the
+        ServerApp then waits for sites that never come; checking here turns that into an error
+        that names the option. The GPU count is torch's, given to Ray explicitly, so both agree
+        on what a site with `gpus-per-site` gets."""
+        if self.ray_address:  # the cluster's own resources decide; Ray refuses resource arguments here
+            _check_reachable(self.ray_address)
+            return {"address": self.ray_address}
+        cpus = os.cpu_count() or 1
+        if self.cpus_per_site > cpus:
+            raise ValueError(f"cpus-per-site={self.cpus_per_site:g} but this machine has {cpus} CPU(s): "
+                             f"lower --cpus-per-site to at most {cpus}, or use --ray-address for a larger cluster")
+        args: dict[str, object] = {"include_dashboard": False, "logging_level": logging.WARNING}
+        if self.gpus_per_site > 0:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if gpus == 0:
+                raise ValueError(f"gpus-per-site={self.gpus_per_site:g} but torch sees no CUDA GPU on this machine: use "
+                                 "--gpus-per-site 0 (sites then compute on the CPU), or install the CUDA build of torch")
+            args["num_gpus"] = gpus
+        return args
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """An `ip:port` Ray address must answer: Ray itself retries an unreachable one for minutes."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r}: give the head node as ip:port (e.g. 10.0.0.5:6379) or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(f"--ray-address {address}: no Ray head node answers there ({error}); start one with "
+                         f"`ray start --head --port {port}` on that machine, or fix the address") from error
 
 
 def _toml_value(value: object) -> str:
@@ -80,8 +120,9 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     handler = _log_to(out_dir / "simulation.log", verbose)
     backend = {"client_resources": {"num_cpus": resources.cpus_per_site, "num_gpus": resources.gpus_per_site}}
-    backend["init_args"] = {"address": resources.ray_address} if resources.ray_address else {
-        "include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": verbose}
+    backend["init_args"] = resources.ray_init_args()
+    if not resources.ray_address:
+        backend["init_args"]["log_to_driver"] = verbose
     # the legacy in-process entry point needs a run registered under Flower's default federation
     run = Run.create_empty(run_id=1)
     run.override_config, run.primary_task_id, run.federation_id = dict(run_config), 1, NOOP_FEDERATION_ID

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 from datetime import datetime
@@ -61,6 +63,7 @@ def simulate(
             for m in methods
         }
         resources = Resources(cpus_per_site, gpus_per_site, ray_address)
+        resources.ray_init_args()  # this machine can host a site: checked before anything starts
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from error
@@ -73,7 +76,7 @@ def simulate(
             runs[method] = _run_with_progress(method, cfg, resources, verbose, console)
         except Exception as error:  # noqa: BLE001 -- report which method failed and where its log is
             console.print(f"[red]{method} failed:[/red] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from error
+            _exit(1)
         _print_final(method, runs[method], console)
     if len(runs) > 1:
         rows = write_comparison(runs, out)
@@ -85,6 +88,16 @@ def simulate(
             table.add_row(row["algorithm"], fmt("heldout acc-after"), fmt("heldout auc-after"), fmt("heldout acc-before"), str(row["seconds"]))
         console.print(table)
         console.print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}")
+
+
+def _exit(code: int) -> None:
+    """Exit now, even if a failed simulation left Flower's ServerApp thread waiting for sites
+    (it is not a daemon thread, and would hold the process until round-timeout)."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Console) -> dict:
