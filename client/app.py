@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from logging import ERROR
 
@@ -168,6 +168,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = _site(context)
     meta = site.meta(msg)
     cfg = site.cfg
-    tasks = evaluation_tasks(site.data, cfg.episode, cfg.train.seed, site.index, cfg.train.eval_tasks)
+    config = msg.content["config"]
+    episode = replace(cfg.episode, shots=int(config["eval-shots"])) if "eval-shots" in config else cfg.episode
+    tasks = evaluation_tasks(site.data, episode, cfg.train.seed, site.index, cfg.train.eval_tasks)
     metrics = evaluate_site(site.algorithm, meta, tasks)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

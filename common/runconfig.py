@@ -28,6 +28,7 @@ class TrainConfig:
     fraction_train: float = 1.0
     eval_every: int = 5
     eval_tasks: int = 50
+    eval_shots: str = ""  # more shot counts for the final evaluation, e.g. "1,10" (the run's own shots always)
     min_sites: int = 1
     round_timeout: float = 3600.0
     out_dir: str = ""
@@ -55,6 +56,12 @@ class TrainConfig:
             raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
         if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:
             raise ValueError("num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1")
+        try:
+            shots = self.final_shots()
+        except ValueError:
+            shots = (0,)
+        if shots and min(shots) < 1:
+            raise ValueError(f"eval-shots={self.eval_shots!r}: give comma-separated shot counts >= 1, e.g. \"1,10\"")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"transport-dtype={self.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
         if self.aggregator not in AGGREGATORS:
@@ -81,6 +88,9 @@ class TrainConfig:
         if not self.round_timeout > 0:
             raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 
+    def final_shots(self) -> tuple[int, ...]:
+        """The extra shot counts of `eval-shots`, in order, without repeats."""
+        return tuple(dict.fromkeys(int(k) for k in self.eval_shots.replace(" ", "").split(",") if k))
 
 @dataclass(frozen=True)
 class DataConfig:

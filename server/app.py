@@ -77,6 +77,7 @@ def main(grid: Grid, context: Context) -> None:
 
     start = time.monotonic()
     strategy.run(grid, cfg.train.num_server_rounds, cfg.train.round_timeout, start_round=start_round, on_round_end=save)
+    strategy.evaluate_shots(grid, cfg.train.final_shots(), cfg.train.round_timeout)
     if out_dir is not None:
         recorder.finish(time.monotonic() - start)
         save_meta_model(out_dir / "model", strategy.params, model_config, cfg.meta, cfg.episode,

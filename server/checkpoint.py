@@ -25,7 +25,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 CHECKPOINT = "checkpoint.safetensors"
 # keys that may change between a run and its resumption: how long, where, how patiently, who first
-RESUMABLE_CHANGES = frozenset({"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume"})
+RESUMABLE_CHANGES = frozenset({"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume", "eval-shots"})
 
 
 def config_hash(run_config: Mapping[str, object]) -> str:

@@ -266,6 +266,19 @@ class FedMeta(FedAvg):
             if on_round_end is not None:
                 on_round_end(server_round)
 
+    def evaluate_shots(self, grid: Grid, shots: Iterable[int], timeout: float) -> None:
+        """After the last round: every site scores the final meta-model again with each of `shots`
+        labelled examples per class (same episodes' classes and queries policy, K changed)."""
+        if self.recorder is None:
+            return
+        arrays = self.wire(self.params)
+        nodes = sorted(self.sites) if self.sites else sorted(grid.get_node_ids())
+        for k in shots:
+            log(INFO, "final evaluation with %d shot(s) per class", k)
+            config = ConfigRecord({"server-round": self.num_rounds, "eval-shots": k})
+            good, errors = self._outcomes(self._exchange(grid, self._messages(nodes, arrays, config, MessageType.EVALUATE), timeout))
+            self.recorder.evaluate_shots(k, {self._name(n): dict(m.content["metrics"]) for n, m in good}, errors)
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Meta-parameters and outer optimizer state, for a checkpoint."""
         return {k: p.detach().clone() for k, p in self.params.items()}, self.optimizer.state_dict()

@@ -12,11 +12,13 @@ Both write results in the federated format (results.json, metrics.csv, plots).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from common.algorithms import build_algorithm
+from common.config import EpisodeConfig
 from common.data.dataset import LabelledImages, pool
 from common.export import save_meta_model
 from common.models import build_model
@@ -66,18 +68,31 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
             train_metrics[name] = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
         recorder.train(server_round, train_metrics, seconds=time.monotonic() - round_start)
         if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
-            per_site = {}
-            for name, (_, _, evaluated, _) in learners.items():
-                meta = {k: v.detach() for k, v in state[name][0].items()}
-                for i in evaluated:
-                    tasks = evaluation_tasks(sites[i], cfg.episode, cfg.train.seed, i, cfg.train.eval_tasks)
-                    per_site[sites[i].spec.name] = evaluate_site(algorithm, meta, tasks)
-            recorder.evaluate(server_round, per_site)
+            recorder.evaluate(server_round, *_evaluate(algorithm, state, learners, sites, cfg, cfg.episode))
+    for k in cfg.train.final_shots():
+        recorder.evaluate_shots(k, *_evaluate(algorithm, state, learners, sites, cfg, replace(cfg.episode, shots=k)))
     results = recorder.finish(time.monotonic() - start)
     if kind == "centralized":
         save_meta_model(out_dir / "model", {k: v.detach() for k, v in state["pooled"][0].items()}, model_config, cfg.meta,
                         cfg.episode, scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
     return results
+
+
+def _evaluate(algorithm, state: dict, learners: dict, sites: list, cfg: RunConfig,
+              episode: EpisodeConfig) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Each learner's current meta-model scored on the sites it stands for, as in the federation:
+    a site whose test data cannot make the episodes is reported, and the others still count."""
+    per_site, errors = {}, {}
+    for name, (_, _, evaluated, _) in learners.items():
+        meta = {k: v.detach() for k, v in state[name][0].items()}
+        for i in evaluated:
+            try:
+                tasks = evaluation_tasks(sites[i], episode, cfg.train.seed, i, cfg.train.eval_tasks)
+            except ValueError as error:
+                errors[sites[i].spec.name] = str(error)
+                continue
+            per_site[sites[i].spec.name] = evaluate_site(algorithm, meta, tasks)
+    return per_site, errors
 
 
 def _sampler(data: LabelledImages, cfg: RunConfig) -> EpisodeSampler:

@@ -77,6 +77,14 @@ class Recorder:
                 for metric, (mean, half, _) in metrics.items()
                 for suffix, value in (("", mean), ("-ci", half))}
 
+    def evaluate_shots(self, shots: int, per_site: dict[str, dict[str, float]], errors: dict[str, str] | None = None) -> None:
+        """The final meta-model scored with `shots` examples per class (`eval-shots`)."""
+        row: dict = {"evaluate": per_site, "summary": summarize(per_site, self.roles)}
+        if errors:
+            row["evaluate_errors"] = errors
+        self.results.setdefault("shots", {})[str(shots)] = row
+        write_json(self.out_dir / RESULTS, self.results)
+
     def finish(self, seconds: float) -> dict:
         evaluated = [r for r in self.results["rounds"] if r["evaluate"]]
         self.results["seconds"] = seconds
@@ -199,10 +207,13 @@ def compare(runs: dict[str, dict], out_dir: Path) -> list[dict]:
                 row[f"{group} {metric}"] = mean
                 row[f"{group} {metric} ci95"] = half
                 row[f"{group} episodes"] = n
+        for k, k_summary in shot_summaries(results).items():
+            mean, half, _ = k_summary.get("heldout", {}).get("acc-after", (math.nan, math.nan, 0))
+            row[f"heldout acc-after {k}-shot"], row[f"heldout acc-after {k}-shot ci95"] = mean, half
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "comparison.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "comparison.md").write_text(comparison_markdown(rows))
@@ -212,6 +223,15 @@ def compare(runs: dict[str, dict], out_dir: Path) -> list[dict]:
     return rows
 
 
+def shot_summaries(results: dict) -> dict[int, dict]:
+    """Final held-out/training summaries by shots per class: the run's own and `eval-shots`."""
+    final = results.get("final") or {}
+    by_shots = {int(k): row["summary"] for k, row in results.get("shots", {}).items()}
+    if "summary" in final and "shots" in results.get("run_config", {}):
+        by_shots.setdefault(int(results["run_config"]["shots"]), final["summary"])
+    return dict(sorted(by_shots.items()))
+
+
 def comparison_markdown(rows: list[dict]) -> str:
     lines = ["| algorithm | held-out acc (after adapting) | held-out AUC | held-out acc (no adaptation) | training sites acc | seconds |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -219,4 +239,11 @@ def comparison_markdown(rows: list[dict]) -> str:
     for row in rows:
         lines.append(f"| {row['algorithm']} | {fmt(row, 'heldout acc-after')} | {fmt(row, 'heldout auc-after')} | "
                      f"{fmt(row, 'heldout acc-before')} | {fmt(row, 'train-sites acc-after')} | {row['seconds']} |")
+    shots = sorted({int(key.split()[2].removesuffix("-shot")) for row in rows for key in row
+                    if key.startswith("heldout acc-after ") and key.endswith("-shot")})
+    if len(shots) > 1:
+        lines += ["", "Held-out accuracy after adapting, by labelled examples per class (the final meta-model):", "",
+                  "| algorithm | " + " | ".join(f"{k}-shot" for k in shots) + " |", "| --- |" + " --- |" * len(shots)]
+        cell = lambda row, k: fmt(row, f"heldout acc-after {k}-shot") if f"heldout acc-after {k}-shot" in row else "n/a"  # noqa: E731
+        lines += [f"| {row['algorithm']} | " + " | ".join(cell(row, k) for k in shots) + " |" for row in rows]
     return "\n".join(lines) + "\n"

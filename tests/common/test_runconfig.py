@@ -30,6 +30,8 @@ def test_overrides_are_typed():
         ({"algorithm": "reptile"}, "choose one of maml"),
         ({"outer-optimizer": "rmsprop"}, "choose one of adam, sgd"),
         ({"chunk-size": 0}, "chunk_size=0"),
+        ({"eval-shots": "1,ten"}, "eval-shots='1,ten': give comma-separated shot counts >= 1"),
+        ({"eval-shots": "0"}, "eval-shots='0'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(values, message):
@@ -45,3 +47,8 @@ def test_flat_run_config_round_trips():
     assert parse_overrides("inner-lr=0.1 algorithm='anil' seed=3") == {"inner-lr": 0.1, "algorithm": "anil", "seed": 3}
     with pytest.raises(ValueError, match="space-separated key=value"):
         parse_overrides("inner-lr=")
+
+
+def test_eval_shots_parse_in_order_without_repeats():
+    assert parse_run_config({"eval-shots": "10, 1,10"}).train.final_shots() == (10, 1)
+    assert parse_run_config({}).train.final_shots() == ()

@@ -37,3 +37,22 @@ def test_recorder_and_comparison_files(tmp_path):
     with open(tmp_path / "maml" / "metrics.csv") as f:
         lines = list(csv.DictReader(f))
     assert {(l["round"], l["phase"], l["site"]) for l in lines} >= {("1", "train", "a"), ("2", "evaluate", "b")}
+
+
+def test_comparison_by_shots(tmp_path):
+    runs = {}
+    for name, acc in (("maml", 0.7), ("local", 0.6)):
+        rec = Recorder(tmp_path / name, {"shots": 5}, "toy", name, SITES)
+        rec.evaluate(1, {"b": metrics(acc, 0.02, 5), "c": metrics(acc, 0.02, 5)})
+        rec.evaluate_shots(1, {"b": metrics(acc - 0.2, 0.02, 5), "c": metrics(acc - 0.2, 0.02, 5)})
+        if name == "maml":  # local could not make 10-shot episodes: its column says so
+            rec.evaluate_shots(10, {"b": metrics(acc + 0.1, 0.02, 5), "c": metrics(acc + 0.1, 0.02, 5)})
+        runs[name] = rec.finish(1.0)
+    assert set(runs["maml"]["shots"]) == {"1", "10"}
+    rows = compare(runs, tmp_path)
+    assert rows[0]["heldout acc-after 1-shot"] == pytest.approx(0.5) and rows[0]["heldout acc-after 10-shot"] == pytest.approx(0.8)
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| algorithm | 1-shot | 5-shot | 10-shot |" in table
+    assert "| maml | 0.500 ± 0.0" in table and "| local | 0.400 ± 0.0" in table and table.rstrip().endswith("| n/a |")
+    with open(tmp_path / "comparison.csv") as f:
+        assert "heldout acc-after 10-shot" in next(csv.reader(f))

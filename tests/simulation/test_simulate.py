@@ -19,7 +19,7 @@ def fedmeta(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def test_simulate_compare_then_adapt(tmp_path):
     out = tmp_path / "run"
     result = fedmeta("simulate", "--compare", "maml,fedavg,local", "--rounds", "2", "--tasks-per-round", "2",
-                     "--eval-every", "1", "--run-config", TINY, "--out", str(out))
+                     "--eval-every", "1", "--run-config", TINY + ' eval-shots="1,4"', "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     for method in ("maml", "fedavg", "local"):
         results = json.loads((out / method / "results.json").read_text())
@@ -32,6 +32,11 @@ def test_simulate_compare_then_adapt(tmp_path):
             assert set(results["final"]["evaluate"]) == heldout | {f"site-{i}" for i in range(6)}
             # what crossed the wire per round: one model down and one update up per training site
             assert results["rounds"][0]["bytes"]["down"] == results["rounds"][0]["bytes"]["up"] > 0
+        # the final meta-model scored again with 1 and 4 shots per class, on every site
+        assert set(results["shots"]) == {"1", "4"}
+        for k in ("1", "4"):
+            assert set(results["shots"][k]["evaluate"]) == set(results["final"]["evaluate"])
+            assert results["shots"][k]["summary"]["heldout"]["acc-after"] != results["final"]["summary"]["heldout"]["acc-after"]
         assert (out / method / "heldout_accuracy.png").is_file() and (out / method / "metrics.csv").is_file()
     assert "| maml |" in (out / "comparison.md").read_text() and (out / "comparison.png").is_file()
     assert "held-out sites, final round" in " ".join(result.stdout.split())
