@@ -107,3 +107,56 @@ def _model_bytes(cfg) -> int:
 
     model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
     return sum(v.numel() * 4 for v in build_algorithm(model, cfg.meta).init_meta_params().values())
+
+
+@bench_app.command("sanity")
+def bench_sanity(
+    dataset: str = typer.Option("pneumoniamnist,breastmnist", help="Comma-separated MedMNIST flags."),
+    data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="Directory with the MedMNIST .npz files."),
+    sites: int = typer.Option(None, min=1, help="Virtual sites the train split is dealt to, IID (default 4)."),
+    rounds: int = typer.Option(None, min=1, help="FedAvg rounds (default per dataset: simulation.sanity.DEFAULT_ROUNDS)."),
+    local_epochs: int = typer.Option(None, min=1, help="Epochs each site trains over its shard per round (default 1)."),
+    batch_size: int = typer.Option(None, min=1, help="Minibatch size of local training (default 32)."),
+    lr: float = typer.Option(None, help="Local learning rate (default 1e-3)."),
+    optimizer: str = typer.Option(None, help="Local optimizer, fresh each round: adam (default) or sgd."),
+    width: int = typer.Option(None, min=1, help="Channels of each Conv-4 block (default 32)."),
+    seed: int = typer.Option(0, help="Seed for the split, the initialization and the minibatches."),
+    device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:N or auto."),
+    out: Path = typer.Option(Path("runs/sanity"), help="sanity.json goes to OUT/DATASET/."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list of the results on the last line."),
+) -> None:
+    """Full-data FedAvg (supervised, no episodes, in-process: no Flower) beside the MedMNIST v2 paper's ResNet-18."""
+    from common.data.medmnist import MedMNISTFileError
+    from simulation.sanity import SanityConfig, default_rounds, run_sanity
+
+    console = Console(stderr=as_json)
+    given = {"sites": sites, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "width": width}
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        if data_dir is None:
+            raise ValueError("no data directory: give --data-dir (or set FEDMETA_DATA_DIR) to the directory holding the MedMNIST .npz files")
+        configs = [
+            SanityConfig(dataset=flag, data_dir=data_dir, rounds=rounds or default_rounds(flag), seed=seed, device=device, out_dir=out / flag, **given)
+            for flag in (f.strip() for f in dataset.split(",")) if flag
+        ]
+        if not configs:
+            raise ValueError(f"--dataset {dataset!r} names no dataset; give MedMNIST flags such as pneumoniamnist,breastmnist")
+        results = []
+        for cfg in configs:
+            console.print(f"[dim]{cfg.dataset}: {cfg.sites} sites, {cfg.rounds} rounds of {cfg.local_epochs} local epoch(s)...[/dim]")
+            results.append(run_sanity(cfg))
+    except (ValueError, MedMNISTFileError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from error
+    cfg = configs[0]
+    table = Table(title=f"Full-data FedAvg, {cfg.sites} IID sites, width-{cfg.width} Conv-4, model of the best validation round",
+                  caption="test split; majority: majority-class rate; paper: ResNet-18 (28 px), MedMNIST v2 Table 3")
+    for column in ("dataset", "rounds", "best", "test acc", "test AUC", "majority", "paper acc", "s"):
+        table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=column == "dataset")
+    for r in results:
+        paper = r["paper_resnet18_28_acc"]
+        table.add_row(r["dataset"], str(len(r["rounds"])), str(r["best_round"]), f"{r['test_acc']:.3f}", f"{r['test_auc']:.3f}",
+                      f"{r['test_majority_acc']:.3f}", "n/a" if paper is None else f"{paper:.3f}", f"{r['seconds']:.0f}")
+    console.print(table)
+    if as_json:
+        print(json.dumps(results))

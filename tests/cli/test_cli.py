@@ -16,7 +16,7 @@ def fedmeta(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args", [[], ["bench"], ["bench", "maml"], ["data"], ["data", "check"], ["scenario"], ["scenario", "show"], ["scenario", "list"], ["simulate"], ["adapt"],
-             ["provision"], ["provision", "new"], ["provision", "add-site"], ["provision", "revoke-site"], ["bench", "federation"],
+             ["bench", "sanity"], ["provision"], ["provision", "new"], ["provision", "add-site"], ["provision", "revoke-site"], ["bench", "federation"],
              ["coordinator"], ["site"]]
 )
 def test_every_command_has_help(args):
