@@ -139,8 +139,9 @@ def _pyplot():
     return plt
 
 
-def _bands(lines: dict[str, list[tuple[int, float, float]]], ylabel: str, title: str, path: Path, chance: float | None) -> None:
-    """One line per label over rounds, with its 95% CI as a band, and the chance level."""
+def _bands(lines: dict[str, list[tuple[int, float, float]]], ylabel: str, title: str, path: Path, chance: float | None,
+           xlabel: str = "round") -> None:
+    """One line per label over rounds (or shots), with its 95% CI as a band, and the chance level."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, points in lines.items():
@@ -150,7 +151,7 @@ def _bands(lines: dict[str, list[tuple[int, float, float]]], ylabel: str, title:
             ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.2)
     if chance:
         ax.axhline(chance, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("round")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
@@ -220,6 +221,11 @@ def compare(runs: dict[str, dict], out_dir: Path) -> list[dict]:
     first = next(iter(runs.values()))
     _bands({name: curve(results) for name, results in runs.items()}, "held-out few-shot accuracy (95% CI)",
            f"{first['scenario']}: methods compared", out_dir / "comparison.png", _chance(first))
+    by_shots = {name: [(k, *s["heldout"]["acc-after"][:2]) for k, s in shot_summaries(results).items() if "heldout" in s]
+                for name, results in runs.items()}
+    if any(len(points) > 1 for points in by_shots.values()):
+        _bands(by_shots, "held-out accuracy after adapting (95% CI)", f"{first['scenario']}: final meta-model, by shots",
+               out_dir / "comparison_shots.png", _chance(first), xlabel="labelled examples per class (shots)")
     return rows
 
 

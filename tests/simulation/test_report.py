@@ -56,3 +56,4 @@ def test_comparison_by_shots(tmp_path):
     assert "| maml | 0.500 ± 0.0" in table and "| local | 0.400 ± 0.0" in table and table.rstrip().endswith("| n/a |")
     with open(tmp_path / "comparison.csv") as f:
         assert "heldout acc-after 10-shot" in next(csv.reader(f))
+    assert (tmp_path / "comparison_shots.png").stat().st_size > 0
