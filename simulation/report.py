@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common.metrics import pooled_mean_ci
 
-EVAL_METRICS = ("acc-after", "auc-after", "loss-after", "acc-before")
+EVAL_METRICS = ("acc-after", "auc-after", "loss-after", "acc-before", "support-acc-before", "support-acc-after")
 RESULTS = "results.json"
 
 

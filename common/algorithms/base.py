@@ -164,9 +164,11 @@ class MetaAlgorithm(ABC):
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, meta: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
-        """Per-episode query accuracy, loss and AUC before and after adaptation (CIs upstream)."""
+        """Per-episode query accuracy, loss and AUC before and after adaptation, and the support
+        set's accuracy before and after (how well the K shots themselves are fitted). CIs upstream."""
         device = next(iter(meta.values())).device
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("acc_before", "acc_after", "loss_after", "auc_after")}
+        keys = ("acc_before", "acc_after", "loss_after", "auc_after", "support_acc_before", "support_acc_after")
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for episode in batch.to(device):
             adapted = self.adapt(meta, episode.support_x, episode.support_y, steps)
             with torch.no_grad():
@@ -176,4 +178,6 @@ class MetaAlgorithm(ABC):
                 rows["acc_after"].append(accuracy(after, episode.query_y))
                 rows["loss_after"].append(cross_entropy(after, episode.query_y))
                 rows["auc_after"].append(auc(after, episode.query_y))
+                rows["support_acc_before"].append(accuracy(self.predict(meta, episode.support_x), episode.support_y))
+                rows["support_acc_after"].append(accuracy(self.predict(adapted, episode.support_x), episode.support_y))
         return {k: torch.stack(v).cpu() for k, v in rows.items()}
