@@ -57,10 +57,10 @@ class TrainConfig:
         if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:
             raise ValueError("num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1")
         try:
-            shots = self.final_shots()
-        except ValueError:
-            shots = (0,)
-        if shots and min(shots) < 1:
+            bad_shots = any(k < 1 for k in self.final_shots())
+        except ValueError:  # not integers
+            bad_shots = True
+        if bad_shots:
             raise ValueError(f"eval-shots={self.eval_shots!r}: give comma-separated shot counts >= 1, e.g. \"1,10\"")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"transport-dtype={self.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
@@ -91,6 +91,7 @@ class TrainConfig:
     def final_shots(self) -> tuple[int, ...]:
         """The extra shot counts of `eval-shots`, in order, without repeats."""
         return tuple(dict.fromkeys(int(k) for k in self.eval_shots.replace(" ", "").split(",") if k))
+
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -240,9 +240,12 @@ class FedMeta(FedAvg):
         replies = list(replies)
         if self.recorder is None:
             return super().aggregate_evaluate(server_round, replies)
+        return MetricRecord(self.recorder.evaluate(server_round, *self._site_metrics(replies)))
+
+    def _site_metrics(self, replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        """{site: its evaluation metrics} and {site: why it has none}."""
         good, errors = self._outcomes(replies)
-        per_site = {self._name(n): dict(m.content["metrics"]) for n, m in good}
-        return MetricRecord(self.recorder.evaluate(server_round, per_site, errors))
+        return {self._name(n): dict(m.content["metrics"]) for n, m in good}, errors
 
     def run(self, grid: Grid, num_rounds: int, timeout: float, start_round: int = 1,
             on_round_end: Callable[[int], None] | None = None) -> None:
@@ -276,8 +279,8 @@ class FedMeta(FedAvg):
         for k in shots:
             log(INFO, "final evaluation with %d shot(s) per class", k)
             config = ConfigRecord({"server-round": self.num_rounds, "eval-shots": k})
-            good, errors = self._outcomes(self._exchange(grid, self._messages(nodes, arrays, config, MessageType.EVALUATE), timeout))
-            self.recorder.evaluate_shots(k, {self._name(n): dict(m.content["metrics"]) for n, m in good}, errors)
+            replies = self._exchange(grid, self._messages(nodes, arrays, config, MessageType.EVALUATE), timeout)
+            self.recorder.evaluate_shots(k, *self._site_metrics(replies))
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Meta-parameters and outer optimizer state, for a checkpoint."""
