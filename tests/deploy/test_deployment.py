@@ -159,7 +159,7 @@ def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
         if entry["type"] == "MetricRecord":
             assert set(entry["keys"].values()) <= {"int", "float"}, entry  # scalars only, no lists of per-example values
         if entry["type"] == "ConfigRecord":
-            assert set(entry["keys"]) <= {"site-name", "role", "num-train", "num-test"}, entry
+            assert set(entry["keys"]) <= {"site-name", "role", "num-train", "num-test", "device"}, entry
     nodes = {e["node_id"] for e in pushed}
     assert len(nodes) == len(SITES)
 
