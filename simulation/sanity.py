@@ -11,7 +11,6 @@ gives the same numbers.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from common.functional import Params, accuracy, cross_entropy, forward
 from common.metrics import auc
 from common.models import ModelConfig, build_model, init_params
 from common.tasks import site_generator
+from simulation.report import write_json
 
 # Test accuracy of ResNet-18 at 28 px: Yang et al., "MedMNIST v2 - A large-scale lightweight
 # benchmark for 2D and 3D biomedical image classification", Scientific Data 10, 41 (2023), Table 3.
@@ -92,7 +92,8 @@ def local_train(model: torch.nn.Module, start: Params, data: LabelledImages, cfg
 
 
 def fedavg(updates: list[tuple[Params, int]]) -> Params:
-    """Average of the sites' weights, each weighted by its number of training examples."""
+    """Average of the sites' weights, each weighted by its number of training examples (in float32:
+    `server.robust.combine` averages in float64, which moves these tuned results)."""
     total = sum(n for _, n in updates)
     return {k: sum(p[k] * (n / total) for p, n in updates) for k in updates[0][0]}
 
@@ -142,6 +143,5 @@ def run_sanity(cfg: SanityConfig) -> dict:
         "threads": torch.get_num_threads(),
     }
     if cfg.out_dir is not None:
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out_dir) / "sanity.json").write_text(json.dumps(result, indent=1))
+        write_json(Path(cfg.out_dir) / "sanity.json", result)
     return result
