@@ -7,6 +7,8 @@ method alike, and the medians are compared as ratios.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ class BenchConfig:
     execution: str = "auto"
     seed: int = 0
     tf32: bool = False  # CUDA: TF32 convolutions and matmuls (faster; gradients then agree to ~1e-3 only)
+    kernels: str = "auto"  # CPU group norm / max-pool: auto | native | torch (MetaConfig.kernels)
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,11 @@ class BenchResult:
     speedup_vs_higher: float
     speedup_vs_autograd: float
     max_rel_grad_diff: float
+    grad_error_vs_float64: dict[str, float]  # each method's float32 gradient against float64's
     peak_mem_mb: dict[str, float | None]
     device: str
     execution: str
+    kernels: str
     threads: int
     config: dict
 
@@ -142,6 +147,14 @@ def max_relative_difference(a: Params, b: Params) -> float:
     return max(((a[k] - b[k]).norm() / max(b[k].norm().item(), floor, 1e-30)).item() for k in b)
 
 
+def _float64_meta_gradient(model, config: MetaConfig, meta: Params, batch: TaskBatch) -> Params:
+    """The same meta-gradient in float64: the reference that float32 rounding is measured against."""
+    exact = build_algorithm(copy.deepcopy(model).double(), config)
+    wide = dataclasses.replace(batch, support_x=batch.support_x.double(), query_x=batch.query_x.double())
+    grads = exact.meta_gradient({k: v.double() for k, v in meta.items()}, wide).grads
+    return {k: g.to(meta[k].dtype) for k, g in grads.items()}
+
+
 def run_maml_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> BenchResult:
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -155,9 +168,10 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(ModelConfig(image_size=cfg.image_size, num_classes=cfg.ways, width=cfg.width)).to(device)
-    algo = build_algorithm(
-        model, MetaConfig("maml", inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, chunk_size=cfg.tasks, execution=cfg.execution)
+    meta_config = MetaConfig(
+        "maml", inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, chunk_size=cfg.tasks, execution=cfg.execution, kernels=cfg.kernels
     )
+    algo = build_algorithm(model, meta_config)
     meta = algo.init_meta_params()
     batch = _tasks(cfg).to(device)
     higher_model = build_model(model.config).to(device)  # built once, outside the timed calls
@@ -182,6 +196,8 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
         progress(f"repeat {rep + 1}/{cfg.repeats}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
     median = {name: statistics.median(t) for name, t in times.items()}
     diff = max(max_relative_difference(grads["fedmeta"], grads["higher"]), max_relative_difference(grads["autograd"], grads["higher"]))
+    exact = _float64_meta_gradient(model, meta_config, meta, batch)
+    error = {name: max_relative_difference(g, exact) for name, g in grads.items()}
     return BenchResult(
         fedmeta_s=median["fedmeta"],
         higher_s=median["higher"],
@@ -189,9 +205,11 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
         speedup_vs_higher=median["higher"] / median["fedmeta"],
         speedup_vs_autograd=median["autograd"] / median["fedmeta"],
         max_rel_grad_diff=diff,
+        grad_error_vs_float64=error,
         peak_mem_mb=peak,
         device=str(device),
         execution=algo.execution_mode(device),
+        kernels=algo.kernels,
         threads=torch.get_num_threads(),
         config=asdict(cfg),
     )

@@ -14,6 +14,7 @@ forward, a backward, and later the backward of that backward:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 from common.functional import Params
 from common.models import MetaNet
+from common.native import ops as native
+from common.native.build import NativeKernels
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,31 @@ def patches(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
 
 
 class FastForward:
-    def __init__(self, model: MetaNet) -> None:
+    """`kernels`: fused C kernels for group norm and max-pool on CPU tensors (None: PyTorch's).
+    They cannot run under `torch.func` transforms, so the `vmap` path uses a FastForward without."""
+
+    def __init__(self, model: MetaNet, kernels: NativeKernels | None = None) -> None:
         self.config = model.config
-        dims = self.config.spatial_dims
-        self._pool = F.max_pool2d if dims == 2 else F.max_pool3d
+        self.kernels = kernels
+        self._pool = F.max_pool2d if self.config.spatial_dims == 2 else F.max_pool3d
+
+    def without_kernels(self) -> FastForward:
+        twin = copy.copy(self)
+        twin.kernels = None
+        return twin
+
+    def _native(self, h: torch.Tensor) -> bool:
+        return self.kernels is not None and native.supported(h)
+
+    def _norm(self, h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        groups = cfg.num_groups if cfg.norm == "group" else cfg.width
+        if self._native(h):
+            return native.group_norm(self.kernels, h, groups, weight, bias)
+        return F.group_norm(h, groups, weight, bias) if cfg.norm == "group" else F.instance_norm(h)
+
+    def _pool_relu(self, h: torch.Tensor) -> torch.Tensor:
+        return native.max_pool(self.kernels, h, relu=True) if self._native(h) else F.relu(self._pool(h, 2))
 
     def prepare(self, x: torch.Tensor) -> Prepared:
         return Prepared(x=x, patches=patches(x))
@@ -65,11 +89,9 @@ class FastForward:
             prefix = f"body.{2 * block}."
             if block:
                 h = conv(h, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
-            if cfg.norm == "group":
-                h = F.group_norm(h, cfg.num_groups, params[prefix + "adn.N.weight"], params[prefix + "adn.N.bias"])
-            else:
-                h = F.instance_norm(h)
-            h = F.relu(self._pool(h, 2))
+            affine = cfg.norm == "group"
+            h = self._norm(h, params.get(prefix + "adn.N.weight") if affine else None, params.get(prefix + "adn.N.bias") if affine else None)
+            h = self._pool_relu(h)
         return h.flatten(1)
 
     def __call__(self, params: Params, inp: Prepared) -> torch.Tensor:

@@ -124,6 +124,7 @@ _KEYS = {
     "chunk-size": ("meta", "chunk_size"),
     "local-lr": ("meta", "local_lr"),
     "execution": ("meta", "execution"),
+    "kernels": ("meta", "kernels"),
     "model-width": ("model", "width"),
     "model-depth": ("model", "depth"),
     "model-norm": ("model", "norm"),

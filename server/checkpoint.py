@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 CHECKPOINT = "checkpoint.safetensors"
-# keys that may change between a run and its resumption: how long, where, how patiently, who first
-RESUMABLE_CHANGES = frozenset({"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume", "eval-shots"})
+# keys that may change between a run and its resumption: how long, where, how patiently, who
+# first, what is scored at the end, and which CPU kernels (they differ by float rounding only)
+RESUMABLE_CHANGES = frozenset({"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume", "eval-shots", "kernels"})
 
 
 def config_hash(run_config: Mapping[str, object]) -> str:

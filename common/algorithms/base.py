@@ -22,6 +22,7 @@ from common.functional import GradFn, Params, accuracy, autograd_grad, cross_ent
 from common.fastforward import FastForward
 from common.metrics import auc
 from common.models import MetaNet, init_params
+from common.native.build import NativeKernels, NativeKernelsUnavailable, load_kernels
 from common.tasks import Episode, TaskBatch
 
 TaskResult = tuple[Params, torch.Tensor, torch.Tensor]  # gradients, query loss, query accuracy
@@ -44,8 +45,14 @@ class MetaAlgorithm(ABC):
         self.model = model
         self.config = config
         # the same function as the module, cheaper to differentiate twice (see fastforward.py)
-        self.fast = FastForward(model) if isinstance(model, MetaNet) else None
+        self.fast = FastForward(model, resolve_kernels(config.kernels)) if isinstance(model, MetaNet) else None
         self._replicas: list[MetaAlgorithm] = []  # per-thread copies: functional_call is not thread-safe
+        self._transformable: MetaAlgorithm | None = None  # this algorithm without C kernels, for vmap
+
+    @property
+    def kernels(self) -> str:
+        """Which group norm / max-pool implementation CPU tensors get: "native" or "torch"."""
+        return "native" if self.fast is not None and self.fast.kernels is not None else "torch"
 
     # -- what each algorithm defines ------------------------------------------------------
     @abstractmethod
@@ -153,9 +160,20 @@ class MetaAlgorithm(ABC):
             self._replicas.append(replica)
         return self._replicas[:workers]
 
+    def _without_kernels(self) -> MetaAlgorithm:
+        """This algorithm with PyTorch's operators only: C kernels cannot run under torch.func."""
+        if self.kernels == "torch":
+            return self
+        if self._transformable is None:
+            self._transformable = copy.copy(self)
+            self._transformable.fast = self.fast.without_kernels()
+        return self._transformable
+
     def _vmap_chunk(self, meta: Params, chunk: TaskBatch) -> list[TaskResult]:
+        portable = self._without_kernels()
+
         def loss_and_aux(m: Params, *episode: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-            loss, logits = self.task_loss(m, episode, func_grad)
+            loss, logits = portable.task_loss(m, episode, func_grad)
             return loss, (loss, accuracy(logits, episode[3]))
 
         batched = vmap(grad(loss_and_aux, has_aux=True), in_dims=(None, 0, 0, 0, 0), randomness="error")
@@ -181,3 +199,16 @@ class MetaAlgorithm(ABC):
                 rows["support_acc_before"].append(accuracy(self.predict(meta, episode.support_x), episode.support_y))
                 rows["support_acc_after"].append(accuracy(self.predict(adapted, episode.support_x), episode.support_y))
         return {k: torch.stack(v).cpu() for k, v in rows.items()}
+
+
+def resolve_kernels(choice: str) -> NativeKernels | None:
+    """The C kernels for `MetaConfig.kernels`: "native" must load them (the error says what to
+    install), "auto" loads them where this machine can build them, "torch" never does."""
+    if choice == "torch":
+        return None
+    try:
+        return load_kernels()
+    except NativeKernelsUnavailable:
+        if choice == "native":
+            raise
+        return None

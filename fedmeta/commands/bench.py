@@ -27,21 +27,31 @@ def bench_maml(
     execution: str = typer.Option("auto", help="Task execution: auto, loop, threads or vmap."),
     seed: int = typer.Option(0, help="Seed for weights and tasks."),
     tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions and matmuls (faster; gradients then agree to about 1e-3)."),
+    kernels: str = typer.Option("auto", help="CPU group norm and max-pool: native (fused C kernels), torch, or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Time one second-order MAML meta-batch: fedmeta vs `higher` vs a plain autograd loop."""
     import torch
 
     from common.bench import BenchConfig, run_maml_bench
+    from common.config import MetaConfig
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         typer.echo(f"error: --device {device} requested but this torch build sees no CUDA device; use --device cpu", err=True)
         raise typer.Exit(2)
-    cfg = BenchConfig(tasks, ways, shots, queries, inner_steps, inner_lr, width, image_size, repeats, device, execution, seed, tf32)
+    try:
+        cfg = BenchConfig(tasks, ways, shots, queries, inner_steps, inner_lr, width, image_size, repeats, device, execution, seed, tf32, kernels)
+        MetaConfig(execution=execution, kernels=kernels)  # the same checks as a run config gets
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     console = Console(stderr=as_json)
     result = run_maml_bench(cfg, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
-    table = Table(title=f"Second-order MAML meta-batch on {result.device} ({result.threads} threads, fedmeta execution: {result.execution})")
-    for column in ("method", "median s", "fedmeta speedup", "peak mem MB"):
+    table = Table(
+        title=f"Second-order MAML meta-batch on {result.device} ({result.threads} threads, "
+        f"fedmeta execution: {result.execution}, kernels: {result.kernels})"
+    )
+    for column in ("method", "median s", "fedmeta speedup", "peak mem MB", "grad error vs float64"):
         table.add_column(column, justify="right" if column != "method" else "left")
     for name, secs, ratio in (
         ("fedmeta", result.fedmeta_s, 1.0),
@@ -49,7 +59,8 @@ def bench_maml(
         ("autograd loop", result.autograd_s, result.speedup_vs_autograd),
     ):
         mem = result.peak_mem_mb[name.split()[0]]
-        table.add_row(name, f"{secs:.3f}", f"{ratio:.2f}x", "n/a" if mem is None else f"{mem:.0f}")
+        err = result.grad_error_vs_float64[name.split()[0]]
+        table.add_row(name, f"{secs:.3f}", f"{ratio:.2f}x", "n/a" if mem is None else f"{mem:.0f}", f"{err:.1e}")
     console.print(table)
     console.print(f"largest relative gradient difference vs higher: {result.max_rel_grad_diff:.2e}")
     if as_json:

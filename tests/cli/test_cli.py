@@ -38,6 +38,16 @@ def test_bench_maml_json_reports_equal_gradients():
     assert result["device"] == "cpu"
     assert result["max_rel_grad_diff"] < 1e-5
     assert result["fedmeta_s"] > 0 and result["speedup_vs_higher"] > 0
+    # against the float64 meta-gradient, fedmeta's float32 rounding is no worse than higher's
+    error = result["grad_error_vs_float64"]
+    assert error["fedmeta"] < 1e-5 and error["fedmeta"] <= error["higher"] * 1.1, error
+    assert result["kernels"] in ("native", "torch")
+
+
+def test_bench_rejects_unknown_kernels_by_name():
+    out = fedmeta("bench", "maml", "--kernels", "fast")
+    assert out.returncode == 2
+    assert "kernels='fast'" in out.stderr and "native, torch" in out.stderr
 
 
 def test_bench_rejects_missing_cuda_device_clearly():

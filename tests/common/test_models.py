@@ -36,9 +36,11 @@ def test_bad_model_config_names_the_problem(kwargs, message):
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("norm", ["group", "instance"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_forward_computes_the_modules_function(dims, norm, channels):
+@pytest.mark.parametrize("kernels", ["torch", "native"])
+def test_fast_forward_computes_the_modules_function(dims, norm, channels, kernels):
     from torch.func import functional_call
 
+    from common.algorithms.base import resolve_kernels
     from common.fastforward import FastForward
     from common.models import init_params
 
@@ -47,5 +49,6 @@ def test_fast_forward_computes_the_modules_function(dims, norm, channels):
     model = build_model(config).double()
     params = {k: v + 0.1 * torch.randn_like(v) for k, v in init_params(model).items()}
     x = torch.randn(5, channels, *([8] * dims), dtype=torch.float64)
-    fast = FastForward(model)
+    fast = FastForward(model, resolve_kernels(kernels))
+    assert (fast.kernels is None) == (kernels == "torch")
     torch.testing.assert_close(fast(params, fast.prepare(x)), functional_call(model, params, (x,)), rtol=1e-12, atol=1e-12)

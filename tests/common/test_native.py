@@ -1,0 +1,166 @@
+"""The fused C kernels: the same values and first and second derivatives as PyTorch's operators."""
+
+import os
+import stat
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.algorithms import build_algorithm
+from common.algorithms.base import resolve_kernels
+from common.config import MetaConfig
+from common.models import ModelConfig, build_model
+from common.native import ops
+from common.native.build import NativeKernelsUnavailable, library_path, load_kernels
+from tests.common.conftest import labelled_set
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return load_kernels()
+
+
+def f64(*shape, seed=0):
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+@pytest.mark.parametrize("shape, groups", [((3, 8, 5, 6), 4), ((2, 4, 3, 4, 5), 2), ((2, 6, 7), 3)])
+def test_group_norm_values_and_two_derivatives_match_pytorch(kernels, shape, groups):
+    x, w, b = f64(*shape), f64(shape[1], seed=1), f64(shape[1], seed=2)
+    fn = lambda x, w, b: ops.group_norm(kernels, x, groups, w, b)  # noqa: E731
+    torch.testing.assert_close(fn(x, w, b), F.group_norm(x, groups, w, b), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_instance_norm_is_group_norm_with_a_group_per_channel(kernels):
+    x = f64(3, 4, 5, 5)
+    fn = lambda x: ops.group_norm(kernels, x, 4)  # noqa: E731
+    torch.testing.assert_close(fn(x), F.instance_norm(x), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_group_norm_double_backward_equals_pytorchs(kernels):
+    """The same Hessian-vector terms as PyTorch's composite, on a loss that uses every output."""
+
+    def second(fn):
+        x, w, b = f64(2, 8, 4, 4), f64(8, seed=1), f64(8, seed=2)
+        gx, gw, gb = torch.autograd.grad((fn(x, w, b) * f64(2, 8, 4, 4, seed=3)).sum(), (x, w, b), create_graph=True)
+        loss = (gx.sin() * gx).sum() + (gw * gw).sum() + (gb.cos() * gb).sum()
+        return torch.autograd.grad(loss, (x, w))
+
+    ours = second(lambda x, w, b: ops.group_norm(kernels, x, 4, w, b))
+    for a, b in zip(ours, second(lambda x, w, b: F.group_norm(x, 4, w, b))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (2, 3, 7, 5), (2, 3, 3, 3), (2, 2, 4, 5, 6), (1, 2, 3, 3, 3)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_max_pool_values_and_two_derivatives_match_pytorch(kernels, shape, relu):
+    x = f64(*shape)
+    pool = F.max_pool2d if len(shape) == 4 else F.max_pool3d
+    expected = pool(x, 2)
+    fn = lambda x: ops.max_pool(kernels, x, relu)  # noqa: E731
+    torch.testing.assert_close(fn(x), F.relu(expected) if relu else expected, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_routes_ties_and_nans_like_pytorch(kernels, dtype):
+    """Ties go to the first maximum, NaN to the last NaN; relu routes nothing from windows <= 0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 2, (4, 3, 8, 6), generator=g).to(dtype)  # many ties, many windows <= 0
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = x[1, 2, 4, 3] = float("nan")
+    for relu in (False, True):
+        ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = ops.max_pool(kernels, ours, relu)
+        ref = F.max_pool2d(theirs, 2)
+        ref = F.relu(ref) if relu else ref
+        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+        upstream = torch.arange(out.numel(), dtype=dtype).reshape(out.shape) + 1
+        out.backward(upstream)
+        ref.backward(upstream)
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("algorithm", ["maml", "meta-sgd", "anil", "protonet"])
+def test_meta_gradient_is_the_same_with_either_kernels(norm, dims, algorithm):
+    """Every algorithm's meta-gradient, second order through the inner loop, float64."""
+    from common.config import EpisodeConfig
+    from common.tasks import EpisodeSampler, site_generator
+
+    config = ModelConfig(spatial_dims=dims, image_size=8, num_classes=3, width=4, depth=2, norm=norm, num_groups=2)
+    torch.manual_seed(0)
+    model = build_model(config).double()
+    images, labels = labelled_set(size=8)
+    if dims == 3:
+        images = images.unsqueeze(-1).expand(*images.shape, 8) + 0.1 * torch.randn(*images.shape, 8, dtype=torch.float64)
+    batch = EpisodeSampler(images, labels, EpisodeConfig(ways=3, shots=2, queries=3)).sample_batch(2, site_generator(1))
+    grads = {}
+    for kernels in ("native", "torch"):
+        algo = build_algorithm(model, MetaConfig(algorithm, inner_steps=2, inner_lr=0.3, execution="loop", kernels=kernels))
+        assert algo.kernels == kernels
+        grads[kernels] = algo.meta_gradient(algo.init_meta_params(), batch).grads
+    for name, g in grads["torch"].items():
+        torch.testing.assert_close(grads["native"][name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_vmap_falls_back_to_pytorchs_operators(tiny_model, tiny_batch):
+    """C kernels cannot run under torch.func transforms; vmap gives the loop's gradient anyway."""
+    results = {}
+    for execution in ("loop", "vmap"):
+        algo = build_algorithm(tiny_model, MetaConfig("maml", inner_steps=2, inner_lr=0.3, execution=execution, kernels="native"))
+        results[execution] = algo.meta_gradient(algo.init_meta_params(), tiny_batch).grads
+    for name, g in results["loop"].items():
+        torch.testing.assert_close(results["vmap"][name], g, rtol=1e-10, atol=1e-12)
+
+
+def test_library_is_built_once_and_cached(tmp_path):
+    first = load_kernels(tmp_path)
+    built = first.path.stat().st_mtime_ns
+    second = load_kernels(tmp_path)
+    assert second.path == first.path and second.path.stat().st_mtime_ns == built
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no temporary files left
+
+
+def _fake_compiler(folder, script: str) -> None:
+    folder.mkdir()
+    cc = folder / "cc"
+    cc.write_text("#!/bin/sh\n" + script)
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+
+
+def test_no_compiler_means_auto_uses_torch_and_native_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang here
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resolve_kernels("auto") is None
+    with pytest.raises(NativeKernelsUnavailable, match="no C compiler.*install one.*kernels='torch'"):
+        resolve_kernels("native")
+    model = build_model(ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2))
+    assert build_algorithm(model, MetaConfig("maml")).kernels == "torch"
+
+
+def test_failed_compile_reports_the_compilers_words_and_leaves_no_file(tmp_path, monkeypatch):
+    _fake_compiler(tmp_path / "bin", "echo 'kernels.c:1: error: this compiler is broken' >&2\nexit 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    cache = tmp_path / "cache"
+    with pytest.raises(NativeKernelsUnavailable, match="(?s)could not compile.*this compiler is broken.*kernels='torch'"):
+        load_kernels(cache)
+    assert list(cache.iterdir()) == []
+    assert not library_path(cache, str(tmp_path / "bin" / "cc")).exists()
+
+
+def test_unwritable_cache_is_named(tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("")  # root can write anywhere; a file in the way of the folder still fails
+        cache = blocker / "kernels"
+    else:
+        tmp_path.chmod(0o500)
+        cache = tmp_path / "kernels"
+    with pytest.raises(NativeKernelsUnavailable, match=f"cannot create the kernel cache {cache}.*make it writable"):
+        load_kernels(cache)
