@@ -74,6 +74,9 @@ class FastForward:
         return native.max_pool(self.kernels, h, relu=True) if self._native(h) else F.relu(self._pool(h, 2))
 
     def prepare(self, x: torch.Tensor) -> Prepared:
+        # a plain tensor: site images may arrive as MONAI MetaTensors, whose metadata tracking
+        # (on every op) a forward pass does not need and the C kernels cannot take
+        x = x.as_subclass(torch.Tensor)
         return Prepared(x=x, patches=patches(x))
 
     def embed(self, params: Params, inp: Prepared) -> torch.Tensor:

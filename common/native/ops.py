@@ -46,7 +46,7 @@ class _GroupNorm(torch.autograd.Function):
         x, weight, bias = x.contiguous(), _contiguous(weight), _contiguous(bias)
         n, c = x.shape[:2]
         y = torch.empty_like(x)
-        mean, rstd = x.new_empty(n, groups), x.new_empty(n, groups)
+        mean, rstd = torch.empty(n, groups, dtype=x.dtype), torch.empty(n, groups, dtype=x.dtype)
         _call(kernels, "gn_forward", x.dtype, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), _ptr(mean), _ptr(rstd),
               n, c, x[0, 0].numel(), groups, eps)
         ctx.save_for_backward(x, weight)
@@ -68,7 +68,7 @@ class _GroupNormBackward(torch.autograd.Function):
         gy = gy.contiguous()
         n, c = x.shape[:2]
         gx = torch.empty_like(x)
-        gw, gb = x.new_empty(c), x.new_empty(c)
+        gw, gb = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
         _call(kernels, "gn_backward", x.dtype, _ptr(x), _ptr(gy), _ptr(weight), _ptr(mean), _ptr(rstd),
               _ptr(gx), _ptr(gw), _ptr(gb), n, c, x[0, 0].numel(), groups)
         ctx.save_for_backward(gy, x, weight)
@@ -82,7 +82,7 @@ class _GroupNormBackward(torch.autograd.Function):
         mean, rstd = ctx.stats
         n, c = x.shape[:2]
         ggy, gx2 = torch.empty_like(x), torch.empty_like(x)
-        gw2 = x.new_empty(c)
+        gw2 = torch.empty(c, dtype=x.dtype)
         u, ugw, ugb = _contiguous(u), _contiguous(ugw), _contiguous(ugb)
         _call(ctx.kernels, "gn_double_backward", x.dtype, _ptr(x), _ptr(gy), _ptr(weight), _ptr(mean),
               _ptr(rstd), _ptr(u), _ptr(ugw), _ptr(ugb), _ptr(ggy), _ptr(gx2), _ptr(gw2), n, c, x[0, 0].numel(),
@@ -94,7 +94,7 @@ class _MaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, relu: bool, kernels: NativeKernels):
         x = x.contiguous()
-        y = x.new_empty(*x.shape[:2], *(s // 2 for s in x.shape[2:]))
+        y = torch.empty(*x.shape[:2], *(s // 2 for s in x.shape[2:]), dtype=x.dtype)
         win = torch.empty(y.shape, dtype=torch.uint8)  # where in its window each maximum is
         _call(kernels, "maxpool_forward", x.dtype, _ptr(x), _ptr(y), _ptr(win), *_pool_dims(x), int(relu))
         ctx.save_for_backward(win)
@@ -112,7 +112,7 @@ class _MaxPoolBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gy, win, in_shape, kernels: NativeKernels):
         gy = gy.contiguous()
-        gx = gy.new_empty(in_shape)
+        gx = torch.empty(in_shape, dtype=gy.dtype)
         _call(kernels, "maxpool_route", gy.dtype, _ptr(gy), _ptr(win), _ptr(gx), *_pool_dims(gx), 0)
         ctx.save_for_backward(win)
         ctx.out_shape, ctx.kernels = gy.shape, kernels
@@ -123,7 +123,7 @@ class _MaxPoolBackward(torch.autograd.Function):
     def backward(ctx, ggx):
         (win,) = ctx.saved_tensors
         ggx = ggx.contiguous()
-        ggy = ggx.new_empty(ctx.out_shape)
+        ggy = torch.empty(ctx.out_shape, dtype=ggx.dtype)
         _call(ctx.kernels, "maxpool_route", ggx.dtype, _ptr(ggy), _ptr(win), _ptr(ggx), *_pool_dims(ggx), 1)
         return ggy, None, None, None
 
@@ -135,8 +135,8 @@ def _pool_dims(x: torch.Tensor) -> tuple[int, ...]:
 
 
 def supported(x: torch.Tensor) -> bool:
-    """Whether the C kernels can take `x`: a plain CPU tensor of float32/float64, batch > 0."""
-    return x.device.type == "cpu" and x.dtype in SUFFIX and x.numel() > 0 and x.layout == torch.strided
+    """Whether the C kernels can take `x`: a plain (not a subclass) CPU tensor of float32/64."""
+    return type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in SUFFIX and x.numel() > 0 and x.layout == torch.strided
 
 
 def group_norm(kernels: NativeKernels, x, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:

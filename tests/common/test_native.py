@@ -164,3 +164,17 @@ def test_unwritable_cache_is_named(tmp_path):
         cache = tmp_path / "kernels"
     with pytest.raises(NativeKernelsUnavailable, match=f"cannot create the kernel cache {cache}.*make it writable"):
         load_kernels(cache)
+
+
+def test_monai_metatensor_images_take_the_c_kernels(tiny_model, tiny_batch):
+    """Site images loaded through MONAI are MetaTensors; the fast path takes them as plain tensors."""
+    import dataclasses
+
+    from monai.data import MetaTensor
+
+    wrapped = dataclasses.replace(tiny_batch, support_x=MetaTensor(tiny_batch.support_x), query_x=MetaTensor(tiny_batch.query_x))
+    algo = build_algorithm(tiny_model, MetaConfig("maml", inner_steps=2, inner_lr=0.3, execution="loop", kernels="native"))
+    meta = algo.init_meta_params()
+    expected = algo.meta_gradient(meta, tiny_batch).grads
+    for name, g in algo.meta_gradient(meta, wrapped).grads.items():
+        torch.testing.assert_close(g, expected[name], rtol=0, atol=0)
