@@ -63,15 +63,14 @@ class FastForward:
     def _native(self, h: torch.Tensor) -> bool:
         return self.kernels is not None and native.supported(h)
 
-    def _norm(self, h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    def _block_tail(self, h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        """norm, then max-pool, then ReLU (the same function as the module's norm, ReLU, pool)."""
         cfg = self.config
         groups = cfg.num_groups if cfg.norm == "group" else cfg.width
         if self._native(h):
-            return native.group_norm(self.kernels, h, groups, weight, bias)
-        return F.group_norm(h, groups, weight, bias) if cfg.norm == "group" else F.instance_norm(h)
-
-    def _pool_relu(self, h: torch.Tensor) -> torch.Tensor:
-        return native.max_pool(self.kernels, h, relu=True) if self._native(h) else F.relu(self._pool(h, 2))
+            return native.norm_pool_relu(self.kernels, h, groups, weight, bias)
+        h = F.group_norm(h, groups, weight, bias) if cfg.norm == "group" else F.instance_norm(h)
+        return F.relu(self._pool(h, 2))
 
     def prepare(self, x: torch.Tensor) -> Prepared:
         # a plain tensor: site images may arrive as MONAI MetaTensors, whose metadata tracking
@@ -93,8 +92,7 @@ class FastForward:
             if block:
                 h = conv(h, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
             affine = cfg.norm == "group"
-            h = self._norm(h, params.get(prefix + "adn.N.weight") if affine else None, params.get(prefix + "adn.N.bias") if affine else None)
-            h = self._pool_relu(h)
+            h = self._block_tail(h, params.get(prefix + "adn.N.weight") if affine else None, params.get(prefix + "adn.N.bias") if affine else None)
         return h.flatten(1)
 
     def __call__(self, params: Params, inp: Prepared) -> torch.Tensor:

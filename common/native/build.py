@@ -21,11 +21,9 @@ SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c99")
 P, I64, F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 SIGNATURES = {
-    "gn_forward": (P, P, P, P, P, P, I64, I64, I64, I64, F64),
-    "gn_backward": (P, P, P, P, P, P, P, P, I64, I64, I64, I64),
-    "gn_double_backward": (P, P, P, P, P, P, P, P, P, P, P, I64, I64, I64, I64),
-    "maxpool_forward": (P, P, P, I64, I64, I64, I64, I64, I64),
-    "maxpool_route": (P, P, P, I64, I64, I64, I64, I64, I64),
+    "gnpool_forward": (P, P, P, P, P, P, P, I64, I64, I64, F64, I64, I64, I64, I64),
+    "gnpool_backward": (P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, I64, I64, I64),
+    "gnpool_double_backward": (P, P, P, P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, I64, I64, I64),
 }
 SUFFIXES = ("f32", "f64")
 

@@ -25,64 +25,62 @@ def f64(*shape, seed=0):
     return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
 
 
-@pytest.mark.parametrize("shape, groups", [((3, 8, 5, 6), 4), ((2, 4, 3, 4, 5), 2), ((2, 6, 7), 3)])
-def test_group_norm_values_and_two_derivatives_match_pytorch(kernels, shape, groups):
+def reference(x, groups, w=None, b=None):
+    """What the fused function replaces: PyTorch's group norm, max-pool, ReLU."""
+    pool = F.max_pool2d if x.dim() == 4 else F.max_pool3d
+    return F.relu(pool(F.group_norm(x, groups, w, b), 2))
+
+
+@pytest.mark.parametrize(
+    "shape, groups", [((3, 8, 6, 6), 4), ((2, 4, 7, 5), 2), ((2, 4, 3, 3), 4), ((2, 4, 4, 5, 6), 2), ((1, 2, 3, 3, 3), 1)]
+)
+def test_norm_pool_relu_values_and_two_derivatives_match_pytorch(kernels, shape, groups):
     x, w, b = f64(*shape), f64(shape[1], seed=1), f64(shape[1], seed=2)
-    fn = lambda x, w, b: ops.group_norm(kernels, x, groups, w, b)  # noqa: E731
-    torch.testing.assert_close(fn(x, w, b), F.group_norm(x, groups, w, b), rtol=1e-12, atol=1e-12)
+    fn = lambda x, w, b: ops.norm_pool_relu(kernels, x, groups, w, b)  # noqa: E731
+    torch.testing.assert_close(fn(x, w, b), reference(x, groups, w, b), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
 
-def test_instance_norm_is_group_norm_with_a_group_per_channel(kernels):
-    x = f64(3, 4, 5, 5)
-    fn = lambda x: ops.group_norm(kernels, x, 4)  # noqa: E731
-    torch.testing.assert_close(fn(x), F.instance_norm(x), rtol=1e-12, atol=1e-12)
+def test_instance_norm_is_a_group_per_channel_without_affine(kernels):
+    x = f64(3, 4, 6, 6)
+    fn = lambda x: ops.norm_pool_relu(kernels, x, 4)  # noqa: E731
+    torch.testing.assert_close(fn(x), F.relu(F.max_pool2d(F.instance_norm(x), 2)), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
-def test_group_norm_double_backward_equals_pytorchs(kernels):
+def test_double_backward_equals_pytorchs(kernels):
     """The same Hessian-vector terms as PyTorch's composite, on a loss that uses every output."""
 
     def second(fn):
-        x, w, b = f64(2, 8, 4, 4), f64(8, seed=1), f64(8, seed=2)
-        gx, gw, gb = torch.autograd.grad((fn(x, w, b) * f64(2, 8, 4, 4, seed=3)).sum(), (x, w, b), create_graph=True)
+        x, w, b = f64(2, 8, 6, 6), f64(8, seed=1), f64(8, seed=2)
+        gx, gw, gb = torch.autograd.grad((fn(x, w, b) * f64(2, 8, 3, 3, seed=3)).sum(), (x, w, b), create_graph=True)
         loss = (gx.sin() * gx).sum() + (gw * gw).sum() + (gb.cos() * gb).sum()
         return torch.autograd.grad(loss, (x, w))
 
-    ours = second(lambda x, w, b: ops.group_norm(kernels, x, 4, w, b))
-    for a, b in zip(ours, second(lambda x, w, b: F.group_norm(x, 4, w, b))):
+    ours = second(lambda x, w, b: ops.norm_pool_relu(kernels, x, 4, w, b))
+    for a, b in zip(ours, second(lambda x, w, b: reference(x, 4, w, b))):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (2, 3, 7, 5), (2, 3, 3, 3), (2, 2, 4, 5, 6), (1, 2, 3, 3, 3)])
-@pytest.mark.parametrize("relu", [False, True])
-def test_max_pool_values_and_two_derivatives_match_pytorch(kernels, shape, relu):
-    x = f64(*shape)
-    pool = F.max_pool2d if len(shape) == 4 else F.max_pool3d
-    expected = pool(x, 2)
-    fn = lambda x: ops.max_pool(kernels, x, relu)  # noqa: E731
-    torch.testing.assert_close(fn(x), F.relu(expected) if relu else expected, rtol=0, atol=0)
-    assert torch.autograd.gradcheck(fn, (x,))
-    assert torch.autograd.gradgradcheck(fn, (x,))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_max_pool_routes_ties_and_nans_like_pytorch(kernels, dtype):
-    """Ties go to the first maximum, NaN to the last NaN; relu routes nothing from windows <= 0."""
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_ties_and_nans_are_routed_like_pytorch(kernels, dtype, sign):
+    """Ties go to the window's first maximum (a positive or negative scale keeps or flips the
+    order), windows whose maximum is <= 0 route nothing, and a NaN poisons its group as in PyTorch."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(-2, 2, (4, 3, 8, 6), generator=g).to(dtype)  # many ties, many windows <= 0
-    x[0, 0, 0, 0] = x[0, 0, 1, 1] = x[1, 2, 4, 3] = float("nan")
-    for relu in (False, True):
-        ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out = ops.max_pool(kernels, ours, relu)
-        ref = F.max_pool2d(theirs, 2)
-        ref = F.relu(ref) if relu else ref
-        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
-        upstream = torch.arange(out.numel(), dtype=dtype).reshape(out.shape) + 1
-        out.backward(upstream)
-        ref.backward(upstream)
-        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+    x = torch.randint(-2, 3, (4, 4, 8, 6), generator=g).to(dtype)  # many ties
+    x[3, 2, 5, 1] = float("nan")
+    w = sign * torch.rand(4, generator=g, dtype=dtype) + sign * 0.5
+    b = torch.zeros(4, dtype=dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = ops.norm_pool_relu(kernels, ours, 2, w, b), reference(theirs, 2, w, b)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert out[3, 2:].isnan().all() and not out[:3].isnan().any()
+    upstream = torch.arange(out.numel(), dtype=dtype).reshape(out.shape) % 7 + 1
+    out.backward(upstream)
+    ref.backward(upstream)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.parametrize("norm", ["group", "instance"])
