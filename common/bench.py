@@ -40,7 +40,7 @@ class BenchConfig:
     execution: str = "auto"
     seed: int = 0
     tf32: bool = False  # CUDA: TF32 convolutions and matmuls (faster; gradients then agree to ~1e-3 only)
-    kernels: str = "auto"  # CPU group norm / max-pool: auto | native | torch (MetaConfig.kernels)
+    kernels: str = "auto"  # CPU norm/max-pool/ReLU: auto | native | torch (MetaConfig.kernels)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
         peak_mem_mb=peak,
         device=str(device),
         execution=algo.execution_mode(device),
-        kernels=algo.kernels,
+        kernels=algo.kernels_on(device),
         threads=torch.get_num_threads(),
         config=asdict(cfg),
     )

@@ -9,7 +9,9 @@ forward, a backward, and later the backward of that backward:
   library convolution is a poor fit (its forward, weight gradient and their derivatives were a
   third of a Conv-4 meta-batch on CPU); a product of a (width x 9) matrix with patches is not;
 - ReLU is applied after max-pooling instead of before. Both are monotone, so
-  relu(maxpool(x)) == maxpool(relu(x)), on a quarter of the elements.
+  relu(maxpool(x)) == maxpool(relu(x)), on a quarter of the elements;
+- on CPU tensors, norm, max-pool and ReLU run as one C function with closed-form derivatives
+  (common/native/), unless `kernels` is None.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def patches(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
 
 
 class FastForward:
-    """`kernels`: fused C kernels for group norm and max-pool on CPU tensors (None: PyTorch's).
-    They cannot run under `torch.func` transforms, so the `vmap` path uses a FastForward without."""
+    """`kernels`: the fused C function for each block's norm, max-pool and ReLU on CPU tensors
+    (None: PyTorch's operators). It cannot run under `torch.func` transforms, so the `vmap` path
+    uses a FastForward without."""
 
     def __init__(self, model: MetaNet, kernels: NativeKernels | None = None) -> None:
         self.config = model.config

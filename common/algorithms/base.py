@@ -51,8 +51,12 @@ class MetaAlgorithm(ABC):
 
     @property
     def kernels(self) -> str:
-        """Which group norm / max-pool implementation CPU tensors get: "native" or "torch"."""
+        """Which norm/pool/ReLU implementation CPU tensors get: "native" or "torch"."""
         return "native" if self.fast is not None and self.fast.kernels is not None else "torch"
+
+    def kernels_on(self, device: torch.device) -> str:
+        """What tensors on `device` get: the C kernels run on the CPU only."""
+        return self.kernels if device.type == "cpu" else "torch"
 
     # -- what each algorithm defines ------------------------------------------------------
     @abstractmethod

@@ -92,7 +92,7 @@ def build(cache_dir: Path) -> Path:
 
 
 class NativeKernels:
-    """The loaded library: `kernels.fn("gn_forward", torch.float32)` is a typed C function."""
+    """The loaded library: `kernels.fn("gnpool_forward", "f32")` is a typed C function."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

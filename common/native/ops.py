@@ -109,5 +109,14 @@ def supported(x: torch.Tensor) -> bool:
 
 def norm_pool_relu(kernels: NativeKernels, x, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
     """relu(max_pool(group_norm(x))) with 2^d windows, stride 2, floor mode: a conv block's tail."""
+    channels = x.shape[1]
+    if x.dim() not in (4, 5) or channels % groups:
+        raise ValueError(f"norm_pool_relu: input {tuple(x.shape)} with {groups} groups; needs (N, C, H, W[, D]) with C divisible by groups")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device or t.numel() != channels):
+            raise ValueError(
+                f"norm_pool_relu: {name} is {t.numel()} x {t.dtype} on {t.device}, the input needs "
+                f"{channels} x {x.dtype} on {x.device}"
+            )
     return _NormPool.apply(x, weight, bias, groups, eps, kernels)
 

@@ -27,7 +27,7 @@ def bench_maml(
     execution: str = typer.Option("auto", help="Task execution: auto, loop, threads or vmap."),
     seed: int = typer.Option(0, help="Seed for weights and tasks."),
     tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions and matmuls (faster; gradients then agree to about 1e-3)."),
-    kernels: str = typer.Option("auto", help="CPU group norm and max-pool: native (fused C kernels), torch, or auto."),
+    kernels: str = typer.Option("auto", help="CPU norm, max-pool and ReLU: native (one fused C function), torch, or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Time one second-order MAML meta-batch: fedmeta vs `higher` vs a plain autograd loop."""

@@ -49,6 +49,17 @@ def test_instance_norm_is_a_group_per_channel_without_affine(kernels):
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
+def test_mismatched_parameters_are_refused_not_misread(kernels):
+    """The C code reads raw memory: a float32 weight for a float64 map must not get that far."""
+    x = f64(2, 4, 6, 6)
+    with pytest.raises(ValueError, match="weight is 4 x torch.float32.*needs 4 x torch.float64"):
+        ops.norm_pool_relu(kernels, x, 2, torch.ones(4), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="bias is 3 x"):
+        ops.norm_pool_relu(kernels, x, 2, torch.ones(4, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="C divisible by groups"):
+        ops.norm_pool_relu(kernels, x, 3)
+
+
 def test_double_backward_equals_pytorchs(kernels):
     """The same Hessian-vector terms as PyTorch's composite, on a loss that uses every output."""
 
@@ -101,7 +112,7 @@ def test_meta_gradient_is_the_same_with_either_kernels(norm, dims, algorithm):
     grads = {}
     for kernels in ("native", "torch"):
         algo = build_algorithm(model, MetaConfig(algorithm, inner_steps=2, inner_lr=0.3, execution="loop", kernels=kernels))
-        assert algo.kernels == kernels
+        assert algo.kernels == kernels and algo.kernels_on(torch.device("cuda")) == "torch"
         grads[kernels] = algo.meta_gradient(algo.init_meta_params(), batch).grads
     for name, g in grads["torch"].items():
         torch.testing.assert_close(grads["native"][name], g, rtol=1e-10, atol=1e-12, msg=name)
