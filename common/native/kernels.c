@@ -69,35 +69,33 @@ static void gn_stats_##SUF(const T *x, T *mean, T *rstd, int64_t N, int64_t C, i
         }                                                                                        \
 }                                                                                                \
                                                                                                  \
-/* one row of 2x2 windows from rows r0, r1 (optionally through v -> A + B v first): the first   \
- * maximum, or the last NaN. The main loop selects in float lanes without branches (vectorized); \
- * a row holding a NaN is redone by the exact scalar rule. */                                   \
+/* one row of 2x2 windows of relu(A + B v) from rows r0, r1: the first maximum, or the last NaN \
+ * (NO_ROUTE where the maximum is <= 0). The main loop selects in float lanes without branches   \
+ * (vectorized); a row holding a NaN is redone by the exact scalar rule. */                     \
 static inline void pool_row2_##SUF(const T *restrict r0, const T *restrict r1, T *restrict y,     \
-                                   uint8_t *restrict win, int64_t n, T A, T B, int affine,       \
-                                   int relu) {                                                   \
+                                   uint8_t *restrict win, int64_t n, T A, T B) {                 \
     T kf[n];                                                                                     \
     int bad = 0;                                                                                 \
     for (int64_t i = 0; i < n; i++) {                                                            \
-        T v0 = r0[2 * i], v1 = r0[2 * i + 1], v2 = r1[2 * i], v3 = r1[2 * i + 1];                \
-        if (affine) { v0 = A + B * v0; v1 = A + B * v1; v2 = A + B * v2; v3 = A + B * v3; }      \
+        const T v0 = A + B * r0[2 * i], v1 = A + B * r0[2 * i + 1];                              \
+        const T v2 = A + B * r1[2 * i], v3 = A + B * r1[2 * i + 1];                              \
         const T a = v0 >= v1 ? v0 : v1, b = v2 >= v3 ? v2 : v3, m = a >= b ? a : b;             \
         const T k = v0 == m ? 0 : v1 == m ? 1 : v2 == m ? 2 : 3;                                 \
         bad |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);                                \
-        const int keep = !relu || m > 0;                                                         \
-        y[i] = keep ? m : 0;                                                                     \
-        kf[i] = keep ? k : NO_ROUTE;                                                             \
+        y[i] = m > 0 ? m : 0;                                                                    \
+        kf[i] = m > 0 ? k : NO_ROUTE;                                                            \
     }                                                                                            \
     for (int64_t i = 0; i < n; i++) win[i] = (uint8_t)kf[i];                                     \
     if (!bad) return;                                                                            \
     for (int64_t i = 0; i < n; i++) {                                                            \
-        T v[4] = {r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1]};                           \
-        T m = affine ? A + B * v[0] : v[0];                                                      \
+        const T v[4] = {r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1]};                     \
+        T m = A + B * v[0];                                                                      \
         uint8_t best = 0;                                                                        \
         for (int t = 1; t < 4; t++) {                                                            \
-            const T e = affine ? A + B * v[t] : v[t];                                            \
+            const T e = A + B * v[t];                                                            \
             if (e > m || isnan(e)) { m = e; best = (uint8_t)t; }                                 \
         }                                                                                        \
-        if (relu && !(m > 0) && !isnan(m)) { m = 0; best = NO_ROUTE; }                           \
+        if (!(m > 0) && !isnan(m)) { m = 0; best = NO_ROUTE; }                                   \
         y[i] = m;                                                                                \
         win[i] = best;                                                                           \
     }                                                                                            \
@@ -120,7 +118,7 @@ int gnpool_forward_##SUF(const T *x, const T *w, const T *b, T *y, uint8_t *win,
         uint8_t *wp = win + p * out;                                                             \
         if (d == 2) {                                                                            \
             for (int64_t a = 0; a < o0; a++)                                                     \
-                pool_row2_##SUF(xp + 2 * a * s1, xp + (2 * a + 1) * s1, yp + a * o1, wp + a * o1, o1, A, B, 1, 1); \
+                pool_row2_##SUF(xp + 2 * a * s1, xp + (2 * a + 1) * s1, yp + a * o1, wp + a * o1, o1, A, B); \
             continue;                                                                            \
         }                                                                                        \
         int64_t o = 0;                                                                           \
