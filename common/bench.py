@@ -42,6 +42,16 @@ class BenchConfig:
     tf32: bool = False  # CUDA: TF32 convolutions and matmuls (faster; gradients then agree to ~1e-3 only)
     kernels: str = "auto"  # CPU norm/max-pool/ReLU: auto | native | torch (MetaConfig.kernels)
 
+    def __post_init__(self) -> None:
+        self.meta_config()  # execution and kernels get the checks a run config gets
+
+    def meta_config(self) -> MetaConfig:
+        """Second-order MAML as fedmeta runs it in the bench: one chunk of all the tasks."""
+        return MetaConfig(
+            "maml", inner_steps=self.inner_steps, inner_lr=self.inner_lr, chunk_size=self.tasks,
+            execution=self.execution, kernels=self.kernels,
+        )
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -170,10 +180,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(ModelConfig(image_size=cfg.image_size, num_classes=cfg.ways, width=cfg.width)).to(device)
-    meta_config = MetaConfig(
-        "maml", inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, chunk_size=cfg.tasks, execution=cfg.execution, kernels=cfg.kernels
-    )
-    algo = build_algorithm(model, meta_config)
+    algo = build_algorithm(model, cfg.meta_config())
     meta = algo.init_meta_params()
     batch = _tasks(cfg).to(device)
     higher_model = build_model(model.config).to(device)  # built once, outside the timed calls

@@ -34,14 +34,12 @@ def bench_maml(
     import torch
 
     from common.bench import BenchConfig, run_maml_bench
-    from common.config import MetaConfig
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         typer.echo(f"error: --device {device} requested but this torch build sees no CUDA device; use --device cpu", err=True)
         raise typer.Exit(2)
     try:
         cfg = BenchConfig(tasks, ways, shots, queries, inner_steps, inner_lr, width, image_size, repeats, device, execution, seed, tf32, kernels)
-        MetaConfig(execution=execution, kernels=kernels)  # the same checks as a run config gets
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
