@@ -91,7 +91,8 @@ def _algorithm(scenario_ref: str, model: ModelConfig, meta: MetaConfig, device: 
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """Name, role and example counts: all the coordinator learns about a site's data."""
+    """Name, role and example counts: all the coordinator learns about a site's data. In
+    simulation the node's partition too: the coordinator names the site after it."""
     site = _site(context)
     info = ConfigRecord({
         "site-name": site.data.spec.name,
@@ -100,6 +101,8 @@ def describe(msg: Message, context: Context) -> Message:
         "num-test": len(site.data.test),
         "device": describe_device(site.device),
     })
+    if "partition-id" in context.node_config and "site-name" not in context.node_config:
+        info["partition-id"] = int(context.node_config["partition-id"])
     return Message(content=RecordDict({"site": info}), reply_to=msg)
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from deploy.processes import Child, Unreachable, child_env, flower_command, tls_
 from deploy.provision import LOOPBACK, authorized_sites
 
 FEDERATION = "fedmeta"  # the flwr CLI's name for this coordinator's SuperLink
+RUN_STARTED = re.compile(r"Successfully started run (\d+)")  # what `flwr run` prints
 AUDIT_LOG = "fleet-audit.jsonl"
 
 
@@ -88,6 +91,19 @@ def app_run_config(cfg: CoordinatorConfig, **overrides: object) -> dict[str, obj
     return flat_run_config(parse_run_config(values))
 
 
+def check_run_start(cfg: CoordinatorConfig, resume: bool, force_resume: bool) -> None:
+    """What the ServerApp would refuse about out-dir's checkpoint, found before any process
+    starts: an earlier run's checkpoint without --resume, an unreadable one, changed settings
+    without --force-resume, another model even with it. Raises with the file and the fix."""
+    from server.app import meta_template
+    from server.checkpoint import CHECKPOINT, prepare_resume
+
+    run_config = app_run_config(cfg, **{"resume": resume, "force-resume": force_resume})
+    parsed = parse_run_config(run_config)
+    prepare_resume(Path(parsed.train.out_dir) / CHECKPOINT, run_config, resume, force_resume,
+                   template=meta_template(parsed) if resume else None)
+
+
 @dataclass
 class Coordinator:
     cfg: CoordinatorConfig
@@ -95,6 +111,7 @@ class Coordinator:
     superlink: Child | None = None
     gateway: GatewayServer | None = None
     run: Child | None = None
+    run_id: int | None = None  # Flower's id of the run `start_run` started, once it has said so
 
     @property
     def flwr_home(self) -> Path:
@@ -218,8 +235,30 @@ class Coordinator:
         return [flower_command("flwr"), "run", str(app_dir), FEDERATION, "--stream"]
 
     def start_run(self, echo: Callable[[str], None] | None = None, resume: bool = False, force_resume: bool = False) -> Child:
-        self.run = Child(self.run_command(resume, force_resume), self.cfg.log_dir / "run.log", env=self._env(), echo=echo)
+        self.run_id = None
+
+        def watch(line: str) -> None:
+            if (started := RUN_STARTED.search(line)) is not None:
+                self.run_id = int(started.group(1))
+            if echo is not None:
+                echo(line)
+
+        self.run = Child(self.run_command(resume, force_resume), self.cfg.log_dir / "run.log", env=self._env(), echo=watch)
         return self.run
+
+    def run_status(self, wait: float = 30.0) -> tuple[str, str]:
+        """(Flower's status of the started run, its details) once the run has finished, e.g.
+        ("finished:completed", "") or ("finished:failed", "...TimeoutError..."). `flwr run --stream`
+        itself exits 0 either way, so this is what tells success from failure."""
+        if self.run_id is None:
+            return "not-started", f"`flwr run` did not start a run; see {self.cfg.log_dir / 'run.log'}"
+        deadline = time.monotonic() + wait
+        while True:
+            runs = self.flwr("ls", "--run-id", str(self.run_id)).get("runs") or [{}]
+            status, details = str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
+            if status.startswith("finished") or time.monotonic() > deadline:
+                return status, details
+            time.sleep(1.0)
 
     def stop(self) -> None:
         for child in (self.run, self.superlink):

@@ -73,17 +73,61 @@ class Child:
         return code
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the whole group, then SIGKILL whatever is left after `grace` seconds."""
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        _signal_group(self.process.pid, signal.SIGKILL)  # stragglers in the group (superexec, apps)
+        """SIGTERM to the whole group and to every descendant that left it (Flower's SuperLink
+        starts its SuperExec in a session of its own), then SIGKILL whatever is left after `grace`
+        seconds."""
+        groups = {self.process.pid} | {pgid for pgid in map(_pgid, descendants(self.process.pid)) if pgid is not None}
+        groups.discard(os.getpgrp())  # never our own
+        if self.process.poll() is None or len(groups) > 1:
+            for group in groups:
+                _signal_group(group, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+                if self.process.poll() is None:
+                    try:
+                        self.process.wait(0.1)
+                    except subprocess.TimeoutExpired:
+                        pass
+                else:
+                    time.sleep(0.1)
+        for group in groups:  # stragglers (superexec, apps)
+            _signal_group(group, signal.SIGKILL)
         self.process.wait()
         self._reader.join(timeout=5)
         self._log.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` in the process tree (Linux /proc; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is left (zombies of our own children count until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def _die_with_parent() -> None:

@@ -14,12 +14,13 @@ from flwr.supercore import log
 from common.algorithms import build_algorithm
 from common.export import save_meta_model
 from common.models import build_model
-from common.runconfig import parse_run_config
+from common.runconfig import RunConfig, parse_run_config
 from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume
 from server.fedmeta import FedMeta
 from server.privacy import Privacy
+from server.replies import ReplyLimits
 from server.secure import SecureAggregation
-from server.sites import discover_sites
+from server.sites import Roster, discover_sites
 from simulation.report import Recorder
 from simulation.scenario import load_scenario
 
@@ -31,14 +32,18 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     torch.manual_seed(cfg.train.seed)
     # the scenario's description (never its data) fixes the model's input shape
-    model_config = load_scenario(cfg.data.scenario).model_config(cfg.model)
+    scenario = load_scenario(cfg.data.scenario)
+    model_config = scenario.model_config(cfg.model)
     algorithm = build_algorithm(build_model(model_config), cfg.meta)
-    sites = discover_sites(grid, cfg.train.min_sites, cfg.train.round_timeout)
+    found = discover_sites(grid, cfg.train.min_sites, cfg.train.round_timeout,
+                           Roster(tuple((s.name, s.role) for s in scenario.sites)))
+    sites = found.sites
     out_dir = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     recorder = None
     if out_dir is not None:
         site_rows = [s.as_dict() for s in sorted(sites.values(), key=lambda s: s.name)]
-        recorder = Recorder(out_dir, dict(context.run_config), cfg.data.scenario, cfg.meta.algorithm, site_rows)
+        recorder = Recorder(out_dir, dict(context.run_config), cfg.data.scenario, cfg.meta.algorithm, site_rows,
+                            rejected=found.rejected)
     # fedavg sends `global - local` updates: SGD at rate 1 on their average is FedAvg's model average
     optimizer, lr = ("sgd", 1.0) if cfg.meta.algorithm == "fedavg" else (cfg.train.outer_optimizer, cfg.train.outer_lr)
     strategy = FedMeta(
@@ -53,7 +58,7 @@ def main(grid: Grid, context: Context) -> None:
         fraction_train=cfg.train.fraction_train,
         aggregator=cfg.train.aggregator,
         trim_fraction=cfg.train.trim_fraction,
-        max_update_norm=cfg.train.max_update_norm,
+        limits=ReplyLimits(cfg.train.tasks_per_round, cfg.train.eval_tasks, cfg.train.max_update_norm),
         min_train_sites=cfg.train.min_train_sites,
         privacy=Privacy(cfg.train.dp_clip, cfg.train.dp_noise_multiplier, cfg.train.dp_delta, cfg.train.dp_noise,
                         population=sum(s.role == "train" for s in sites.values())) if cfg.train.dp_clip > 0 else None,
@@ -85,10 +90,16 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "results and the meta-model are in %s", out_dir.resolve())
 
 
+def meta_template(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """Meta-parameters of the model a run of `cfg` trains (names and shapes: what a checkpoint
+    must fit before a run may resume from it)."""
+    model_config = load_scenario(cfg.data.scenario).model_config(cfg.model)
+    return build_algorithm(build_model(model_config), cfg.meta).init_meta_params()
+
 
 def _resume(path: Path, cfg, run_config: dict, strategy: FedMeta, recorder: Recorder) -> int:
     """The first round to run: 1, or the one after the checkpoint's (whose state is restored)."""
-    checkpoint = prepare_resume(path, run_config, cfg.train.resume, cfg.train.force_resume)
+    checkpoint = prepare_resume(path, run_config, cfg.train.resume, cfg.train.force_resume, template=strategy.params)
     if checkpoint is None:
         return 1
     if config_hash(checkpoint.run_config) != config_hash(run_config):

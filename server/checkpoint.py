@@ -98,7 +98,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
             meta = handle.metadata() or {}
         tensors = load_file(str(path))
     except Exception as error:  # noqa: BLE001 -- any unreadable file gets the same advice
-        raise ValueError(f"{path} is not a readable fedmeta checkpoint ({error}); start a new run, or restore it from a backup") from error
+        raise ValueError(f"{path} is not a readable fedmeta checkpoint ({error}): restore it from a backup, or move it "
+                         "away (or use another output directory) to start a new run") from error
     if meta.get("format") != "fedmeta-checkpoint-1":
         raise ValueError(f"{path} is not a fedmeta checkpoint (format {meta.get('format')!r})")
     names = json.loads(meta["param_names"])
@@ -120,9 +121,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def prepare_resume(path: Path, run_config: Mapping[str, object], resume: bool, force: bool = False) -> Checkpoint | None:
+def prepare_resume(path: Path, run_config: Mapping[str, object], resume: bool, force: bool = False,
+                   template: Mapping[str, torch.Tensor] | None = None) -> Checkpoint | None:
     """The checkpoint to continue from (None: start at round 1), or a clear refusal:
-    overwriting an earlier run's checkpoint, resuming without one, resuming with another config."""
+    overwriting an earlier run's checkpoint, resuming without one, an unreadable file, resuming
+    with another config, or (even when forced) meta-parameters that do not fit `template`, this
+    run's model."""
     path = Path(path)
     if not resume:
         if path.exists():
@@ -136,4 +140,20 @@ def prepare_resume(path: Path, run_config: Mapping[str, object], resume: bool, f
     if changes and not force:
         raise ValueError(f"the checkpoint at {path} was written with another config; changed (old, new): {changes}. "
                          "Resume with the same config, or force it (--force-resume, run config force-resume=true)")
+    if template is not None:
+        misfits = param_misfits(checkpoint.params, template)
+        if misfits:
+            raise ValueError(f"the checkpoint at {path} holds another model: {'; '.join(misfits[:5])}"
+                             + (f" (and {len(misfits) - 5} more)" if len(misfits) > 5 else "")
+                             + f". Settings changed since (old, new): {changes or 'none'}. A run cannot continue with "
+                             "another model, even forced: restore those settings, or start a new run in another output directory")
     return checkpoint
+
+
+def param_misfits(saved: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]) -> list[str]:
+    """Each meta-parameter that is missing, extra, or another shape in `saved` than in `template`."""
+    out = [f"{k} is missing" for k in sorted(template.keys() - saved.keys())]
+    out += [f"{k} is not in this model" for k in sorted(saved.keys() - template.keys())]
+    out += [f"{k} is {tuple(saved[k].shape)} there, {tuple(template[k].shape)} here"
+            for k in sorted(saved.keys() & template.keys()) if tuple(saved[k].shape) != tuple(template[k].shape)]
+    return out

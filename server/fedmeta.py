@@ -27,7 +27,8 @@ from flwr.supercore import log
 
 from common.tasks import site_seed
 from server.privacy import Privacy
-from server.robust import check_update, combine
+from server.replies import Rejected, ReplyLimits, TrainReply, evaluation_metrics, train_reply
+from server.robust import combine
 from server.secure import SecureAggregation, secure_round, unflatten
 from server.sites import SiteInfo, answered, source
 from simulation.report import Recorder
@@ -44,6 +45,13 @@ def _reason_text(reason: str) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
     head, _, tail = text.rpartition("Message: ")
     return (tail if head else text.strip().splitlines()[-1]).strip().removesuffix("'>").strip()
+
+
+def _weighted_means(rows: list[dict[str, float]]) -> MetricRecord:
+    """Each metric's mean over sites, weighted by their tasks or episodes (CI half-widths left out)."""
+    total = sum(row[WEIGHT_KEY] for row in rows)
+    return MetricRecord({key: sum(row[key] * row[WEIGHT_KEY] for row in rows) / total
+                         for key in rows[0] if key != WEIGHT_KEY and not key.endswith("-ci")})
 
 
 def _nbytes(record: ArrayRecord) -> int:
@@ -63,7 +71,7 @@ class FedMeta(FedAvg):
         transport_dtype: torch.dtype = torch.float32,
         aggregator: str = "mean",
         trim_fraction: float = 0.1,
-        max_update_norm: float = 0.0,
+        limits: ReplyLimits = ReplyLimits(),
         min_train_sites: int = 1,
         privacy: Privacy | None = None,
         secure: SecureAggregation | None = None,
@@ -82,7 +90,7 @@ class FedMeta(FedAvg):
         self.transport_dtype = transport_dtype
         self.aggregator = aggregator
         self.trim_fraction = trim_fraction
-        self.max_update_norm = max_update_norm
+        self.limits = limits
         self.min_train_sites = min_train_sites
         self.privacy = privacy
         self.secure = secure
@@ -152,18 +160,15 @@ class FedMeta(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies, errors = self._outcomes(list(replies))
-        good, updates = [], []
+        good: list[tuple[int, Message, TrainReply]] = []
         for node, message in replies:
-            name = self._name(node)
-            update, weight, problem = self._unpack(message)
-            if problem is None:
-                problem = check_update(update, self.params, weight, self.max_update_norm)
-            if problem is not None:
-                errors[name] = f"rejected: {problem}"
-                log(WARNING, "round %s: rejected %s's meta-gradient: %s", server_round, name, problem)
-                continue
-            good.append((node, message))
-            updates.append((update, weight))
+            try:
+                good.append((node, message, train_reply(message.content, self.arrayrecord_key, self.params,
+                                                        self.limits.tasks_per_round, self.limits.max_update_norm)))
+            except Rejected as problem:
+                errors[self._name(node)] = f"rejected: {problem}"
+                log(WARNING, "round %s: rejected %s's meta-gradient: %s", server_round, self._name(node), problem)
+        updates = [(r.update, r.weight) for _, _, r in good]
         updated = len(good) >= max(1, self.min_train_sites)
         log(INFO, "round %s: %d meta-gradients accepted, %d failed or rejected", server_round, len(good), len(errors))
         if not updated:
@@ -179,9 +184,9 @@ class FedMeta(FedAvg):
         if self.recorder is not None:
             self.recorder.train(
                 server_round,
-                {self._name(n): dict(m.content["metrics"]) for n, m in good},
+                {self._name(n): r.metrics for n, _, r in good},
                 bytes_down=self._bytes_down,
-                bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for _, m in good),
+                bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for _, m, _ in good),
                 seconds=time.monotonic() - self._round_start,
                 errors=errors,
                 updated=updated,
@@ -189,13 +194,13 @@ class FedMeta(FedAvg):
             )
         if not updated:
             return None, None
-        metrics = self.train_metrics_aggr_fn([m.content for _, m in good], WEIGHT_KEY)
-        return self.wire(self.step(grads)), metrics
+        return self.wire(self.step(grads)), _weighted_means([r.metrics for _, _, r in good])
 
     def secure_train(self, server_round: int, grid: Grid, train: list[Message], arrays: ArrayRecord, timeout: float) -> ArrayRecord | None:
         """A training round under secure aggregation: only the sum of the sites' vectors is seen."""
         config = train[0].content[self.configrecord_key] if train else ConfigRecord()
-        result = secure_round(grid, [m.metadata.dst_node_id for m in train], arrays, config, self.secure, timeout, _reason_text)
+        result = secure_round(grid, [m.metadata.dst_node_id for m in train], arrays, config, self.secure, timeout, _reason_text,
+                              self.limits.tasks_per_round)
         errors = {("(round)" if n == -1 else self._name(n)): text for n, text in result.errors.items()}
         for name, text in errors.items():
             log(WARNING, "round %s: secure aggregation: %s: %s", server_round, name, text)
@@ -218,34 +223,27 @@ class FedMeta(FedAvg):
                                 updated=updated, privacy=privacy)
         return self.wire(self.step(grads)) if updated else None
 
-    def _unpack(self, message: Message) -> tuple[dict[str, torch.Tensor], float, str | None]:
-        """The site's meta-gradient and task count, or why they cannot be read."""
-        content = message.content
-        if self.arrayrecord_key not in content.array_records or "metrics" not in content.metric_records:
-            return {}, 0.0, f"reply without '{self.arrayrecord_key}' arrays or 'metrics'"
-        metrics = content["metrics"]
-        if WEIGHT_KEY not in metrics or not isinstance(metrics[WEIGHT_KEY], (int, float)):
-            return {}, 0.0, f"metrics without a numeric '{WEIGHT_KEY}'"
-        try:
-            update = content[self.arrayrecord_key].to_torch_state_dict()
-        except Exception as error:  # noqa: BLE001 -- an undecodable array is the site's fault, not the round's
-            return {}, 0.0, f"arrays that cannot be decoded ({error})"
-        return update, float(metrics[WEIGHT_KEY]), None
-
     def wire(self, params: dict[str, torch.Tensor]) -> ArrayRecord:
         """What goes on the wire: the meta-parameters, in half precision if configured."""
         return ArrayRecord({k: v.to(self.transport_dtype) for k, v in params.items()})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        if self.recorder is None:
-            return super().aggregate_evaluate(server_round, replies)
-        return MetricRecord(self.recorder.evaluate(server_round, *self._site_metrics(replies)))
+        metrics, errors = self._site_metrics(list(replies))
+        if self.recorder is not None:
+            return MetricRecord(self.recorder.evaluate(server_round, metrics, errors))
+        return _weighted_means(list(metrics.values())) if metrics else None
 
     def _site_metrics(self, replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-        """{site: its evaluation metrics} and {site: why it has none}."""
+        """{site: its evaluation metrics} and {site: why it has none} (failed, or a reply rejected)."""
         good, errors = self._outcomes(replies)
-        return {self._name(n): dict(m.content["metrics"]) for n, m in good}, errors
+        metrics = {}
+        for node, message in good:
+            try:
+                metrics[self._name(node)] = evaluation_metrics(message.content, self.limits.eval_tasks)
+            except Rejected as problem:
+                errors[self._name(node)] = f"rejected: {problem}"
+                log(WARNING, "rejected %s's evaluation: %s", self._name(node), problem)
+        return metrics, errors
 
     def run(self, grid: Grid, num_rounds: int, timeout: float, start_round: int = 1,
             on_round_end: Callable[[int], None] | None = None) -> None:

@@ -20,7 +20,9 @@ defends against a coordinator lying about dropouts is not implemented.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +31,10 @@ from flwr.serverapp import Grid
 
 from common import secagg
 from common.secagg import SecAggError
+from server.replies import Rejected, secagg_keys, secagg_masked, secagg_shares, secagg_unmask
 from server.sites import exchange
+
+T = TypeVar("T")
 
 STAGES = ("train.secagg", "query.secagg_share", "query.secagg_mask", "query.secagg_unmask")
 
@@ -61,65 +66,66 @@ def _send(grid: Grid, kind: str, contents: dict[int, RecordDict], timeout: float
 
 
 def secure_round(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, spec: SecureAggregation,
-                 timeout: float, reason: callable) -> SecureRound:
-    """Run the four stages with `nodes`; `reason(message_error_text)` cleans site errors."""
+                 timeout: float, reason: Callable[[str], str], tasks_per_round: int = 2**31) -> SecureRound:
+    """Run the four stages with `nodes`; `reason(message_error_text)` cleans site errors. Every
+    reply is read through `server.replies`: a site whose reply is malformed leaves the round at
+    that stage, as if it had dropped."""
     out = SecureRound()
     index = {node: k + 1 for k, node in enumerate(nodes)}
     threshold = spec.threshold(len(nodes))
+    length = sum(math.prod(array.shape) for array in arrays.values()) + 1  # the vector and its weight
     base = dict(config) | {"secagg-threshold": threshold, "secagg-clip-range": spec.clip_range, "secagg-levels": spec.levels,
                            "secagg-weight-scale": spec.weight_scale}
 
-    def fail(failed: dict[int, str], stage: str) -> None:
+    def read(stage: str, replies: dict[int, Message], failed: dict[int, str], reader: Callable[[RecordDict], T]) -> dict[int, T]:
         for node, text in failed.items():
             out.errors.setdefault(node, f"{stage}: {reason(text)}")
+        good = {}
+        for node, reply in replies.items():
+            try:
+                good[node] = reader(reply.content)
+            except Rejected as error:
+                out.errors.setdefault(node, f"{stage}: rejected: {error}")
+        return good
 
     # 1. meta-gradients computed and kept at the sites; public keys out
-    replies, failed = _send(grid, STAGES[0], {n: RecordDict({"arrays": arrays, "config": ConfigRecord(base | {"secagg-index": index[n]})})
-                                              for n in nodes}, timeout)
-    fail(failed, "training")
-    keys = {index[n]: (bytes(r.content["secagg"]["c-pk"]), bytes(r.content["secagg"]["s-pk"])) for n, r in replies.items()}
-    out.metrics = {n: dict(r.content["metrics"]) for n, r in replies.items()}
+    advertised = read("training", *_send(grid, STAGES[0], {n: RecordDict({"arrays": arrays, "config": ConfigRecord(base | {"secagg-index": index[n]})})
+                                                          for n in nodes}, timeout), lambda c: secagg_keys(c, tasks_per_round))
+    keys = {index[n]: (c_pk, s_pk) for n, (c_pk, s_pk, _) in advertised.items()}
+    out.metrics = {n: metrics for n, (_, _, metrics) in advertised.items()}
     if len(keys) < threshold:
         out.errors.setdefault(-1, f"{len(keys)} sites advertised keys, fewer than the threshold {threshold}")
         return out
     order = sorted(keys)
     listing = {"secagg-indices": order, "secagg-c-pks": [keys[i][0] for i in order], "secagg-s-pks": [keys[i][1] for i in order]}
     # 2. encrypted shares, routed by the coordinator, who cannot read them
-    replies, failed = _send(grid, STAGES[1], {n: RecordDict({"config": ConfigRecord(base | listing | {"secagg-index": index[n]})})
-                                              for n in replies}, timeout)
-    fail(failed, "key sharing")
-    inbox: dict[int, dict[int, bytes]] = {index[n]: {} for n in replies}
-    for n, r in replies.items():
-        shares = r.content["secagg"]
-        for to, blob in zip(shares["to"], shares["blobs"]):
+    shares = read("key sharing", *_send(grid, STAGES[1], {n: RecordDict({"config": ConfigRecord(base | listing | {"secagg-index": index[n]})})
+                                                          for n in advertised}, timeout), lambda c: secagg_shares(c, set(keys)))
+    inbox: dict[int, dict[int, bytes]] = {index[n]: {} for n in shares}
+    for n, blobs in shares.items():
+        for to, blob in blobs.items():
             if to in inbox:
-                inbox[to][index[n]] = bytes(blob)
-    shared = {index[n]: keys[index[n]] for n in replies}
+                inbox[to][index[n]] = blob
+    shared = {index[n]: keys[index[n]] for n in shares}
     if len(shared) < threshold:
         out.errors.setdefault(-1, f"{len(shared)} sites shared their keys, fewer than the threshold {threshold}")
         return out
     # 3. masked vectors (the only arrays that leave a site)
     contents = {n: RecordDict({"config": ConfigRecord(base | {"secagg-from": list(inbox[index[n]]), "secagg-blobs": list(inbox[index[n]].values())})})
-                for n in replies}
-    replies, failed = _send(grid, STAGES[2], contents, timeout)
-    fail(failed, "masking")
-    masked = {index[n]: r.content["masked"]["y"].numpy().astype(np.uint64) for n, r in replies.items()}
-    clipped = {n: int(r.content["masked-info"]["clipped"]) for n, r in replies.items()}
-    for n, count in clipped.items():
+                for n in shares}
+    masked_replies = read("masking", *_send(grid, STAGES[2], contents, timeout), lambda c: secagg_masked(c, length))
+    masked = {index[n]: array.numpy().astype(np.uint64) for n, (array, _) in masked_replies.items()}
+    for n, (_, count) in masked_replies.items():
         if count:
             out.errors.setdefault(n, f"{count} coordinates beyond secagg-clip-range={spec.clip_range} were clipped: raise it")
-    out.bytes_up = sum(len(r.content["masked"]["y"].data) for r in replies.values())
+    out.bytes_up = sum(len(array.data) for array, _ in masked_replies.values())
     survivors, dropped = sorted(masked), sorted(set(shared) - set(masked))
     # 4. the shares that remove the masks: each survivor's self mask, each dropped site's pair masks
-    replies, failed = _send(grid, STAGES[3], {n: RecordDict({"config": ConfigRecord(base | {"secagg-survivors": survivors, "secagg-dropped": dropped})})
-                                              for n in replies}, timeout)
-    fail(failed, "unmasking")
-    responses = {}
-    for n, r in replies.items():
-        c = r.content["secagg"]
-        responses[index[n]] = {"b": dict(zip(c["b-from"], map(bytes, c["b"]))), "s": dict(zip(c["s-from"], map(bytes, c["s"])))}
+    responses = read("unmasking", *_send(grid, STAGES[3], {n: RecordDict({"config": ConfigRecord(base | {"secagg-survivors": survivors, "secagg-dropped": dropped})})
+                                                           for n in masked_replies}, timeout), lambda c: secagg_unmask(c, set(shared)))
     try:
-        out.total = secagg.unmasked_sum(masked, shared, responses, threshold, spec.clip_range, spec.levels)
+        out.total = secagg.unmasked_sum(masked, shared, {index[n]: r for n, r in responses.items()}, threshold,
+                                        spec.clip_range, spec.levels)
         out.survivors = len(survivors)
     except SecAggError as error:
         out.errors.setdefault(-1, str(error))

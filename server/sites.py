@@ -1,17 +1,26 @@
-"""Who is in the federation: ask every connected node for its site's name, role and data counts.
+"""Who is in the federation: the coordinator's own record of each node, and what each says of its data.
 
-Only metadata crosses the wire (a name, a role, two counts); the coordinator uses it to train on
-training sites only and to meta-test on held-out sites."""
+A site's identity is never what the site says. In a deployment it is the name its key was
+registered under (`flwr supernode register --name`, from authorized-sites.csv): the SuperLink
+authenticated the key, so the name is the coordinator's. In simulation, where nodes carry no
+registered names, it is the scenario's site for the node's partition. A site's role comes from
+the scenario (a hospital folder outside it trains). A node whose description disagrees (another
+name, another role, another partition's site) or cannot be read is rejected by name and takes no
+part; the run goes on with the others. Only metadata crosses the wire (a name, a role, two
+counts, the compute device)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
+
+from server.replies import Rejected, SiteClaim, site_claim
 
 SITE_RECORD = "site"
 
@@ -60,8 +69,55 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> tuple[dict[
     return ok, failed
 
 
-def discover_sites(grid: Grid, min_sites: int, timeout: float) -> dict[int, SiteInfo]:
-    """Wait for `min_sites` nodes, then query each for its site description."""
+@dataclass(frozen=True)
+class Roster:
+    """What the coordinator knows of the sites before any answers: the scenario's sites in
+    partition order, as (name, role)."""
+
+    partitions: Sequence[tuple[str, str]] = ()
+
+    def role(self, name: str) -> str:
+        """The scenario's role for `name`; a hospital folder the scenario does not list trains."""
+        return next((role for site, role in self.partitions if site == name), "train")
+
+
+@dataclass
+class Discovery:
+    sites: dict[int, SiteInfo] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # node's name (or node-ID) -> why it takes no part
+
+
+def registered_names(grid: Grid) -> dict[int, str]:
+    """Node id -> the name its key was registered under ("" when none, as in simulation)."""
+    return {int(node.node_id): str(node.name) for node in grid.get_nodes()}
+
+
+def identify(node: int, claim: SiteClaim, registered: dict[int, str], roster: Roster, taken: dict[str, int]) -> str:
+    """The site `node` is, by the coordinator's records; `Rejected` when its claim disagrees."""
+    if any(registered.values()):  # a deployment: the registry decides
+        name = registered.get(node, "")
+        if not name:
+            raise Rejected("its key is registered without a name: register it with `flwr supernode register --name` "
+                           "(fedmeta coordinator does, from authorized-sites.csv)")
+        if claim.name != name:
+            raise Rejected(f"it claims to be site {claim.name!r}, but its key is registered as {name!r}")
+    else:  # simulation: the partition decides
+        if claim.partition is None or not 0 <= claim.partition < len(roster.partitions):
+            raise Rejected(f"it reports partition {claim.partition}, not one of the scenario's "
+                           f"{len(roster.partitions)} sites: set num-supernodes to the scenario's site count")
+        name = roster.partitions[claim.partition][0]
+        if claim.name != name:
+            raise Rejected(f"it claims to be site {claim.name!r}, but partition {claim.partition} is {name!r}")
+    if name in taken:
+        raise Rejected(f"node {taken[name]} is already site {name!r}")
+    role = roster.role(name)
+    if claim.role != role:
+        raise Rejected(f"it reports role {claim.role!r}, but {name!r} is a {role!r} site")
+    return name
+
+
+def discover_sites(grid: Grid, min_sites: int, timeout: float, roster: Roster = Roster()) -> Discovery:
+    """Wait for `min_sites` nodes, then ask each for its site description and check it."""
     deadline = time.monotonic() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < min_sites:
         if time.monotonic() > deadline:
@@ -71,22 +127,31 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float) -> dict[int, Site
             )
         log(INFO, "waiting for sites: %d connected, %d needed", len(nodes), min_sites)
         time.sleep(1)
+    registered = registered_names(grid)
+    label = {n: registered.get(n) or f"node-{n}" for n in nodes}
     query = RecordDict({"config": ConfigRecord({"query": "site-info"})})
     messages = [Message(content=query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
-    sites: dict[int, SiteInfo] = {}
+    found = Discovery()
     replies, failed = exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()))
     for node, reason in failed.items():
-        log(WARNING, "node %s did not describe its site and takes no part: %s", node, reason)
-    for node, reply in replies.items():
-        info = reply.content[SITE_RECORD]
-        sites[node] = SiteInfo(node, str(info["site-name"]), str(info["role"]), int(info["num-train"]), int(info["num-test"]),
-                               str(info.get("device", "unknown")))
-    names = [s.name for s in sites.values()]
-    if len(set(names)) != len(names):
-        raise RuntimeError(f"two nodes claim the same site name: {sorted(names)}; give each site its own site-name")
-    if not any(s.role == "train" for s in sites.values()):
-        raise RuntimeError(f"no training site among the connected sites {names}; at least one needs role 'train'")
-    for site in sorted(sites.values(), key=lambda s: s.name):
+        found.rejected[label[node]] = f"did not describe its site: {reason}"
+        log(WARNING, "%s (node %s) did not describe its site and takes no part: %s", label[node], node, reason)
+    taken: dict[str, int] = {}
+    for node in sorted(replies):
+        try:
+            claim = site_claim(replies[node].content)
+            name = identify(node, claim, registered, roster, taken)
+        except Rejected as error:
+            found.rejected[label[node]] = f"rejected: {error}"
+            log(WARNING, "%s (node %s) is rejected and takes no part: %s", label[node], node, error)
+            continue
+        taken[name] = node
+        found.sites[node] = SiteInfo(node, name, claim.role, claim.num_train, claim.num_test, claim.device)
+    if not any(s.role == "train" for s in found.sites.values()):
+        names = sorted(s.name for s in found.sites.values())
+        raise RuntimeError(f"no training site among the accepted sites {names} (rejected: {found.rejected or 'none'}); "
+                           "at least one needs role 'train'")
+    for site in sorted(found.sites.values(), key=lambda s: s.name):
         log(INFO, "site %s (node %s): %s, %d train / %d test examples, computes on %s", site.name, site.node_id, site.role,
             site.num_train, site.num_test, site.device)
-    return sites
+    return found

@@ -30,7 +30,8 @@ def write_json(path: Path, data: object) -> None:
 
 
 class Recorder:
-    def __init__(self, out_dir: Path, run_config: dict[str, object], scenario: str, algorithm: str, sites: list[dict]) -> None:
+    def __init__(self, out_dir: Path, run_config: dict[str, object], scenario: str, algorithm: str, sites: list[dict],
+                 rejected: dict[str, str] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.results: dict = {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -38,6 +39,7 @@ class Recorder:
             "scenario": scenario,
             "run_config": run_config,
             "sites": sites,
+            "rejected_sites": dict(rejected or {}),  # connected nodes that take no part, and why
             "rounds": [],
         }
         self.roles = {s["name"]: s["role"] for s in sites}

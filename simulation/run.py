@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.runconfig import RunConfig, flat_run_config
+from server.app import meta_template
 from server.checkpoint import CHECKPOINT, prepare_resume
 from simulation.report import RESULTS
 from simulation.scenario import load_scenario
@@ -115,7 +116,8 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
     num_sites = len(scenario.sites)
     run_config = flat_run_config(cfg)
     # the ServerApp decides; asking first turns a refusal into this error, not a Ray log line
-    prepare_resume(out_dir / CHECKPOINT, run_config, cfg.train.resume, cfg.train.force_resume)
+    prepare_resume(out_dir / CHECKPOINT, run_config, cfg.train.resume, cfg.train.force_resume,
+                   template=meta_template(cfg) if cfg.train.resume else None)
     # Ray warns on every start unless told how to treat GPU visibility for num_gpus=0 actors
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     handler = _log_to(out_dir / "simulation.log", verbose)

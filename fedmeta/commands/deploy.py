@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 
 
+RUN_FAILED = 6  # `coordinator --run --exit-after-run`: the training run failed, timed out or was stopped
+
+
 def _stop_on_sigterm() -> None:
     """systemd and docker stop with SIGTERM: treat it like Ctrl-C so children are stopped."""
     def handler(signum, frame):  # noqa: ARG001
@@ -45,7 +48,7 @@ def _report(console: Console, problems: list[str], ready: str) -> None:
 def coordinator(
     config: Path = typer.Option(..., "--config", help="coordinator.toml from the coordinator bundle."),
     run: bool = typer.Option(False, "--run", help="Also start the federated meta-training run (else print its command)."),
-    exit_after_run: bool = typer.Option(False, "--exit-after-run", help="With --run: stop everything when the run ends."),
+    exit_after_run: bool = typer.Option(False, "--exit-after-run", help="With --run: stop everything when the run ends (a failed run always does, with exit code 6)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from out-dir's checkpoint when there is one (after a crash or restart); else start a new run."),
     force_resume: bool = typer.Option(False, "--force-resume", help="Resume although training settings changed."),
     check: bool = typer.Option(False, "--check", help="Only check the bundle and config, start nothing."),
@@ -53,7 +56,7 @@ def coordinator(
     """Start the coordinator: SuperLink (TLS, SuperNode authentication, persistent state), the fleet
     gateway on the public port, the provisioned sites registered; optionally the training run."""
     from deploy.config import ConfigError, load_coordinator_config
-    from deploy.coordinator import AUDIT_LOG, Coordinator, check_coordinator
+    from deploy.coordinator import AUDIT_LOG, Coordinator, check_coordinator, check_run_start
 
     console = Console()
     cfg = _load(console, load_coordinator_config, config)
@@ -67,24 +70,34 @@ def coordinator(
         if not checkpoint.exists():
             console.print(f"no checkpoint at {checkpoint}: starting a new run")
             resume = force_resume = False
+    if run:
+        try:  # before any process starts: a run that cannot use out-dir's checkpoint must not start
+            check_run_start(cfg, resume or force_resume, force_resume)
+        except (ValueError, FileExistsError, FileNotFoundError) as error:
+            _fail(console, error, 1)
     _stop_on_sigterm()
     node = Coordinator(cfg, echo=lambda line: console.print(line, highlight=False, soft_wrap=True))
     code = 0
     try:
         node.start()
         command = node.run_command(resume or force_resume, force_resume)
+        if cfg.audit:
+            console.print(f"what sites send (types and shapes, never values): {cfg.log_dir / AUDIT_LOG}")
         if not run:
             console.print("start training with:\n  " + f"FLWR_HOME={shlex.quote(str(node.flwr_home))} " + shlex.join(command))
         else:
             child = node.start_run(echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
                                    resume=resume or force_resume, force_resume=force_resume)
             console.print(f"run started; its log is {cfg.log_dir / 'run.log'}, results go to {cfg.run_config['out-dir']}")
-            if exit_after_run:
-                code = child.wait()
-                console.print(f"run finished with code {code}")
-        if cfg.audit:
-            console.print(f"what sites send (types and shapes, never values): {cfg.log_dir / AUDIT_LOG}")
-        if not exit_after_run:
+            code = child.wait()
+            status, details = node.run_status()
+            if status != "finished:completed":  # failed, timed out or stopped: say so in the exit code
+                code = code or RUN_FAILED
+                console.print(f"[red]error:[/red] run {node.run_id} ended {status}: {details or 'no details'}; "
+                              f"its log is {cfg.log_dir / 'run.log'}", highlight=False, soft_wrap=True)
+            else:
+                console.print(f"run {node.run_id} {status}", highlight=False)
+        if not exit_after_run and code == 0:
             console.print("coordinator running; Ctrl-C (or SIGTERM) stops it")
             signal.pause()
     except KeyboardInterrupt:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from deploy.provision import provision, revoke_site
 from deploy.site import check_site, refusal
 from tests.common.data.hospital import write_site
 from tests.deploy.bundle import set_keys
+from tests.procs import BIN
 
 
 @pytest.fixture
@@ -188,3 +191,80 @@ def test_registrations_follow_the_authorized_list_across_restarts(bundles):
     finally:
         again.stop()
     assert subprocess.run(["pgrep", "-f", str(cfg.state_dir)], capture_output=True).stdout == b""
+
+
+def _localhost_coordinator(bundles, **keys) -> Path:
+    """The bundle's coordinator, re-provisioned for localhost on free ports (a real SuperLink can start)."""
+    path = coordinator_toml(bundles)
+    provision(bundles / "fresh", ["localhost"], ["site-0", "st-mary"])
+    for name in ("ca.pem", "server.pem", "server.key", "authorized-sites.csv"):
+        (bundles / "coordinator" / name).unlink()
+        (bundles / "coordinator" / name).write_bytes((bundles / "fresh" / "coordinator" / name).read_bytes())
+    (bundles / "coordinator" / "server.key").chmod(0o600)
+    set_keys(path, fleet_port=free_port(), control_port=free_port(), hosts=["localhost"], **keys)
+    return path
+
+
+def _coordinator(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "fedmeta"), "coordinator", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _leftovers(root: Path, within: float = 5.0) -> list[str]:
+    """Processes whose command line names a file under `root`, still there `within` seconds on."""
+    deadline = time.monotonic() + within
+    while True:
+        found = subprocess.run(["pgrep", "-af", str(root)], capture_output=True, text=True).stdout.splitlines()
+        found = [line for line in found if "pgrep" not in line]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_a_run_that_times_out_exits_non_zero_and_leaves_no_process(bundles):
+    """min-sites=9 with no site: the ServerApp's TimeoutError is the coordinator's exit code 6,
+    with or without --exit-after-run (a systemd unit must see it), and the SuperLink's SuperExec
+    (in a session of its own) goes with it."""
+    path = _localhost_coordinator(bundles, min_sites=9, round_timeout=5.0)
+    for args in (["--run", "--exit-after-run"], ["--run"]):
+        done = _coordinator("--config", str(path), *args)
+        output = " ".join(done.stdout.split())
+        assert done.returncode == 6, done.stdout + done.stderr
+        assert "ended finished:failed" in output and "only 0 of min-sites=9 sites connected" in output
+        assert _leftovers(bundles) == []
+
+
+@pytest.mark.integration
+def test_sigterm_stops_every_child_within_seconds(bundles):
+    path = _localhost_coordinator(bundles, min_sites=9, round_timeout=600.0)
+    process = subprocess.Popen([str(BIN / "fedmeta"), "coordinator", "--config", str(path), "--run"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in process.stdout:  # until the ServerApp waits for sites: SuperLink, SuperExec and ServerApp are up
+            lines.append(line)
+            if "waiting for sites" in line:
+                break
+        assert any("waiting for sites" in line for line in lines), "".join(lines)
+        assert len(_leftovers(bundles, within=0)) >= 3
+        process.terminate()
+        assert process.wait(30) == 0
+        assert _leftovers(bundles) == []
+    finally:
+        process.kill()
+
+
+@pytest.mark.integration
+def test_an_unusable_checkpoint_is_refused_before_anything_starts(bundles):
+    path = _localhost_coordinator(bundles)
+    out = bundles / "coordinator" / "results"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"\x80" * 100)  # a torn file
+    start = time.monotonic()
+    done = _coordinator("--config", str(path), "--run", "--resume")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "checkpoint.safetensors is not a readable fedmeta checkpoint" in " ".join(done.stdout.split())
+    assert not (bundles / "coordinator" / "state" / "superlink.db").exists()  # no SuperLink was started
+    done = _coordinator("--config", str(path), "--run")  # without --resume: an earlier run's checkpoint is not overwritten
+    assert done.returncode == 1 and "--resume" in done.stdout, done.stdout
+    assert time.monotonic() - start < 30

@@ -1,8 +1,11 @@
 """A real deployment on loopback: `fedmeta provision`, then `fedmeta coordinator` (Flower SuperLink
-with TLS and SuperNode authentication behind fedmeta's fleet gateway) and three `fedmeta site`
+with TLS and SuperNode authentication behind fedmeta's fleet gateway) and four `fedmeta site`
 processes (Flower SuperNodes with TLS and their keys) run a 2-round federated meta-training on
-synthetic site data. Intruders try to join on the way: a key the coordinator never registered, a
-SuperNode without TLS, one trusting another CA, and a Control API call through the public port.
+synthetic site data. Two of the four are provisioned but hostile: site-2 says it is site-0, and
+site-1 runs a modified ClientApp (tests/deploy/hostile) whose metrics break the rules. Outsiders
+try on the way: a key the coordinator never registered, a SuperNode without TLS, one trusting
+another CA, and requests crafted to reach the Control API or register a key through the public
+port (path traversal, percent-encoding, absolute-form targets, other methods, HTTP/2, WebSocket).
 
 Everything runs once per module (a few minutes on 2 cores); every process group is killed at
 the end, also when something fails.
@@ -16,8 +19,13 @@ import signal
 import ssl
 import subprocess
 
-import httpx
+import socket
+from pathlib import Path
+
 import pytest
+from flwr.cli.supernode.register import try_load_public_key
+from flwr.proto.control_pb2 import RegisterNodeRequest
+from flwr.proto.fleet_pb2 import RegisterNodeFleetRequest
 
 from deploy.processes import free_port
 from deploy.provision import provision
@@ -26,8 +34,59 @@ from tests.procs import BIN, Processes, group_gone, live_members, wait_for_port
 
 pytestmark = pytest.mark.integration
 
-SITES = ["site-0", "site-1", "heldout-0"]  # names of the synthetic scenario's sites
+SITES = ["site-0", "site-1", "heldout-0", "site-2"]  # names of the synthetic scenario's sites
+HONEST, HOSTILE, IMPOSTOR = ["site-0", "heldout-0"], "site-1", "site-2"
 RUN_TIMEOUT = 600
+HOSTILE_CODE = Path(__file__).parent / "hostile"
+# (method, request target) sent raw over TLS to the public port; none may reach anything but the
+# Fleet API, every one must be refused and audited
+ATTACKS = [
+    ("POST", "/v1/control/list-nodes"),
+    ("POST", "/v1/fleet/../control/list-nodes"),
+    ("POST", "/v1/fleet/%2e%2e/control/list-nodes"),
+    ("POST", "/v1/fleet/%2E%2E/control/list-nodes"),
+    ("POST", "/v1/fleet/..%2fcontrol/list-nodes"),
+    ("POST", "/v1/fleet/%252e%252e/control/list-nodes"),
+    ("POST", "/v1/fleet/..%5ccontrol/list-nodes"),
+    ("POST", "/v1/fleet/./../control/list-nodes"),
+    ("POST", "//v1/control/list-nodes"),
+    ("POST", "/v1/fleet//../../v1/control/list-nodes"),
+    ("POST", "https://localhost/v1/control/list-nodes"),
+    ("POST", "https://localhost/v1/fleet/../control/list-nodes"),
+    ("POST", "/v1/fleet/../control/start-run"),
+    ("POST", "/v1/fleet/../control/stop-run"),
+    ("POST", "/v1/fleet/../runtime/get-nodes"),
+    ("GET", "/v1/fleet/pull-messages"),
+    ("POST", "/v1/fleet/pull-messages?next=/v1/control/list-nodes"),
+    ("POST", "/v1/fleet/pull-messages/"),
+    ("POST", "*"),
+]
+
+
+def raw_bytes(port: int, ca: Path, request: bytes) -> bytes:
+    """Send `request` as is over TLS to localhost:port; the response's status line."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("localhost", port), timeout=30) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(request)
+        response = b""
+        while b"\r\n" not in response and (chunk := tls.recv(65536)):
+            response += chunk
+    return response.split(b"\r\n", 1)[0]
+
+
+def raw_request(port: int, ca: Path, method: str, target: str, body: bytes = b"") -> int:
+    """One HTTP/1.1 request whose target is sent byte for byte (no client-side normalisation)."""
+    head = (f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/protobuf\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return int(raw_bytes(port, ca, head.encode("latin-1") + body).split()[1])
+
+
+def registered_nodes(coordinator: Path) -> list[dict]:
+    """The SuperLink's registered nodes, asked on loopback as the coordinator's operator would."""
+    env = {**os.environ, "FLWR_HOME": str(coordinator / "state" / "flwr")}
+    done = subprocess.run([str(BIN / "flwr"), "supernode", "list", "fedmeta", "--format", "json"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    return json.loads(done.stdout)["nodes"]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +97,11 @@ def deployment(tmp_path_factory):
     fleet, control = free_port(), free_port()
     provision(root / "consortium", ["localhost"], SITES, port=fleet)
     coordinator_toml = root / "consortium" / "coordinator" / "coordinator.toml"
-    set_keys(coordinator_toml, control_port=control, min_sites=3, num_server_rounds=2, tasks_per_round=2, eval_every=2,
-             eval_tasks=4, model_width=16)
+    set_keys(coordinator_toml, control_port=control, min_sites=4, num_server_rounds=2, tasks_per_round=2, eval_every=2,
+             eval_tasks=4, model_width=16, eval_shots="1")
     for name in SITES:
         set_keys(root / "consortium" / "sites" / name / "site.toml", runtime_port=free_port(), device="cpu")
+    set_keys(root / "consortium" / "sites" / IMPOSTOR / "site.toml", name="site-0")  # its own key, another's name
     # an outsider with its own consortium: a valid-looking key the coordinator never registered, another CA
     provision(root / "outsider", ["localhost"], ["site-2"], port=fleet)
     outsider = root / "outsider" / "sites" / "site-2"
@@ -70,10 +130,24 @@ def deployment(tmp_path_factory):
             "--auth-supernode-private-key", str(site0 / "auth.key"), "--port", str(free_port()), "--max-retries", "1"])
         result["raw_no_tls"] = procs.run("raw-no-tls", [
             supernode, "--superlink", f"localhost:{fleet}", "--insecure", "--port", str(free_port()), "--max-retries", "1"])
-        result["control_api"] = httpx.post(f"https://localhost:{fleet}/v1/control/list-nodes", verify=ssl.create_default_context(cafile=str(site0 / "ca.pem")),
-                                           timeout=30).status_code
+        ca = root / "consortium" / "ca" / "ca.pem"
+        result["attacks"] = {(method, target): raw_request(fleet, ca, method, target) for method, target in ATTACKS}
+        outsider_key = try_load_public_key(outsider / "auth.pub")
+        register = RegisterNodeRequest(public_key=outsider_key, name="intruder").SerializeToString()
+        self_register = RegisterNodeFleetRequest(public_key=outsider_key).SerializeToString()
+        result["register"] = {target: raw_request(fleet, ca, "POST", target, body)
+                              for target, body in (("/v1/fleet/../control/register-node", register),
+                                                   ("/v1/fleet/%2e%2e/control/register-node", register),
+                                                   ("/v1/fleet/register-node", self_register))}
+        result["nodes"] = registered_nodes(root / "consortium" / "coordinator")
+        result["h2"] = raw_bytes(fleet, ca, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        result["websocket"] = raw_bytes(fleet, ca, b"GET /v1/fleet/pull-messages HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                                        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                        b"Sec-WebSocket-Version: 13\r\n\r\n")
 
-        sites = [procs.start(name, [str(BIN / "fedmeta"), "site", "--config", str(root / "consortium" / "sites" / name / "site.toml")])
+        hostile = {"PYTHONPATH": str(HOSTILE_CODE), "FEDMETA_HOSTILE_STATE": str(root / "hostile-state")}
+        sites = [procs.start(name, [str(BIN / "fedmeta"), "site", "--config", str(root / "consortium" / "sites" / name / "site.toml")],
+                             env=hostile if name == HOSTILE else None)
                  for name in SITES]
         result["sites"] = sites
         try:
@@ -99,7 +173,7 @@ def test_the_federated_run_completes_and_writes_results(deployment):
     out = deployment["root"] / "consortium" / "coordinator" / "results"
     results = json.loads((out / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == [1, 2]
-    assert sorted(s["name"] for s in results["sites"]) == sorted(SITES)  # the intruders never joined
+    assert sorted(s["name"] for s in results["sites"]) == sorted([*HONEST, HOSTILE])  # the outsiders never joined
     assert results["rounds"][-1]["summary"]["heldout"]["acc-after"][0] >= 0
     assert (out / "model").is_dir() and (out / "metrics.csv").is_file()
 
@@ -127,10 +201,54 @@ def test_a_supernode_without_tls_fails(deployment):
     assert "could not establish a connection" in output
 
 
-def test_the_public_port_serves_only_the_fleet_api(deployment):
-    assert deployment["control_api"] == 403
+def _audit(deployment) -> list[dict]:
     audit = deployment["root"] / "consortium" / "coordinator" / "logs" / "fleet-audit.jsonl"
-    assert any(json.loads(line).get("refused") == "/v1/control/list-nodes" for line in audit.read_text().splitlines())
+    return [json.loads(line) for line in audit.read_text().splitlines()]
+
+
+def test_the_public_port_serves_only_the_fleet_api(deployment):
+    """Every crafted request is refused with 403 and audited with what it resolves to."""
+    assert deployment["attacks"] == {attack: 403 for attack in ATTACKS}
+    refused = [e for e in _audit(deployment) if "refused" in e]
+    for method, target in ATTACKS:
+        path = target.removeprefix("https://localhost")
+        assert any(e["refused"] == path and e["method"] == method for e in refused), (method, target)
+    traversal = next(e for e in refused if e["refused"] == "/v1/fleet/%252e%252e/control/list-nodes")
+    assert traversal["normalized"] == "/v1/control/list-nodes"  # the audit says what it was aimed at
+    assert b" 400 " in deployment["h2"] + b" "  # no HTTP/2 on this port: no `:path` to smuggle
+    assert deployment["websocket"].split()[1] == b"403"
+
+
+def test_an_unprovisioned_key_cannot_register_through_the_public_port(deployment):
+    assert deployment["register"] == {"/v1/fleet/../control/register-node": 403,
+                                      "/v1/fleet/%2e%2e/control/register-node": 403,
+                                      "/v1/fleet/register-node": 403}
+    registry = json.loads((deployment["root"] / "consortium" / "coordinator" / "state" / "registered.json").read_text())
+    assert sorted(int(n["node-id"]) for n in deployment["nodes"]) == sorted(e["node_id"] for e in registry.values())
+    assert sorted(registry) == sorted(SITES)
+
+
+def test_a_site_claiming_another_sites_name_is_rejected_and_the_run_completes(deployment):
+    results = json.loads((deployment["root"] / "consortium" / "coordinator" / "results" / "results.json").read_text())
+    assert sorted(s["name"] for s in results["sites"]) == sorted([*HONEST, HOSTILE])
+    assert list(results["rejected_sites"]) == [IMPOSTOR]
+    assert "claims to be site 'site-0', but its key is registered as 'site-2'" in results["rejected_sites"][IMPOSTOR]
+    site0 = next(s for s in results["sites"] if s["name"] == "site-0")
+    registry = json.loads((deployment["root"] / "consortium" / "coordinator" / "state" / "registered.json").read_text())
+    assert site0["node_id"] == registry["site-0"]["node_id"]  # site-0 is the node whose key is site-0's
+    assert "site-2" in _log(deployment, "coordinator") and "is rejected and takes no part" in _log(deployment, "coordinator")
+
+
+def test_bad_metrics_are_rejected_by_name_and_the_run_completes(deployment):
+    results = json.loads((deployment["root"] / "consortium" / "coordinator" / "results" / "results.json").read_text())
+    for row in results["rounds"]:
+        assert "'meta-loss' is a list of 2" in row["train_errors"][HOSTILE]
+        assert list(row["train"]) == ["site-0"]
+    last = results["rounds"][-1]
+    assert "missing key(s) ['acc-after-ci']" in last["evaluate_errors"][HOSTILE]
+    assert sorted(last["evaluate"]) == sorted(HONEST)
+    assert "'acc-after' is nan" in results["shots"]["1"]["evaluate_errors"][HOSTILE]
+    assert sorted(results["shots"]["1"]["evaluate"]) == sorted(HONEST)
 
 
 def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
@@ -155,8 +273,9 @@ def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
     arrays = [tuple(e["shape"]) for e in pushed if e["type"] == "Array"]
     assert arrays and set(arrays) <= param_shapes
     assert not any(shape[-2:] == image_shape[-2:] or shape == image_shape for shape in arrays)
+    registry = json.loads((deployment["root"] / "consortium" / "coordinator" / "state" / "registered.json").read_text())
     for entry in pushed:
-        if entry["type"] == "MetricRecord":
+        if entry["type"] == "MetricRecord" and entry["node_id"] != registry[HOSTILE]["node_id"]:  # the honest code's
             assert set(entry["keys"].values()) <= {"int", "float"}, entry  # scalars only, no lists of per-example values
         if entry["type"] == "ConfigRecord":
             assert set(entry["keys"]) <= {"site-name", "role", "num-train", "num-test", "device"}, entry
@@ -165,5 +284,5 @@ def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
 
 
 def test_every_process_is_stopped(deployment):
-    assert deployment["site_codes"] == [0, 0, 0], [_log(deployment, name)[-2000:] for name in SITES]
+    assert deployment["site_codes"] == [0] * len(SITES), [_log(deployment, name)[-2000:] for name in SITES]
     assert deployment["left_running"] == []

@@ -85,3 +85,19 @@ def test_resume_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"'inner-lr': \(0.4, 0.1\)"):
         prepare_resume(path, {**CONFIG, "inner-lr": 0.1}, resume=True)
     assert prepare_resume(path, {**CONFIG, "inner-lr": 0.1}, resume=True, force=True).round == 2
+
+
+def test_a_forced_resume_with_another_model_names_the_parameters_and_settings(tmp_path):
+    """--force-resume may change settings, never the model: the refusal names each parameter that
+    does not fit and the settings that changed, instead of a tensor size error mid-run."""
+    path = tmp_path / CHECKPOINT
+    strategy = FedMeta()
+    strategy.initialize(ArrayRecord(params()))
+    snapshot(strategy, 2).write(path)
+    wider = {**params(), "conv.weight": torch.zeros(8, 1, 3, 3), "extra.bias": torch.zeros(2)}
+    with pytest.raises(ValueError) as refusal:
+        prepare_resume(path, {**CONFIG, "model-width": 8}, resume=True, force=True, template=wider)
+    message = str(refusal.value)
+    assert "conv.weight is (4, 1, 3, 3) there, (8, 1, 3, 3) here" in message and "extra.bias is missing" in message
+    assert "'model-width': (None, 8)" in message and "start a new run" in message
+    assert prepare_resume(path, CONFIG, resume=True, template=params()).round == 2  # the same model resumes

@@ -82,7 +82,8 @@ def reply(node, grads, tasks, loss=1.0):
     from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
     sent = Message(content=RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN)
-    return Message(content=RecordDict({"arrays": ArrayRecord(grads), "metrics": MetricRecord({"num-tasks": tasks, "meta-loss": loss})}), reply_to=sent)
+    metrics = MetricRecord({"num-tasks": tasks, "meta-loss": loss, "query-acc": 0.5, "compute-s": 0.1})
+    return Message(content=RecordDict({"arrays": ArrayRecord(grads), "metrics": metrics}), reply_to=sent)
 
 
 @pytest.mark.parametrize("wire", [torch.float32, torch.float16])

@@ -8,7 +8,8 @@ from flwr.app import ArrayRecord
 
 from server.fedmeta import FedMeta
 from common.privacy import l2_norm
-from server.robust import check_update, combine
+from server.replies import ReplyLimits, check_update
+from server.robust import combine
 from simulation.report import RESULTS, Recorder
 from tests.server.test_fedmeta import reply, sites, task_identity  # noqa: F401 -- the fixture is used by name
 
@@ -53,7 +54,7 @@ def test_hostile_sites_are_rejected_by_name_and_the_model_stays_finite(tmp_path,
     roster = sites(["train"] * 5)
     recorder = Recorder(tmp_path, {}, "synthetic", "maml", [s.as_dict() for s in roster.values()])
     strategy = FedMeta(outer_optimizer="sgd", outer_lr=0.5, sites=roster, recorder=recorder, aggregator=rule,
-                       trim_fraction=0.0, max_update_norm=100.0)
+                       trim_fraction=0.0, limits=ReplyLimits(max_update_norm=100.0))
     p0 = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
     strategy.initialize(ArrayRecord(p0))
     nodes = sorted(roster)

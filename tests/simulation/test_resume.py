@@ -47,6 +47,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     changed = fedmeta(*ARGS[:-1], TINY.replace("inner-steps=1", "inner-steps=2"), "--out", str(out), "--resume")
     assert changed.returncode == 1 and "inner-steps" in " ".join(changed.stdout.split()), changed.stdout
 
+    width = [part for part in TINY.split() if part.startswith("model-width=")][0]
+    wider = fedmeta(*ARGS[:-1], TINY.replace(width, "model-width=24"), "--out", str(out), "--force-resume")
+    message = " ".join(wider.stdout.split())
+    assert wider.returncode == 1 and "holds another model" in message and "model-width" in message, wider.stdout
+    assert read_checkpoint(out / CHECKPOINT).round == killed_after
+
     resumed = fedmeta(*ARGS, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     results = json.loads((out / "results.json").read_text())
