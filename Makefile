@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # where available); a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test test-slow lint bench venv clean native-source
 
 venv: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -e ".[test,bench,lint]"
 	touch $@
 
 demo: venv
@@ -26,6 +26,16 @@ test: venv
 # what CI leaves out for time (about 5 minutes on 2 cores): the four-site deployment with a site killed mid-round
 test-slow: venv
 	$(PY) -m pytest -m "slow and not gpu"
+
+# ruff (lint, and the format the code is kept in) and mypy: zero findings, as in CI
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# after editing common/native/kernels.c: its copy for Flower app bundles (which carry no .c files)
+native-source: venv
+	$(PY) -m common.native.embed
 
 bench: venv
 	$(VENV)/bin/fedmeta bench maml --json

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from common.algorithms import build_algorithm
 from common.config import EpisodeConfig, MetaConfig
-from common.functional import Params, forward
+from common.functional import Params, forward, tensor_sum
 from common.models import ModelConfig, build_model
+from common.native import KERNELS, resolve_kernels
 from common.tasks import EpisodeSampler, TaskBatch, site_generator
 
 
@@ -40,17 +41,27 @@ class BenchConfig:
     execution: str = "auto"
     seed: int = 0
     tf32: bool = False  # CUDA: TF32 convolutions and matmuls (faster; gradients then agree to ~1e-3 only)
-    kernels: str = "auto"  # CPU norm/max-pool/ReLU: auto | native | torch (MetaConfig.kernels)
+    kernels: str = "auto"  # CPU norm/max-pool/ReLU: auto | native | torch (common.native.resolve_kernels)
+    model: str = "conv"  # the backbone (common/backbones)
 
     def __post_init__(self) -> None:
-        self.meta_config()  # execution and kernels get the checks a run config gets
+        self.meta_config()  # execution gets the checks a run config gets
+        self.model_config()
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels={self.kernels!r}: choose one of {', '.join(KERNELS)}")
 
     def meta_config(self) -> MetaConfig:
         """Second-order MAML as fedmeta runs it in the bench: one chunk of all the tasks."""
         return MetaConfig(
-            "maml", inner_steps=self.inner_steps, inner_lr=self.inner_lr, chunk_size=self.tasks,
-            execution=self.execution, kernels=self.kernels,
+            "maml",
+            inner_steps=self.inner_steps,
+            inner_lr=self.inner_lr,
+            chunk_size=self.tasks,
+            execution=self.execution,
         )
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(image_size=self.image_size, num_classes=self.ways, width=self.width, backbone=self.model)
 
 
 @dataclass(frozen=True)
@@ -154,7 +165,7 @@ def max_relative_difference(a: Params, b: Params) -> float:
     that a following norm layer cancels has a gradient of pure rounding noise) is compared
     against that floor instead, so noise is not reported as a relative error of 100%.
     """
-    floor = 1e-3 * torch.sqrt(sum(g.double().pow(2).sum() for g in b.values())).item()
+    floor = 1e-3 * torch.sqrt(tensor_sum(g.double().pow(2).sum() for g in b.values())).item()
     return max(((a[k] - b[k]).norm() / max(b[k].norm().item(), floor, 1e-30)).item() for k in b)
 
 
@@ -179,18 +190,21 @@ def run_maml_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _:
 def _run(cfg: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_model(ModelConfig(image_size=cfg.image_size, num_classes=cfg.ways, width=cfg.width)).to(device)
-    algo = build_algorithm(model, cfg.meta_config())
+    model = build_model(cfg.model_config()).to(device)
+    algo = build_algorithm(model, cfg.meta_config(), resolve_kernels(cfg.kernels) if device.type == "cpu" else None)
     meta = algo.init_meta_params()
     batch = _tasks(cfg).to(device)
-    higher_model = build_model(model.config).to(device)  # built once, outside the timed calls
+    # the baselines differentiate through MONAI's blocks run in order (the same function, tested)
+    higher_model = build_model(model.config).to(device).reference()  # built once, outside the timed calls
+    reference = model.reference()
     methods: dict[str, Callable[[], Params]] = {
         "fedmeta": lambda: algo.meta_gradient(meta, batch).grads,
         "higher": lambda: _higher_loop(higher_model, meta, batch, cfg),
-        "autograd": lambda: _autograd_loop(model, meta, batch, cfg),
+        "autograd": lambda: _autograd_loop(reference, meta, batch, cfg),
     }
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    grads, times = {}, {name: [] for name in methods}
+    grads: dict[str, Params] = {}
+    times: dict[str, list[float]] = {name: [] for name in methods}
     memory = _PeakMemory(device)
     for fn in methods.values():  # warm-up, so allocator growth is not charged to the first method
         fn()

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 ALGORITHMS = ("maml", "fomaml", "meta-sgd", "anil", "protonet", "fedavg")
 EXECUTIONS = ("auto", "loop", "threads", "vmap")
-KERNELS = ("auto", "native", "torch")
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,8 @@ class MetaConfig:
     `execution` picks how the tasks of a meta-batch are run: `vmap` batches them into one
     program (fast on GPU), `threads` runs them concurrently with one intra-op thread each (fast
     on a few CPU cores), `loop` one after the other; `auto` picks vmap on CUDA, threads on CPU.
-    `chunk_size` bounds how many tasks are in memory at once (3D volumes).
-    `kernels` picks the CPU implementation of group norm and max-pooling: `native` fused C
-    kernels compiled once per machine (needs a C compiler), `torch` PyTorch's operators, `auto`
-    native where a compiler is found, else torch. Results agree to float rounding.
+    `chunk_size` bounds how many tasks are in memory at once (3D volumes). (Whether CPU tensors
+    use fedmeta's fused C kernels is a per-machine choice, `common.native.resolve_kernels`.)
     """
 
     algorithm: str = "maml"
@@ -49,19 +46,15 @@ class MetaConfig:
     chunk_size: int = 8
     execution: str = "auto"
     local_lr: float = 0.05
-    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution={self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
-        if self.kernels not in KERNELS:
-            raise ValueError(f"kernels={self.kernels!r}: choose one of {', '.join(KERNELS)}")
         if self.inner_steps < 1 or self.eval_inner_steps < 1:
             raise ValueError(
-                f"inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}: "
-                "both must be >= 1"
+                f"inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}: both must be >= 1"
             )
         if not self.inner_lr > 0 or not self.local_lr > 0:
             raise ValueError(f"inner_lr={self.inner_lr}, local_lr={self.local_lr}: both must be positive")

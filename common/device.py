@@ -15,8 +15,10 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} but this torch build sees no CUDA device: use device=cpu, "
-                             "or install the CUDA build of torch (see README)")
+            raise ValueError(
+                f"device={name!r} but this torch build sees no CUDA device: use device=cpu, "
+                "or install the CUDA build of torch (see README)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     elif device.type != "cpu":

@@ -8,7 +8,8 @@ GPU. Both have the signature `(loss_fn, params, create_graph) -> grads`; with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,11 @@ from torch.func import functional_call
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params], torch.Tensor]
 GradFn = Callable[[LossFn, Params, bool], Params]
+
+
+def tensor_sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Python's `sum` of tensors (0 plus each in turn), typed for the non-empty iterables it is given."""
+    return cast(torch.Tensor, sum(tensors))
 
 
 def autograd_grad(loss_fn: LossFn, params: Params, create_graph: bool) -> Params:

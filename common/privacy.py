@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Mapping
 
 import torch
 
 
-def l2_norm(update: dict[str, torch.Tensor]) -> float:
+def l2_norm(update: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
 
 
@@ -43,10 +44,15 @@ def secure_generator(device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(secrets.randbits(63))
 
 
-def add_noise(update: dict[str, torch.Tensor], std: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def add_noise(
+    update: dict[str, torch.Tensor], std: float, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """`update` + N(0, std^2) on every coordinate, from an OS-seeded generator unless one is given."""
     generator = generator or secure_generator()
-    return {k: v + torch.randn(v.shape, generator=generator, dtype=torch.float64).to(v.dtype) * std for k, v in update.items()}
+    return {
+        k: v + torch.randn(v.shape, generator=generator, dtype=torch.float64).to(v.dtype) * std
+        for k, v in update.items()
+    }
 
 
 def site_noise_std(noise_multiplier: float, bound: float, sampled: int) -> float:

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from common.config import EpisodeConfig, MetaConfig
 from common.models import ModelConfig
 
 OPTIMIZERS = ("adam", "sgd")
 TRANSPORT_DTYPES = ("float32", "float16")
-AGGREGATORS = ("mean", "median", "trimmed-mean")  # server.robust implements them  # what meta-parameters and meta-gradients travel as
+AGGREGATORS = (
+    "mean",
+    "median",
+    "trimmed-mean",
+)  # server.robust implements them  # what meta-parameters and meta-gradients travel as
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,15 @@ class TrainConfig:
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
         if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:
-            raise ValueError("num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1")
+            raise ValueError(
+                "num-server-rounds, tasks-per-round, eval-every, eval-tasks and min-sites must all be >= 1"
+            )
         try:
             bad_shots = any(k < 1 for k in self.final_shots())
         except ValueError:  # not integers
             bad_shots = True
         if bad_shots:
-            raise ValueError(f"eval-shots={self.eval_shots!r}: give comma-separated shot counts >= 1, e.g. \"1,10\"")
+            raise ValueError(f'eval-shots={self.eval_shots!r}: give comma-separated shot counts >= 1, e.g. "1,10"')
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"transport-dtype={self.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
         if self.aggregator not in AGGREGATORS:
@@ -73,16 +80,30 @@ class TrainConfig:
         if self.dp_clip < 0:
             raise ValueError(f"dp-clip={self.dp_clip}: the clipping bound must be > 0 (0: no differential privacy)")
         if self.dp_clip > 0:
-            if not self.dp_noise_multiplier > 0 or not 0 < self.dp_delta < 1 or self.dp_noise not in ("server", "sites"):
-                raise ValueError("with dp-clip > 0: dp-noise-multiplier must be > 0, dp-delta in (0, 1), dp-noise server or sites")
+            if (
+                not self.dp_noise_multiplier > 0
+                or not 0 < self.dp_delta < 1
+                or self.dp_noise not in ("server", "sites")
+            ):
+                raise ValueError(
+                    "with dp-clip > 0: dp-noise-multiplier must be > 0, dp-delta in (0, 1), dp-noise server or sites"
+                )
             if self.aggregator != "mean":
-                raise ValueError(f"dp-clip > 0 needs aggregator=mean (the Gaussian mechanism's sensitivity is for a sum), not {self.aggregator!r}")
+                raise ValueError(
+                    "dp-clip > 0 needs aggregator=mean (the Gaussian mechanism's sensitivity is for a sum), "
+                    f"not {self.aggregator!r}"
+                )
         if self.secure_aggregation:
             if self.aggregator != "mean" or self.max_update_norm > 0:
-                raise ValueError("secure-aggregation hides each site's meta-gradient: per-site checks (max-update-norm) "
-                                 "and robust rules (aggregator median/trimmed-mean) cannot apply; use aggregator=mean, max-update-norm=0")
+                raise ValueError(
+                    "secure-aggregation hides each site's meta-gradient: per-site checks (max-update-norm) "
+                    "and robust rules (aggregator median/trimmed-mean) cannot apply; "
+                    "use aggregator=mean, max-update-norm=0"
+                )
             if self.dp_clip > 0 and self.dp_noise != "sites":
-                raise ValueError("with secure-aggregation, differential privacy needs dp-noise=sites: the sites add the noise")
+                raise ValueError(
+                    "with secure-aggregation, differential privacy needs dp-noise=sites: the sites add the noise"
+                )
             if not 0 < self.secagg_threshold <= 1 or not self.secagg_clip_range > 0:
                 raise ValueError("secagg-threshold must be in (0, 1] and secagg-clip-range > 0")
         if not self.round_timeout > 0:
@@ -124,7 +145,7 @@ _KEYS = {
     "chunk-size": ("meta", "chunk_size"),
     "local-lr": ("meta", "local_lr"),
     "execution": ("meta", "execution"),
-    "kernels": ("meta", "kernels"),
+    "model": ("model", "backbone"),
     "model-width": ("model", "width"),
     "model-depth": ("model", "depth"),
     "model-norm": ("model", "norm"),
@@ -133,7 +154,14 @@ _KEYS = {
     "data-dir": ("data", "data_dir"),
     **{f.name.replace("_", "-"): ("train", f.name) for f in fields(TrainConfig)},
 }
-_SECTIONS = {"episode": EpisodeConfig, "meta": MetaConfig, "model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+RUN_CONFIG_KEYS = frozenset(_KEYS)
+_SECTIONS = {
+    "episode": EpisodeConfig,
+    "meta": MetaConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+}
 _DEFAULTS = {name: cls() for name, cls in _SECTIONS.items()}  # the type of each field's default
 
 
@@ -141,7 +169,7 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
     unknown = sorted(set(values) - set(_KEYS))
     if unknown:
         raise ValueError(f"unknown run-config keys {unknown}; known keys are {sorted(_KEYS)}")
-    kwargs: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+    kwargs: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}  # each value checked against its field
     for key, value in values.items():
         section, field = _KEYS[key]
         expected = type(getattr(_DEFAULTS[section], field))
@@ -152,7 +180,9 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
         kwargs[section][field] = value
     episode = EpisodeConfig(**kwargs["episode"])
     model = ModelConfig(num_classes=episode.ways, **kwargs["model"])
-    return RunConfig(episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]), DataConfig(**kwargs["data"]))
+    return RunConfig(
+        episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]), DataConfig(**kwargs["data"])
+    )
 
 
 def flat_run_config(cfg: RunConfig) -> dict[str, object]:
@@ -167,4 +197,6 @@ def parse_overrides(text: str) -> dict[str, object]:
     try:
         return tomllib.loads("\n".join(text.split()))
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"--run-config {text!r}: write space-separated key=value pairs, strings quoted ({error})") from error
+        raise ValueError(
+            f"--run-config {text!r}: write space-separated key=value pairs, strings quoted ({error})"
+        ) from error

@@ -52,6 +52,7 @@ class SecAggError(RuntimeError):
 
 # --- primitives -------------------------------------------------------------------------------
 
+
 def _raw_private(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
@@ -119,6 +120,7 @@ def dequantize_sum(total: np.ndarray, count: int, clip_range: float, levels: int
 
 # --- one site ---------------------------------------------------------------------------------
 
+
 @dataclass
 class SiteState:
     """What a site keeps between the protocol's messages (serializable, never sent)."""
@@ -131,23 +133,38 @@ class SiteState:
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # index -> (share of b, share of s key)
 
     def to_bytes(self) -> bytes:
-        hexed = lambda pair: [pair[0].hex(), pair[1].hex()]  # noqa: E731
-        return json.dumps({"index": self.index, "c": self.c_private.hex(), "s": self.s_private.hex(), "b": self.b_seed.hex(),
-                           "peers": {str(k): hexed(v) for k, v in self.peers.items()},
-                           "held": {str(k): hexed(v) for k, v in self.held.items()}}).encode()
+        hexed = lambda pair: [pair[0].hex(), pair[1].hex()]
+        return json.dumps(
+            {
+                "index": self.index,
+                "c": self.c_private.hex(),
+                "s": self.s_private.hex(),
+                "b": self.b_seed.hex(),
+                "peers": {str(k): hexed(v) for k, v in self.peers.items()},
+                "held": {str(k): hexed(v) for k, v in self.held.items()},
+            }
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SiteState:
         d = json.loads(data)
-        pair = lambda v: (bytes.fromhex(v[0]), bytes.fromhex(v[1]))  # noqa: E731
-        return cls(d["index"], bytes.fromhex(d["c"]), bytes.fromhex(d["s"]), bytes.fromhex(d["b"]),
-                   {int(k): pair(v) for k, v in d["peers"].items()}, {int(k): pair(v) for k, v in d["held"].items()})
+        pair = lambda v: (bytes.fromhex(v[0]), bytes.fromhex(v[1]))
+        return cls(
+            d["index"],
+            bytes.fromhex(d["c"]),
+            bytes.fromhex(d["s"]),
+            bytes.fromhex(d["b"]),
+            {int(k): pair(v) for k, v in d["peers"].items()},
+            {int(k): pair(v) for k, v in d["held"].items()},
+        )
 
 
 def advertise(index: int) -> tuple[SiteState, tuple[bytes, bytes]]:
     """Stage 1: fresh key pairs; returns the state to keep and the two public keys to send."""
     if index < 1:
-        raise ValueError(f"site index {index}: secure aggregation numbers sites from 1 (0 is the shared secret's point)")
+        raise ValueError(
+            f"site index {index}: secure aggregation numbers sites from 1 (0 is the shared secret's point)"
+        )
     c, s = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     state = SiteState(index, _raw_private(c), _raw_private(s), secrets.token_bytes(32))
     return state, (_raw_public(c), _raw_public(s))
@@ -156,7 +173,9 @@ def advertise(index: int) -> tuple[SiteState, tuple[bytes, bytes]]:
 def share_keys(state: SiteState, public_keys: dict[int, tuple[bytes, bytes]], threshold: int) -> dict[int, bytes]:
     """Stage 2: one encrypted pair of shares (of b, of the s private key) for every peer."""
     if state.index not in public_keys or len(public_keys) < threshold:
-        raise SecAggError(f"site {state.index}: {len(public_keys)} sites advertised keys, fewer than the threshold {threshold}")
+        raise SecAggError(
+            f"site {state.index}: {len(public_keys)} sites advertised keys, fewer than the threshold {threshold}"
+        )
     state.peers = dict(public_keys)
     holders = sorted(public_keys)
     b_shares = shamir_split(state.b_seed, threshold, holders)
@@ -172,7 +191,9 @@ def share_keys(state: SiteState, public_keys: dict[int, tuple[bytes, bytes]], th
     return out
 
 
-def masked_input(state: SiteState, vector: np.ndarray, received: dict[int, bytes], clip_range: float, levels: int) -> np.ndarray:
+def masked_input(
+    state: SiteState, vector: np.ndarray, received: dict[int, bytes], clip_range: float, levels: int
+) -> np.ndarray:
     """Stage 3: keep the shares addressed to this site; return the masked, quantized vector.
     Pairwise masks are agreed only with the peers whose shares arrived (the sites that finished
     stage 2), so that every mask can be removed later even if that peer drops."""
@@ -183,7 +204,9 @@ def masked_input(state: SiteState, vector: np.ndarray, received: dict[int, bytes
         try:
             plain = AESGCM(key).decrypt(blob[:12], blob[12:], f"{j}->{state.index}".encode())
         except InvalidTag as error:
-            raise SecAggError(f"site {state.index}: the shares from site {j} do not decrypt (tampered or misrouted)") from error
+            raise SecAggError(
+                f"site {state.index}: the shares from site {j} do not decrypt (tampered or misrouted)"
+            ) from error
         state.held[j] = (plain[:66], plain[66:])
     state.peers = {j: keys for j, keys in state.peers.items() if j in received or j == state.index}
     y = quantize(vector, clip_range, levels) + prg(state.b_seed, len(vector))
@@ -198,25 +221,41 @@ def masked_input(state: SiteState, vector: np.ndarray, received: dict[int, bytes
 def unmask(state: SiteState, survivors: list[int], dropped: list[int]) -> dict[str, dict[int, bytes]]:
     """Stage 4: shares of the survivors' self masks and of the dropped sites' mask keys."""
     if set(survivors) & set(dropped):
-        raise SecAggError(f"site {state.index}: a site cannot both survive and drop ({sorted(set(survivors) & set(dropped))}); refusing")
-    return {"b": {j: state.held[j][0] for j in survivors if j in state.held},
-            "s": {j: state.held[j][1] for j in dropped if j in state.held}}
+        raise SecAggError(
+            f"site {state.index}: "
+            f"a site cannot both survive and drop ({sorted(set(survivors) & set(dropped))}); refusing"
+        )
+    return {
+        "b": {j: state.held[j][0] for j in survivors if j in state.held},
+        "s": {j: state.held[j][1] for j in dropped if j in state.held},
+    }
 
 
 # --- the coordinator --------------------------------------------------------------------------
 
-def unmasked_sum(masked: dict[int, np.ndarray], public_keys: dict[int, tuple[bytes, bytes]],
-                 responses: dict[int, dict[str, dict[int, bytes]]], threshold: int, clip_range: float, levels: int) -> np.ndarray:
+
+def unmasked_sum(
+    masked: dict[int, np.ndarray],
+    public_keys: dict[int, tuple[bytes, bytes]],
+    responses: dict[int, dict[str, dict[int, bytes]]],
+    threshold: int,
+    clip_range: float,
+    levels: int,
+) -> np.ndarray:
     """The float sum of the survivors' vectors from their masked vectors and the unmask shares.
     `public_keys`: the sites that finished stage 2 (shares sent); those of them without a masked
     vector are the dropped ones."""
     survivors = sorted(masked)
     dropped = sorted(set(public_keys) - set(masked))
     if len(responses) < threshold:
-        raise SecAggError(f"only {len(responses)} sites answered the unmask request, fewer than the threshold {threshold}: "
-                          "the sum cannot be recovered this round")
+        raise SecAggError(
+            f"only {len(responses)} sites answered the unmask request, fewer than the threshold {threshold}: "
+            "the sum cannot be recovered this round"
+        )
     if len(public_keys) * levels >= EXACT:
-        raise SecAggError(f"{len(public_keys)} sites x {levels} levels would overflow the exact range; lower secagg levels")
+        raise SecAggError(
+            f"{len(public_keys)} sites x {levels} levels would overflow the exact range; lower secagg levels"
+        )
     total = np.zeros_like(next(iter(masked.values())))
     for y in masked.values():
         total = total + y
@@ -229,7 +268,9 @@ def unmasked_sum(masked: dict[int, np.ndarray], public_keys: dict[int, tuple[byt
     for d in dropped:  # remove the pairwise masks the survivors still carry for each dropped site
         shares = {holder: r["s"][d] for holder, r in responses.items() if d in r["s"]}
         if len(shares) < threshold:
-            raise SecAggError(f"{len(shares)} shares of dropped site {d}'s mask key, fewer than the threshold {threshold}")
+            raise SecAggError(
+                f"{len(shares)} shares of dropped site {d}'s mask key, fewer than the threshold {threshold}"
+            )
         s_private = shamir_combine(dict(list(shares.items())[:threshold]))
         for j in survivors:
             mask = prg(agree(s_private, public_keys[j][1], b"mask"), length)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ class Episode:
     classes: torch.Tensor
 
     def to(self, device: torch.device | str) -> Episode:
-        return Episode(*(t.to(device) for t in self.tensors()), classes=self.classes)
+        support_x, support_y, query_x, query_y = (t.to(device) for t in self.tensors())
+        return Episode(support_x, support_y, query_x, query_y, classes=self.classes)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.support_x, self.support_y, self.query_x, self.query_y
@@ -45,12 +47,16 @@ class TaskBatch:
     def stack(cls, episodes: list[Episode]) -> TaskBatch:
         if not episodes:
             raise ValueError("cannot build a task batch from zero episodes")
-        fields = zip(*(ep.tensors() + (ep.classes,) for ep in episodes))
+        fields = zip(*((*ep.tensors(), ep.classes) for ep in episodes))
         return cls(*(torch.stack(list(f)) for f in fields))
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    @overload
+    def __getitem__(self, index: int) -> Episode: ...
+    @overload
+    def __getitem__(self, index: slice) -> TaskBatch: ...
     def __getitem__(self, index: int | slice) -> Episode | TaskBatch:
         parts = (t[index] for t in (*self.tensors(), self.classes))
         return Episode(*parts) if isinstance(index, int) else TaskBatch(*parts)
@@ -62,7 +68,8 @@ class TaskBatch:
         return (self[i : i + size] for i in range(0, len(self), size))
 
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(*(t.to(device) for t in self.tensors()), classes=self.classes)
+        support_x, support_y, query_x, query_y = (t.to(device) for t in self.tensors())
+        return TaskBatch(support_x, support_y, query_x, query_y, classes=self.classes)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.support_x, self.support_y, self.query_x, self.query_y
@@ -117,16 +124,16 @@ class EpisodeSampler:
         self.classes = torch.tensor(wanted)
         self.groups = None if groups is None else torch.as_tensor(groups).reshape(-1)
         if self.groups is not None:
-            self._check_patients()
+            self._check_patients(self.groups)
 
-    def _check_patients(self) -> None:
+    def _check_patients(self, groups: torch.Tensor) -> None:
         """Every draw must succeed: even when the support lands on the K largest patients of a
         class, the other patients must still hold Q queries."""
         cfg = self.config
-        if self.groups.shape[0] != self.images.shape[0]:
-            raise ValueError(f"{self.images.shape[0]} images but {self.groups.shape[0]} patient ids")
+        if groups.shape[0] != self.images.shape[0]:
+            raise ValueError(f"{self.images.shape[0]} images but {groups.shape[0]} patient ids")
         for c, idx in self.index.items():
-            sizes = torch.unique(self.groups[idx], return_counts=True)[1].sort(descending=True).values
+            sizes = torch.unique(groups[idx], return_counts=True)[1].sort(descending=True).values
             spare = len(idx) - int(sizes[: cfg.shots].sum())
             if spare < cfg.queries:
                 raise ValueError(

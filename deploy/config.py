@@ -20,7 +20,9 @@ class ConfigError(ValueError):
 def _load(path: Path, section: str) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file; give the {section}.toml from your provisioning bundle (fedmeta provision new)")
+        raise ConfigError(
+            f"{path}: no such file; give the {section}.toml from your provisioning bundle (fedmeta provision new)"
+        )
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
@@ -63,7 +65,9 @@ class _Reader:
 
     def done(self) -> None:
         if self.table:
-            raise ConfigError(f"{self.path}: [{self.section}] has unknown keys {sorted(self.table)}; check their spelling")
+            raise ConfigError(
+                f"{self.path}: [{self.section}] has unknown keys {sorted(self.table)}; check their spelling"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     r = _Reader(path, table, "coordinator")
     hosts = r.get("hosts", list)
     if not hosts or not all(isinstance(h, str) and h for h in hosts):
-        raise ConfigError(f"{path}: [coordinator] hosts must list the names/IPs sites dial, e.g. [\"coordinator.example.org\"]")
+        raise ConfigError(
+            f'{path}: [coordinator] hosts must list the names/IPs sites dial, e.g. ["coordinator.example.org"]'
+        )
     cfg = CoordinatorConfig(
         source=Path(path).resolve(),
         hosts=tuple(hosts),
@@ -130,6 +136,7 @@ class SiteConfig:
     data_dir: Path | None  # the hospital's folder, or MedMNIST files of a scenario site
     scenario: str  # the run's scenario this site expects (its image size and channels)
     device: str
+    kernels: str  # this machine's CPU kernels: auto | native | torch (common.native.resolve_kernels)
     runtime_port: int  # the SuperNode's local ClientApp API, loopback only
     state_dir: Path  # the SuperNode's Flower home
     log_dir: Path
@@ -146,7 +153,7 @@ class SiteConfig:
 
     def node_config(self) -> str:
         """`--node-config` for flower-supernode: what the ClientApp reads from `context.node_config`."""
-        parts = [f'site-name="{self.name}"', f'device="{self.device}"']
+        parts = [f'site-name="{self.name}"', f'device="{self.device}"', f'kernels="{self.kernels}"']
         if self.data_dir is not None:
             parts.append(f'data-dir="{self.data_dir}"')
         return " ".join(parts)
@@ -158,7 +165,9 @@ def load_site_config(path: Path) -> SiteConfig:
     coordinator = r.get("coordinator", str)
     host, sep, port = coordinator.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{path}: [site] coordinator = {coordinator!r} should be host:port, e.g. \"coordinator.example.org:9092\"")
+        raise ConfigError(
+            f'{path}: [site] coordinator = {coordinator!r} should be host:port, e.g. "coordinator.example.org:9092"'
+        )
     data_dir = r.get("data-dir", str, "")
     cfg = SiteConfig(
         source=Path(path).resolve(),
@@ -169,6 +178,7 @@ def load_site_config(path: Path) -> SiteConfig:
         data_dir=r.resolve(data_dir) if data_dir else None,
         scenario=r.get("scenario", str, "synthetic"),
         device=r.get("device", str, "auto"),
+        kernels=r.get("kernels", str, "auto"),
         runtime_port=r.port("runtime-port", 9094),
         state_dir=r.path_of("state-dir", "state"),
         log_dir=r.path_of("log-dir", "logs"),
@@ -176,6 +186,10 @@ def load_site_config(path: Path) -> SiteConfig:
         activation_wait=r.get("activation-wait", float, 120.0),
     )
     r.done()
+    from common.native import KERNELS
+
+    if cfg.kernels not in KERNELS:
+        raise ConfigError(f"{path}: [site] kernels = {cfg.kernels!r}: choose one of {', '.join(KERNELS)}")
     if '"' in cfg.name or (cfg.data_dir is not None and '"' in str(cfg.data_dir)):
         raise ConfigError(f"{path}: [site] name and data-dir may not contain '\"'")
     return cfg

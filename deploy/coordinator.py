@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+    load_ssh_public_key,
+)
 
 from common.runconfig import flat_run_config, parse_run_config
 from deploy.config import ConfigError, CoordinatorConfig
@@ -36,13 +42,24 @@ RUN_STARTED = re.compile(r"Successfully started run (\d+)")  # what `flwr run` p
 AUDIT_LOG = "fleet-audit.jsonl"
 
 
+def _spki(key: PublicKeyTypes) -> bytes:
+    """A public key as SubjectPublicKeyInfo (DER): two keys are the same exactly when these bytes are."""
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 def check_coordinator(cfg: CoordinatorConfig) -> list[str]:
     """Everything that would make the SuperLink or a site connection fail, before starting anything."""
     problems: list[str] = []
-    for path, what in ((cfg.ca_cert, "ca-cert"), (cfg.server_cert, "server-cert"), (cfg.server_key, "server-key"),
-                       (cfg.authorized_sites, "authorized-sites")):
+    for path, what in (
+        (cfg.ca_cert, "ca-cert"),
+        (cfg.server_cert, "server-cert"),
+        (cfg.server_key, "server-key"),
+        (cfg.authorized_sites, "authorized-sites"),
+    ):
         if not path.is_file():
-            problems.append(f"{what} {path}: no such file (it comes with the coordinator bundle from `fedmeta provision new`)")
+            problems.append(
+                f"{what} {path}: no such file (it comes with the coordinator bundle from `fedmeta provision new`)"
+            )
     if problems:
         return problems
     if stat.S_IMODE(cfg.server_key.stat().st_mode) & 0o077:
@@ -56,18 +73,25 @@ def check_coordinator(cfg: CoordinatorConfig) -> list[str]:
     try:
         cert.verify_directly_issued_by(ca)
     except Exception:  # noqa: BLE001 -- any failure means: not this CA's certificate
-        problems.append(f"server-cert {cfg.server_cert} is not signed by ca-cert {cfg.ca_cert}: both must come from the same provisioning")
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        problems.append(
+            f"server-cert {cfg.server_cert} is not signed by ca-cert {cfg.ca_cert}: "
+            "both must come from the same provisioning"
+        )
+    if _spki(cert.public_key()) != _spki(key.public_key()):
         problems.append(f"server-key {cfg.server_key} does not belong to server-cert {cfg.server_cert}")
     now = dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        problems.append(f"server-cert {cfg.server_cert} is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-                        f"{cert.not_valid_after_utc:%Y-%m-%d}, not now: issue a new one (fedmeta provision)")
+        problems.append(
+            f"server-cert {cfg.server_cert} is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d}, not now: issue a new one (fedmeta provision)"
+        )
     names = _cert_names(cert)
     missing = [h for h in (*cfg.hosts, LOOPBACK[0]) if h not in names]
     if missing:
-        problems.append(f"server-cert {cfg.server_cert} is not valid for {missing} (it names {sorted(names)}): "
-                        "provision again with those --host values")
+        problems.append(
+            f"server-cert {cfg.server_cert} is not valid for {missing} (it names {sorted(names)}): "
+            "provision again with those --host values"
+        )
     try:
         for _, public_key in authorized_sites(cfg.authorized_sites):
             load_ssh_public_key(public_key.encode())
@@ -82,12 +106,20 @@ def _cert_names(cert: x509.Certificate) -> set[str]:
 
 
 def app_run_config(cfg: CoordinatorConfig, **overrides: object) -> dict[str, object]:
-    """Every run-config key: the defaults, the scenario's recommendations, coordinator.toml's [run-config], `overrides`."""
-    from simulation.scenario import load_scenario
+    """Every run-config key: the defaults, the scenario's recommendations, coordinator.toml's [run-config],
+    `overrides`."""
+    from common.scenario import load_scenario
 
     scenario = str(cfg.run_config.get("scenario", "synthetic"))
     sc = load_scenario(scenario)
-    values = {**sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries, **cfg.run_config, **overrides}
+    values = {
+        **sc.run_config,
+        "ways": sc.episode.ways,
+        "shots": sc.episode.shots,
+        "queries": sc.episode.queries,
+        **cfg.run_config,
+        **overrides,
+    }
     return flat_run_config(parse_run_config(values))
 
 
@@ -100,8 +132,13 @@ def check_run_start(cfg: CoordinatorConfig, resume: bool, force_resume: bool) ->
 
     run_config = app_run_config(cfg, **{"resume": resume, "force-resume": force_resume})
     parsed = parse_run_config(run_config)
-    prepare_resume(Path(parsed.train.out_dir) / CHECKPOINT, run_config, resume, force_resume,
-                   template=meta_template(parsed) if resume else None)
+    prepare_resume(
+        Path(parsed.train.out_dir) / CHECKPOINT,
+        run_config,
+        resume,
+        force_resume,
+        template=meta_template(parsed) if resume else None,
+    )
 
 
 @dataclass
@@ -134,39 +171,60 @@ class Coordinator:
             self.sync_sites()
             audit = Audit(self.cfg.log_dir / AUDIT_LOG) if self.cfg.audit else None
             app = create_gateway(self.cfg.superlink_address, self.cfg.ca_cert, audit)
-            self.gateway = GatewayServer(app, self.cfg.bind, self.cfg.fleet_port, self.cfg.server_cert, self.cfg.server_key,
-                                         self.cfg.log_dir / "gateway.log")
+            self.gateway = GatewayServer(
+                app,
+                self.cfg.bind,
+                self.cfg.fleet_port,
+                self.cfg.server_cert,
+                self.cfg.server_key,
+                self.cfg.log_dir / "gateway.log",
+            )
             self.gateway.start()
         except BaseException:
             self.stop()
             raise
-        self.echo(f"sites connect to {self.cfg.hosts[0]}:{self.cfg.fleet_port} (open this port to them); "
-                  f"SuperLink on {self.cfg.superlink_address} (loopback only)")
+        self.echo(
+            f"sites connect to {self.cfg.hosts[0]}:{self.cfg.fleet_port} (open this port to them); "
+            f"SuperLink on {self.cfg.superlink_address} (loopback only)"
+        )
 
     def _start_superlink(self, wait: float) -> None:
         argv = [
             flower_command("flower-superlink"),
-            "--ssl-certfile", str(self.cfg.server_cert), "--ssl-keyfile", str(self.cfg.server_key),
-            "--ssl-ca-certfile", str(self.cfg.ca_cert),
+            "--ssl-certfile",
+            str(self.cfg.server_cert),
+            "--ssl-keyfile",
+            str(self.cfg.server_key),
+            "--ssl-ca-certfile",
+            str(self.cfg.ca_cert),
             "--enable-supernode-auth",
-            "--database", str(self.cfg.state_dir / "superlink.db"),
-            "--host", "127.0.0.1", "--port", str(self.cfg.control_port),
-            "--log-file", str(self.cfg.log_dir / "superlink.log"),
+            "--database",
+            str(self.cfg.state_dir / "superlink.db"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.cfg.control_port),
+            "--log-file",
+            str(self.cfg.log_dir / "superlink.log"),
             # the app's code is fedmeta's, installed here: never install what a run asks for
             "--disable-runtime-dependency-installation",
         ]
-        self.superlink = Child(argv, self.cfg.log_dir / "superlink.out", env=self._env())
+        superlink = self.superlink = Child(argv, self.cfg.log_dir / "superlink.out", env=self._env())
 
         def up() -> None:
-            if not self.superlink.running():
-                raise RuntimeError(f"flower-superlink exited with code {self.superlink.process.returncode}:\n{self.superlink.output()[-3000:]}")
+            if not superlink.running():
+                raise RuntimeError(
+                    f"flower-superlink exited with code {superlink.process.returncode}:\n{superlink.output()[-3000:]}"
+                )
             tls_check("127.0.0.1", self.cfg.control_port, self.cfg.ca_cert)
 
         try:
             wait_until(up, max_wait=wait, first_delay=0.2, max_delay=2.0)
         except Unreachable as error:
-            raise RuntimeError(f"the SuperLink did not come up on {self.cfg.superlink_address}: {error}; "
-                               f"see {self.cfg.log_dir / 'superlink.out'}") from error
+            raise RuntimeError(
+                f"the SuperLink did not come up on {self.cfg.superlink_address}: {error}; "
+                f"see {self.cfg.log_dir / 'superlink.out'}"
+            ) from error
 
     def _env(self) -> dict[str, str]:
         env = child_env()
@@ -177,7 +235,8 @@ class Coordinator:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
-            f'address = "{self.cfg.superlink_address}"\nroot-certificates = "{self.cfg.ca_cert}"\n')
+            f'address = "{self.cfg.superlink_address}"\nroot-certificates = "{self.cfg.ca_cert}"\n'
+        )
 
     def flwr(self, *args: str) -> dict:
         """One `flwr` CLI call against this SuperLink, JSON out."""
@@ -197,7 +256,10 @@ class Coordinator:
                 if entry.get("node_id") is not None:
                     reply = self.flwr("supernode", "unregister", str(entry["node_id"]))
                     if not reply.get("success"):
-                        raise RuntimeError(f"could not unregister revoked site {name} (node {entry['node_id']}): {reply.get('error-message')}")
+                        raise RuntimeError(
+                            f"could not unregister revoked site {name} (node {entry['node_id']}): "
+                            f"{reply.get('error-message')}"
+                        )
                 self.echo(f"site {name}: unregistered (no longer in {self.cfg.authorized_sites.name})")
                 del registry[name]
                 self._save_registry(registry)
@@ -217,7 +279,9 @@ class Coordinator:
                 raise RuntimeError(f"could not register site {name}: {reply.get('error-message')}")
             registry[name] = {"public_key": public_key, "node_id": node_id}
             self._save_registry(registry)
-            self.echo(f"site {name}: registered" + (f" (node {node_id})" if node_id is not None else " (already known)"))
+            self.echo(
+                f"site {name}: registered" + (f" (node {node_id})" if node_id is not None else " (already known)")
+            )
         return registry
 
     def _save_registry(self, registry: dict) -> None:
@@ -227,14 +291,16 @@ class Coordinator:
 
     def run_command(self, resume: bool = False, force_resume: bool = False) -> list[str]:
         """The `flwr run` that starts (or resumes from its checkpoint) federated meta-training here."""
-        from simulation.run import write_app_dir
+        from server.appdir import write_app_dir
 
         app_dir = self.cfg.state_dir / "app"
         app_dir.mkdir(parents=True, exist_ok=True)
         write_app_dir(app_dir, app_run_config(self.cfg, **{"resume": resume, "force-resume": force_resume}))
         return [flower_command("flwr"), "run", str(app_dir), FEDERATION, "--stream"]
 
-    def start_run(self, echo: Callable[[str], None] | None = None, resume: bool = False, force_resume: bool = False) -> Child:
+    def start_run(
+        self, echo: Callable[[str], None] | None = None, resume: bool = False, force_resume: bool = False
+    ) -> Child:
         self.run_id = None
 
         def watch(line: str) -> None:
@@ -243,7 +309,9 @@ class Coordinator:
             if echo is not None:
                 echo(line)
 
-        self.run = Child(self.run_command(resume, force_resume), self.cfg.log_dir / "run.log", env=self._env(), echo=watch)
+        self.run = Child(
+            self.run_command(resume, force_resume), self.cfg.log_dir / "run.log", env=self._env(), echo=watch
+        )
         return self.run
 
     def run_status(self, wait: float = 30.0) -> tuple[str, str]:
@@ -267,4 +335,3 @@ class Coordinator:
         if self.gateway is not None:
             self.gateway.stop()
         self.run = self.superlink = self.gateway = None
-

@@ -36,17 +36,36 @@ from starlette.types import Receive, Scope, Send
 FLEET_PREFIX = "/v1/fleet/"
 # what an authenticated SuperNode calls (flwr/supernode/fleet_http_client.py, Flower 1.42); the
 # Fleet API's register-node / unregister-node are for self-registered nodes without keys
-FLEET_RPCS = ("activate-node", "deactivate-node", "send-node-heartbeat", "pull-messages", "push-messages", "get-run",
-              "get-fab", "push-object", "pull-object", "confirm-message-received")
+FLEET_RPCS = (
+    "activate-node",
+    "deactivate-node",
+    "send-node-heartbeat",
+    "pull-messages",
+    "push-messages",
+    "get-run",
+    "get-fab",
+    "push-object",
+    "pull-object",
+    "confirm-message-received",
+)
 FLEET_PATHS = frozenset(FLEET_PREFIX + rpc for rpc in FLEET_RPCS)
 SELF_REGISTRATION = frozenset(FLEET_PREFIX + rpc for rpc in ("register-node", "unregister-node"))
 # request headers Flower's Fleet client sends: content negotiation, SuperNode authentication
 # (public key, signature, signed timestamp) and version metadata; nothing else reaches the SuperLink
-FORWARDED_HEADERS = frozenset({
-    "content-type", "accept", "accept-encoding", "user-agent",
-    "flwr-public-key", "flwr-signature", "flwr-timestamp",
-    "flwr-package-name", "flwr-package-version", "flwr-component-name",
-})
+FORWARDED_HEADERS = frozenset(
+    {
+        "content-type",
+        "accept",
+        "accept-encoding",
+        "user-agent",
+        "flwr-public-key",
+        "flwr-signature",
+        "flwr-timestamp",
+        "flwr-package-name",
+        "flwr-package-version",
+        "flwr-component-name",
+    }
+)
 RETURNED_HEADERS = frozenset({"content-type"})
 log = logging.getLogger("fedmeta.gateway")
 
@@ -85,13 +104,19 @@ def admit(method: str, raw_path: bytes, query: bytes) -> Decision:
     (Flower's own client never sends one), so what was checked is exactly what is forwarded."""
     path = raw_path.decode("latin-1")
     if path in SELF_REGISTRATION:
-        return Decision(None, "SuperNodes cannot register themselves here: the coordinator's operator registers each "
-                              "site's key (authorized-sites.csv)")
+        return Decision(
+            None,
+            "SuperNodes cannot register themselves here: the coordinator's operator registers each "
+            "site's key (authorized-sites.csv)",
+        )
     if path not in FLEET_PATHS:
         normalized = normalize_path(path)
         target = f" (it resolves to {normalized})" if normalized != path else ""
-        return Decision(None, f"{path}{target} is not a Fleet API call: this port carries only Flower's Fleet API; "
-                              "the coordinator's Control API is on its loopback interface")
+        return Decision(
+            None,
+            f"{path}{target} is not a Fleet API call: this port carries only Flower's Fleet API; "
+            "the coordinator's Control API is on its loopback interface",
+        )
     if method != "POST":
         return Decision(None, f"{method} {path}: Fleet API calls are POST requests")
     if query:
@@ -139,11 +164,21 @@ class Audit:
             entry = describe_object(request.object_content)
         except Exception as error:  # noqa: BLE001 -- an object Flower itself will reject: record that it came
             entry = {"type": "unparsed", "error": str(error)}
-        self._write({"time": time.time(), "client": client, "node_id": request.node.node_id, "run_id": request.run_id, **entry})
+        self._write(
+            {"time": time.time(), "client": client, "node_id": request.node.node_id, "run_id": request.run_id, **entry}
+        )
 
     def refused(self, path: str, client: str, method: str = "", reason: str = "") -> None:
-        self._write({"time": time.time(), "client": client, "method": method, "refused": path,
-                     "normalized": normalize_path(path), "reason": reason})
+        self._write(
+            {
+                "time": time.time(),
+                "client": client,
+                "method": method,
+                "refused": path,
+                "normalized": normalize_path(path),
+                "reason": reason,
+            }
+        )
 
     def _write(self, entry: dict) -> None:
         with self._lock, open(self.path, "a", encoding="utf-8") as handle:
@@ -159,7 +194,9 @@ class FleetGateway:
     def __init__(self, upstream: str, ca_cert: Path, audit: Audit | None = None, timeout: float = 300.0):
         self.upstream = upstream
         self.audit = audit
-        self.client = httpx.AsyncClient(base_url=f"https://{upstream}", verify=_loopback_context(ca_cert), timeout=timeout)
+        self.client = httpx.AsyncClient(
+            base_url=f"https://{upstream}", verify=_loopback_context(ca_cert), timeout=timeout
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -169,7 +206,9 @@ class FleetGateway:
             await response(scope, receive, send)
         else:  # websocket: nothing of Flower's uses one here
             peer = scope.get("client") or ("?",)
-            self._refuse("WEBSOCKET", scope.get("raw_path", b"").decode("latin-1"), str(peer[0]), "WebSockets are not served")
+            self._refuse(
+                "WEBSOCKET", scope.get("raw_path", b"").decode("latin-1"), str(peer[0]), "WebSockets are not served"
+            )
             await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -203,7 +242,9 @@ class FleetGateway:
             upstream = await self.client.post(decision.path, content=body, headers=headers)
         except httpx.HTTPError as error:
             log.error("SuperLink unreachable on %s: %s", self.upstream, error)
-            return PlainTextResponse("fedmeta gateway: the coordinator's SuperLink is not reachable; retry later", status_code=503)
+            return PlainTextResponse(
+                "fedmeta gateway: the coordinator's SuperLink is not reachable; retry later", status_code=503
+            )
         if self.audit is not None and decision.path == f"{FLEET_PREFIX}push-object" and upstream.status_code == 200:
             self.audit.push_object(body, peer)
         returned = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED_HEADERS}
@@ -217,11 +258,21 @@ def create_gateway(upstream: str, ca_cert: Path, audit: Audit | None = None, tim
 class GatewayServer:
     """The gateway on `bind:port` with TLS, in a background thread; `stop()` shuts it down."""
 
-    def __init__(self, app: FleetGateway, bind: str, port: int, certfile: Path, keyfile: Path, log_file: Path | None = None):
+    def __init__(
+        self, app: FleetGateway, bind: str, port: int, certfile: Path, keyfile: Path, log_file: Path | None = None
+    ):
         import uvicorn
 
-        config = uvicorn.Config(app, host=bind, port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
-                                log_level="warning", access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host=bind,
+            port=port,
+            ssl_certfile=str(certfile),
+            ssl_keyfile=str(keyfile),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="fedmeta-gateway", daemon=True)
         if log_file is not None:
@@ -235,8 +286,10 @@ class GatewayServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the fleet gateway did not start on {self.server.config.host}:{self.server.config.port}: "
-                                   "is the port in use? (set fleet-port in coordinator.toml)")
+                raise RuntimeError(
+                    f"the fleet gateway did not start on {self.server.config.host}:{self.server.config.port}: "
+                    "is the port in use? (set fleet-port in coordinator.toml)"
+                )
             time.sleep(0.05)
 
     def stop(self) -> None:

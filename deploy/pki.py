@@ -23,8 +23,12 @@ CURVE = ec.SECP384R1()
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmeta consortium"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmeta consortium"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
@@ -32,7 +36,9 @@ def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBu
     return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
 
 
-def create_ca(common_name: str = "fedmeta consortium CA", days: int = 3650) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def create_ca(
+    common_name: str = "fedmeta consortium CA", days: int = 3650
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(CURVE)
     builder = (
         x509.CertificateBuilder()
@@ -41,9 +47,20 @@ def create_ca(common_name: str = "fedmeta consortium CA", days: int = 3650) -> t
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     return key, _validity(builder, days).sign(key, hashes.SHA384())
@@ -64,8 +81,9 @@ def subject_alt_names(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def issue_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: list[str],
-                      days: int = 825) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def issue_server_cert(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: list[str], days: int = 825
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(CURVE)
     builder = (
         x509.CertificateBuilder()
@@ -84,13 +102,17 @@ def issue_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certific
 def site_auth_keypair() -> tuple[bytes, bytes]:
     """(private key, public key), both OpenSSH-encoded, as Flower's SuperNode auth expects."""
     key = ec.generate_private_key(CURVE)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public + b"\n"
 
 
 def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def pem_cert(cert: x509.Certificate) -> bytes:

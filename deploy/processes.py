@@ -7,6 +7,7 @@ when its supervisor dies, however it dies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,7 +27,9 @@ def flower_command(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH: install fedmeta's dependencies (flwr 1.42)")
+        raise FileNotFoundError(
+            f"{name} not found next to {sys.executable} or on PATH: install fedmeta's dependencies (flwr 1.42)"
+        )
     return found
 
 
@@ -40,20 +43,36 @@ def child_env() -> dict[str, str]:
 class Child:
     """A process in its own group whose output lines go to `log_file` and to `echo`, last lines kept."""
 
-    def __init__(self, argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None,
-                 echo: Callable[[str], None] | None = None, cwd: Path | None = None):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_file: Path,
+        env: dict[str, str] | None = None,
+        echo: Callable[[str], None] | None = None,
+        cwd: Path | None = None,
+    ):
         self.argv = list(argv)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.tail: deque[str] = deque(maxlen=200)
-        self._log = open(log_file, "a", encoding="utf-8")
+        self._log = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 -- open while the child runs; stop() closes it
         self._echo = echo
-        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env or child_env(), cwd=cwd, start_new_session=True, text=True, errors="replace",
-                                        preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or child_env(),
+            cwd=cwd,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+            preexec_fn=_die_with_parent,
+        )
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
 
     def _pump(self) -> None:
+        assert self.process.stdout is not None  # started with stdout=PIPE
         for line in self.process.stdout:
             self.tail.append(line.rstrip("\n"))
             self._log.write(line)
@@ -84,10 +103,8 @@ class Child:
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
                 if self.process.poll() is None:
-                    try:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
                         self.process.wait(0.1)
-                    except subprocess.TimeoutExpired:
-                        pass
                 else:
                     time.sleep(0.1)
         for group in groups:  # stragglers (superexec, apps)
@@ -141,10 +158,8 @@ def _die_with_parent() -> None:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Unreachable(ConnectionError):
@@ -159,22 +174,37 @@ def tls_check(host: str, port: int, ca_cert: Path, timeout: float = 10.0) -> Non
     """A TLS handshake with host:port, trusting only `ca_cert` and checking the host name."""
     context = ssl.create_default_context(cafile=str(ca_cert))
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=host):
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
             return
     except ssl.SSLCertVerificationError as error:
         if error.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            raise TLSRefused(f"the coordinator's certificate is not valid for the name {host!r}: set `coordinator` in "
-                             "site.toml to one of the hosts it was provisioned for (fedmeta provision new --host ...)") from error
-        raise TLSRefused(f"the server at {host}:{port} presented a certificate that {ca_cert} does not trust ({error.verify_message}): "
-                         "use the ca.pem from your consortium's bundle, and check that this address is your coordinator") from error
+            raise TLSRefused(
+                f"the coordinator's certificate is not valid for the name {host!r}: set `coordinator` in "
+                "site.toml to one of the hosts it was provisioned for (fedmeta provision new --host ...)"
+            ) from error
+        raise TLSRefused(
+            f"the server at {host}:{port} presented a certificate "
+            f"that {ca_cert} does not trust ({error.verify_message}): "
+            "use the ca.pem from your consortium's bundle, and check that this address is your coordinator"
+        ) from error
     except ssl.SSLError as error:
-        raise TLSRefused(f"{host}:{port} does not speak TLS ({error.reason}): is this the coordinator's fleet port?") from error
-    except (ConnectionRefusedError, socket.timeout, socket.gaierror, OSError) as error:
+        raise TLSRefused(
+            f"{host}:{port} does not speak TLS ({error.reason}): is this the coordinator's fleet port?"
+        ) from error
+    except (TimeoutError, ConnectionRefusedError, socket.gaierror, OSError) as error:
         raise Unreachable(f"cannot reach the coordinator at {host}:{port} ({error})") from error
 
 
-def wait_until(check: Callable[[], None], max_wait: float, on_retry: Callable[[str, float], None] | None = None,
-               first_delay: float = 1.0, max_delay: float = 30.0) -> None:
+def wait_until(
+    check: Callable[[], None],
+    max_wait: float,
+    on_retry: Callable[[str, float], None] | None = None,
+    first_delay: float = 1.0,
+    max_delay: float = 30.0,
+) -> None:
     """Call `check` until it stops raising `Unreachable`, backing off exponentially; `max_wait` 0 waits forever."""
     start, delay = time.monotonic(), first_delay
     while True:

@@ -40,7 +40,9 @@ class BundleExists(FileExistsError):
 
 def _check_name(name: str) -> None:
     if not SITE_NAME.match(name):
-        raise ValueError(f"site name {name!r}: use lower-case letters, digits and '-', starting with a letter or digit (at most 63)")
+        raise ValueError(
+            f"site name {name!r}: use lower-case letters, digits and '-', starting with a letter or digit (at most 63)"
+        )
 
 
 def provision(out: Path, hosts: list[str], sites: list[str], force: bool = False, port: int = FLEET_PORT) -> dict:
@@ -54,8 +56,10 @@ def provision(out: Path, hosts: list[str], sites: list[str], force: bool = False
         raise ValueError(f"site names must be unique: {sites}")
     existing = [p for p in (out / "ca", out / "coordinator", *(out / "sites" / s for s in sites)) if p.exists()]
     if existing and not force:
-        raise BundleExists(f"{', '.join(map(str, existing))} already exist: provisioning again would replace the consortium's "
-                           "keys; use `fedmeta provision add-site` to add a site, or --force to start over")
+        raise BundleExists(
+            f"{', '.join(map(str, existing))} already exist: provisioning again would replace the consortium's "
+            "keys; use `fedmeta provision add-site` to add a site, or --force to start over"
+        )
     for path in existing:
         shutil.rmtree(path)
     ca_key, ca_cert = create_ca()
@@ -164,6 +168,7 @@ auth-key = "auth.key"        # this site's SuperNode key (0600, never leaves the
 data-dir = ""                # fill in: the folder with labels.csv and the images
 scenario = "synthetic"       # the consortium's scenario: fixes image size and channels
 device = "auto"              # auto | cpu | cuda | cuda:N
+kernels = "auto"             # CPU only: auto | native (fedmeta's fused C kernels, needs a C compiler) | torch
 runtime-port = 9094          # the SuperNode's local ClientApp port (loopback; change if taken)
 log-dir = "logs"
 max-wait = 0                 # seconds to retry an unreachable coordinator before giving up (0: forever)

@@ -53,8 +53,13 @@ def check_site(cfg: SiteConfig) -> SiteCheck:
         if stat.S_IMODE(cfg.auth_key.stat().st_mode) & 0o077:
             problems.append(f"auth-key {cfg.auth_key}: readable by others; run `chmod 600 {cfg.auth_key}`")
         try:
-            if not isinstance(load_ssh_private_key(cfg.auth_key.read_bytes(), password=None), ec.EllipticCurvePrivateKey):
-                problems.append(f"auth-key {cfg.auth_key}: not an EC key; Flower's SuperNode authentication needs the bundle's auth.key")
+            if not isinstance(
+                load_ssh_private_key(cfg.auth_key.read_bytes(), password=None), ec.EllipticCurvePrivateKey
+            ):
+                problems.append(
+                    f"auth-key {cfg.auth_key}: not an EC key; "
+                    "Flower's SuperNode authentication needs the bundle's auth.key"
+                )
         except ValueError as error:
             problems.append(f"auth-key {cfg.auth_key}: not an OpenSSH private key ({error}); use the bundle's auth.key")
     try:
@@ -63,6 +68,14 @@ def check_site(cfg: SiteConfig) -> SiteCheck:
         resolve_device(cfg.device)
     except ValueError as error:
         problems.append(f"device: {error}")
+    if cfg.kernels == "native":  # the site asked for the fused C kernels: they must build here
+        from common.native import resolve_kernels
+        from common.native.build import NativeKernelsUnavailable
+
+        try:
+            resolve_kernels("native")
+        except NativeKernelsUnavailable as error:
+            problems.append(f"kernels: {error}")
     summary = ""
     try:
         summary = _check_data(cfg)
@@ -71,7 +84,10 @@ def check_site(cfg: SiteConfig) -> SiteCheck:
     try:
         free_port_check(cfg.runtime_port)
     except OSError:
-        problems.append(f"runtime-port {cfg.runtime_port} on 127.0.0.1 is in use (another SuperNode?): set another runtime-port in site.toml")
+        problems.append(
+            f"runtime-port {cfg.runtime_port} on 127.0.0.1 is in use (another SuperNode?): "
+            "set another runtime-port in site.toml"
+        )
     return SiteCheck(problems, summary)
 
 
@@ -87,16 +103,20 @@ def free_port_check(port: int) -> None:
 
 def _check_data(cfg: SiteConfig) -> str:
     """Read the site's data as the ClientApp will: a scenario site by name, else the hospital folder."""
-    from simulation.scenario import load_hospital_site, load_scenario, load_site
+    from common.scenario import load_hospital_site, load_scenario, load_site
 
     scenario = load_scenario(cfg.scenario)
     if cfg.name in [s.name for s in scenario.sites]:
         data = load_site(scenario, cfg.name, cfg.data_dir)
     elif cfg.data_dir is None:
-        raise ValueError(f"site {cfg.name!r} is not a site of scenario {scenario.name!r}: set data-dir in {cfg.source.name} "
-                         "to the folder with labels.csv and the images (check it with `fedmeta data check DIR`)")
+        raise ValueError(
+            f"site {cfg.name!r} is not a site of scenario {scenario.name!r}: set data-dir in {cfg.source.name} "
+            "to the folder with labels.csv and the images (check it with `fedmeta data check DIR`)"
+        )
     elif not cfg.data_dir.is_dir():
-        raise FileNotFoundError(f"data-dir {cfg.data_dir} does not exist: set data-dir in {cfg.source.name} to the site's folder")
+        raise FileNotFoundError(
+            f"data-dir {cfg.data_dir} does not exist: set data-dir in {cfg.source.name} to the site's folder"
+        )
     else:
         data = load_hospital_site(scenario, cfg.name, cfg.data_dir)
     classes = len(set(data.train.labels.tolist()))
@@ -106,11 +126,18 @@ def _check_data(cfg: SiteConfig) -> str:
 def supernode_argv(cfg: SiteConfig) -> list[str]:
     return [
         flower_command("flower-supernode"),
-        "--superlink", cfg.coordinator,
-        "--root-certificates", str(cfg.ca_cert),
-        "--auth-supernode-private-key", str(cfg.auth_key),
-        "--node-config", cfg.node_config(),
-        "--host", "127.0.0.1", "--port", str(cfg.runtime_port),
+        "--superlink",
+        cfg.coordinator,
+        "--root-certificates",
+        str(cfg.ca_cert),
+        "--auth-supernode-private-key",
+        str(cfg.auth_key),
+        "--node-config",
+        cfg.node_config(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(cfg.runtime_port),
     ]
 
 
@@ -122,11 +149,18 @@ def refusal(output: str, cfg: SiteConfig) -> tuple[str, bool] | None:
     still counts as online (a site restarted within its heartbeat window). From the site the two
     look the same, so an activation refusal is retried for `activation-wait` seconds first."""
     if any(marker in output for marker in NOT_REGISTERED):
-        return (f"the coordinator did not activate this site: its key {cfg.auth_key} is not registered there (or was "
-                f"revoked). Ask the consortium's ML lead to add site {cfg.name!r} (fedmeta provision add-site) and restart the "
-                "coordinator", True)
+        return (
+            f"the coordinator did not activate this site: its key {cfg.auth_key} is not registered there (or was "
+            f"revoked). Ask the consortium's ML lead to add site {cfg.name!r} (fedmeta provision add-site) "
+            "and restart the coordinator",
+            True,
+        )
     if any(marker in output for marker in BAD_CERTIFICATE):
-        return (f"the coordinator's certificate is not trusted by {cfg.ca_cert}: use the ca.pem from your consortium's bundle", False)
+        return (
+            f"the coordinator's certificate is not trusted by {cfg.ca_cert}: "
+            "use the ca.pem from your consortium's bundle",
+            False,
+        )
     return None
 
 
@@ -141,8 +175,11 @@ def run_site(cfg: SiteConfig, echo: Callable[[str], None] = print, restarts: int
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     attempt, delay, refused_since = 0, 2.0, None
     while True:
-        wait_until(lambda: tls_check(cfg.host, cfg.port, cfg.ca_cert), cfg.max_wait,
-                   on_retry=lambda why, wait: echo(f"{why}; retrying in {wait:.0f} s"))
+        wait_until(
+            lambda: tls_check(cfg.host, cfg.port, cfg.ca_cert),
+            cfg.max_wait,
+            on_retry=lambda why, wait: echo(f"{why}; retrying in {wait:.0f} s"),
+        )
         echo(f"connecting to {cfg.coordinator} as {cfg.name}")
         node = Child(supernode_argv(cfg), cfg.log_dir / "supernode.log", env=env, echo=echo)
         try:
@@ -157,14 +194,19 @@ def run_site(cfg: SiteConfig, echo: Callable[[str], None] = print, restarts: int
             if not may_pass or waited >= cfg.activation_wait:
                 raise SiteRefused(reason)
             pause = min(15.0, cfg.activation_wait - waited)
-            echo(f"the coordinator did not activate this site (an unknown key, or this site still counted online from before "
-                 f"a restart); retrying in {pause:.0f} s for up to {cfg.activation_wait - waited:.0f} s more")
+            echo(
+                "the coordinator did not activate this site (an unknown key, or this site still counted online "
+                f"from before a restart); retrying in {pause:.0f} s "
+                f"for up to {cfg.activation_wait - waited:.0f} s more"
+            )
             time.sleep(pause)
             continue
         refused_since = None
         attempt += 1
         if restarts and attempt >= restarts:
-            raise RuntimeError(f"the SuperNode exited {attempt} times (last code {code}); see {cfg.log_dir / 'supernode.log'}")
+            raise RuntimeError(
+                f"the SuperNode exited {attempt} times (last code {code}); see {cfg.log_dir / 'supernode.log'}"
+            )
         echo(f"the SuperNode exited with code {code}; restarting in {delay:.0f} s")
         time.sleep(delay)
         delay = min(delay * 2, 60.0)

@@ -7,13 +7,18 @@ import typer
 
 from fedmeta.commands.adapt import adapt
 from fedmeta.commands.bench import bench_app
+from fedmeta.commands.coordinator import coordinator
 from fedmeta.commands.data import data_app
-from fedmeta.commands.deploy import coordinator, site
 from fedmeta.commands.provision import provision_app
 from fedmeta.commands.scenario import scenario_app
 from fedmeta.commands.simulate import simulate
+from fedmeta.commands.site import site
 
-app = typer.Typer(help="fedmeta: federated meta-learning for hospital networks.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="fedmeta: federated meta-learning for hospital networks.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(scenario_app, name="scenario")

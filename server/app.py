@@ -7,22 +7,25 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from common.algorithms import build_algorithm
+from common.algorithms import MetaAlgorithm, build_algorithm
 from common.export import save_meta_model
 from common.models import build_model
 from common.runconfig import RunConfig, parse_run_config
+from common.scenario import load_scenario
+from server.aggregation import Aggregation
 from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume
 from server.fedmeta import FedMeta
+from server.optimizer import OuterOptimizer
 from server.privacy import Privacy
 from server.replies import ReplyLimits
+from server.report import Recorder
+from server.schedule import Sampling, Schedule
 from server.secure import SecureAggregation
-from server.sites import Roster, discover_sites
-from simulation.report import Recorder
-from simulation.scenario import load_scenario
+from server.sites import Roster, SiteInfo, discover_sites
 
 app = ServerApp()
 
@@ -35,59 +38,87 @@ def main(grid: Grid, context: Context) -> None:
     scenario = load_scenario(cfg.data.scenario)
     model_config = scenario.model_config(cfg.model)
     algorithm = build_algorithm(build_model(model_config), cfg.meta)
-    found = discover_sites(grid, cfg.train.min_sites, cfg.train.round_timeout,
-                           Roster(tuple((s.name, s.role) for s in scenario.sites)))
+    found = discover_sites(
+        grid, cfg.train.min_sites, cfg.train.round_timeout, Roster(tuple((s.name, s.role) for s in scenario.sites))
+    )
     sites = found.sites
     out_dir = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     recorder = None
     if out_dir is not None:
         site_rows = [s.as_dict() for s in sorted(sites.values(), key=lambda s: s.name)]
-        recorder = Recorder(out_dir, dict(context.run_config), cfg.data.scenario, cfg.meta.algorithm, site_rows,
-                            rejected=found.rejected)
-    # fedavg sends `global - local` updates: SGD at rate 1 on their average is FedAvg's model average
-    optimizer, lr = ("sgd", 1.0) if cfg.meta.algorithm == "fedavg" else (cfg.train.outer_optimizer, cfg.train.outer_lr)
-    strategy = FedMeta(
-        outer_optimizer=optimizer,
-        outer_lr=lr,
-        eval_every=cfg.train.eval_every,
-        num_rounds=cfg.train.num_server_rounds,
-        seed=cfg.train.seed,
-        sites=sites,
-        recorder=recorder,
-        transport_dtype=getattr(torch, cfg.train.transport_dtype),
-        fraction_train=cfg.train.fraction_train,
-        aggregator=cfg.train.aggregator,
-        trim_fraction=cfg.train.trim_fraction,
-        limits=ReplyLimits(cfg.train.tasks_per_round, cfg.train.eval_tasks, cfg.train.max_update_norm),
-        min_train_sites=cfg.train.min_train_sites,
-        privacy=Privacy(cfg.train.dp_clip, cfg.train.dp_noise_multiplier, cfg.train.dp_delta, cfg.train.dp_noise,
-                        population=sum(s.role == "train" for s in sites.values())) if cfg.train.dp_clip > 0 else None,
-        secure=SecureAggregation(cfg.train.secagg_threshold, cfg.train.secagg_clip_range,
-                                 weight_scale=float(cfg.train.tasks_per_round)) if cfg.train.secure_aggregation else None,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=1,
-    )
-    strategy.initialize(ArrayRecord(algorithm.init_meta_params()))  # the float32 master copy
+        recorder = Recorder(
+            out_dir, dict(context.run_config), cfg.data.scenario, cfg.meta.algorithm, site_rows, rejected=found.rejected
+        )
+    strategy = build_strategy(cfg, algorithm, sites, recorder)
     start_round, checkpoint_path = 1, (out_dir / CHECKPOINT if out_dir is not None else None)
-    if checkpoint_path is not None:
+    if checkpoint_path is not None and recorder is not None:  # both are set exactly when out_dir is
         start_round = _resume(checkpoint_path, cfg, dict(context.run_config), strategy, recorder)
 
     def save(server_round: int) -> None:
-        if checkpoint_path is not None:
-            params, optimizer = strategy.state()
-            accountant = strategy.privacy.accountant.state_dict() if strategy.privacy is not None else None
-            Checkpoint(server_round, params, optimizer, torch.get_rng_state(), recorder.results, dict(context.run_config),
-                       accountant).write(checkpoint_path)
+        if checkpoint_path is not None and recorder is not None:
+            params, optimizer = strategy.optimizer.state()
+            privacy = strategy.aggregation.privacy
+            accountant = privacy.accountant.state_dict() if privacy is not None else None
+            Checkpoint(
+                server_round,
+                params,
+                optimizer,
+                torch.get_rng_state(),
+                recorder.results,
+                dict(context.run_config),
+                accountant,
+            ).write(checkpoint_path)
 
     start = time.monotonic()
-    strategy.run(grid, cfg.train.num_server_rounds, cfg.train.round_timeout, start_round=start_round, on_round_end=save)
+    strategy.run(grid, cfg.train.round_timeout, start_round=start_round, on_round_end=save)
     strategy.evaluate_shots(grid, cfg.train.final_shots(), cfg.train.round_timeout)
-    if out_dir is not None:
+    if out_dir is not None and recorder is not None:
         recorder.finish(time.monotonic() - start)
-        save_meta_model(out_dir / "model", strategy.params, model_config, cfg.meta, cfg.episode,
-                        scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
+        save_meta_model(
+            out_dir / "model",
+            strategy.params,
+            model_config,
+            cfg.meta,
+            cfg.episode,
+            scenario=cfg.data.scenario,
+            rounds=cfg.train.num_server_rounds,
+        )
         log(INFO, "results and the meta-model are in %s", out_dir.resolve())
+
+
+def build_strategy(
+    cfg: RunConfig, algorithm: MetaAlgorithm, sites: dict[int, SiteInfo], recorder: Recorder | None
+) -> FedMeta:
+    """The run config's strategy, configured once: the algorithm's initial meta-parameters (the
+    float32 master copy) and its outer step (FedAvg's updates need SGD at rate 1), the schedule,
+    sampling, aggregation rule, reply limits, privacy and secure aggregation."""
+    train = cfg.train
+    kind, lr = algorithm.outer_step or (train.outer_optimizer, train.outer_lr)
+    privacy = None
+    if train.dp_clip > 0:
+        privacy = Privacy(
+            train.dp_clip,
+            train.dp_noise_multiplier,
+            train.dp_delta,
+            train.dp_noise,
+            population=sum(s.role == "train" for s in sites.values()),
+        )
+    secure = None
+    if train.secure_aggregation:
+        secure = SecureAggregation(
+            train.secagg_threshold, train.secagg_clip_range, weight_scale=float(train.tasks_per_round)
+        )
+    return FedMeta(
+        OuterOptimizer(algorithm.init_meta_params(), kind, lr),
+        sites,
+        Schedule(train.num_server_rounds, train.eval_every),
+        sampling=Sampling(train.fraction_train, train.seed),
+        aggregation=Aggregation(train.aggregator, train.trim_fraction, train.min_train_sites, privacy),
+        limits=ReplyLimits(train.tasks_per_round, train.eval_tasks, train.max_update_norm),
+        secure=secure,
+        recorder=recorder,
+        transport_dtype=getattr(torch, train.transport_dtype),
+    )
 
 
 def meta_template(cfg: RunConfig) -> dict[str, torch.Tensor]:
@@ -103,10 +134,14 @@ def _resume(path: Path, cfg, run_config: dict, strategy: FedMeta, recorder: Reco
     if checkpoint is None:
         return 1
     if config_hash(checkpoint.run_config) != config_hash(run_config):
-        log(WARNING, "resuming with a changed config (force-resume): %s", config_changes(checkpoint.run_config, run_config))
-    strategy.restore(checkpoint.params, checkpoint.optimizer)
-    if strategy.privacy is not None and checkpoint.privacy is not None:
-        strategy.privacy.accountant.load_state_dict(checkpoint.privacy)
+        log(
+            WARNING,
+            "resuming with a changed config (force-resume): %s",
+            config_changes(checkpoint.run_config, run_config),
+        )
+    strategy.optimizer.restore(checkpoint.params, checkpoint.optimizer)
+    if strategy.aggregation.privacy is not None and checkpoint.privacy is not None:
+        strategy.aggregation.privacy.accountant.load_state_dict(checkpoint.privacy)
     torch.set_rng_state(checkpoint.rng)
     # rounds after the checkpoint (recorded before the crash, never checkpointed) run again: drop them
     recorder.results["rounds"] = [r for r in checkpoint.history["rounds"] if r["round"] <= checkpoint.round]

@@ -23,21 +23,30 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from common.runconfig import RUN_CONFIG_KEYS
+
 CHECKPOINT = "checkpoint.safetensors"
 # keys that may change between a run and its resumption: how long, where, how patiently, who
-# first, what is scored at the end, and which CPU kernels (they differ by float rounding only)
-RESUMABLE_CHANGES = frozenset({"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume", "eval-shots", "kernels"})
+# first, and what is scored at the end
+RESUMABLE_CHANGES = frozenset(
+    {"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume", "eval-shots"}
+)
+
+
+def _compared(run_config: Mapping[str, object]) -> dict[str, object]:
+    """The keys that must match for a run to continue another: every run-config key but
+    RESUMABLE_CHANGES. Keys the run config no longer has (a checkpoint written before `kernels`
+    became a per-machine setting) cannot matter and are left out."""
+    return {k: run_config[k] for k in sorted(run_config) if k in RUN_CONFIG_KEYS and k not in RESUMABLE_CHANGES}
 
 
 def config_hash(run_config: Mapping[str, object]) -> str:
-    """What must match for a run to continue another: every key but RESUMABLE_CHANGES."""
-    kept = {k: run_config[k] for k in sorted(run_config) if k not in RESUMABLE_CHANGES}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_compared(run_config), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def config_changes(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, tuple[object, object]]:
-    keys = (old.keys() | new.keys()) - RESUMABLE_CHANGES
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+    old, new = _compared(old), _compared(new)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
 @dataclass
@@ -97,9 +106,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
         tensors = load_file(str(path))
-    except Exception as error:  # noqa: BLE001 -- any unreadable file gets the same advice
-        raise ValueError(f"{path} is not a readable fedmeta checkpoint ({error}): restore it from a backup, or move it "
-                         "away (or use another output directory) to start a new run") from error
+    except Exception as error:
+        raise ValueError(
+            f"{path} is not a readable fedmeta checkpoint ({error}): restore it from a backup, or move it "
+            "away (or use another output directory) to start a new run"
+        ) from error
     if meta.get("format") != "fedmeta-checkpoint-1":
         raise ValueError(f"{path} is not a fedmeta checkpoint (format {meta.get('format')!r})")
     names = json.loads(meta["param_names"])
@@ -121,8 +132,13 @@ def read_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def prepare_resume(path: Path, run_config: Mapping[str, object], resume: bool, force: bool = False,
-                   template: Mapping[str, torch.Tensor] | None = None) -> Checkpoint | None:
+def prepare_resume(
+    path: Path,
+    run_config: Mapping[str, object],
+    resume: bool,
+    force: bool = False,
+    template: Mapping[str, torch.Tensor] | None = None,
+) -> Checkpoint | None:
     """The checkpoint to continue from (None: start at round 1), or a clear refusal:
     overwriting an earlier run's checkpoint, resuming without one, an unreadable file, resuming
     with another config, or (even when forced) meta-parameters that do not fit `template`, this
@@ -130,23 +146,29 @@ def prepare_resume(path: Path, run_config: Mapping[str, object], resume: bool, f
     path = Path(path)
     if not resume:
         if path.exists():
-            raise FileExistsError(f"{path.parent} holds a checkpoint of an earlier run: continue it with --resume "
-                                  "(run config resume=true), or give this run another output directory")
+            raise FileExistsError(
+                f"{path.parent} holds a checkpoint of an earlier run: continue it with --resume "
+                "(run config resume=true), or give this run another output directory"
+            )
         return None
     if not path.exists():
         raise FileNotFoundError(f"resume was asked for, but there is no checkpoint at {path}: start without --resume")
     checkpoint = read_checkpoint(path)
     changes = config_changes(checkpoint.run_config, run_config)
     if changes and not force:
-        raise ValueError(f"the checkpoint at {path} was written with another config; changed (old, new): {changes}. "
-                         "Resume with the same config, or force it (--force-resume, run config force-resume=true)")
+        raise ValueError(
+            f"the checkpoint at {path} was written with another config; changed (old, new): {changes}. "
+            "Resume with the same config, or force it (--force-resume, run config force-resume=true)"
+        )
     if template is not None:
         misfits = param_misfits(checkpoint.params, template)
         if misfits:
-            raise ValueError(f"the checkpoint at {path} holds another model: {'; '.join(misfits[:5])}"
-                             + (f" (and {len(misfits) - 5} more)" if len(misfits) > 5 else "")
-                             + f". Settings changed since (old, new): {changes or 'none'}. A run cannot continue with "
-                             "another model, even forced: restore those settings, or start a new run in another output directory")
+            raise ValueError(
+                f"the checkpoint at {path} holds another model: {'; '.join(misfits[:5])}"
+                + (f" (and {len(misfits) - 5} more)" if len(misfits) > 5 else "")
+                + f". Settings changed since (old, new): {changes or 'none'}. A run cannot continue with "
+                "another model, even forced: restore those settings, or start a new run in another output directory"
+            )
     return checkpoint
 
 
@@ -154,6 +176,9 @@ def param_misfits(saved: Mapping[str, torch.Tensor], template: Mapping[str, torc
     """Each meta-parameter that is missing, extra, or another shape in `saved` than in `template`."""
     out = [f"{k} is missing" for k in sorted(template.keys() - saved.keys())]
     out += [f"{k} is not in this model" for k in sorted(saved.keys() - template.keys())]
-    out += [f"{k} is {tuple(saved[k].shape)} there, {tuple(template[k].shape)} here"
-            for k in sorted(saved.keys() & template.keys()) if tuple(saved[k].shape) != tuple(template[k].shape)]
+    out += [
+        f"{k} is {tuple(saved[k].shape)} there, {tuple(template[k].shape)} here"
+        for k in sorted(saved.keys() & template.keys())
+        if tuple(saved[k].shape) != tuple(template[k].shape)
+    ]
     return out

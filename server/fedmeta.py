@@ -1,271 +1,294 @@
-"""FedMeta: average the sites' meta-gradients (weighted by tasks) and take an outer optimizer step.
+"""FedMeta: the coordinator's strategy. Sites send meta-gradients; the coordinator checks each
+reply, combines the accepted ones and takes an outer optimizer step on the meta-parameters.
 
-Flower's FedAvg averages what sites send; here sites send meta-gradients, not weights, so the
-average is a gradient and the strategy owns the meta-parameters and an optimizer (Adam by
-default) whose state persists across rounds. Meta-SGD's learned inner learning rates are entries
-of the same dict and are updated like any weight.
+It is a Flower `Strategy` (configure / aggregate for training and evaluation) composed of small
+pieces, each in its own module and tested alone: who replied and why others did not
+(`server.exchange`), what a reply may hold (`server.replies`), how accepted meta-gradients are
+combined (`server.aggregation`), the outer optimizer (`server.optimizer`), which sites train and
+when all evaluate (`server.schedule`), the secure round's stages (`server.secure`) and the record
+of the run (`server.report`). `run` is the resumable round loop: Flower's `Strategy.start`
+always begins at round 1, a resumed run must not.
 
-Only training sites are sampled for training (with the run's seed, so reruns pick the same
-sites); every `eval_every` rounds and after the last, all sites evaluate: held-out sites
-meta-test the current initialization, training sites report personalization on their own
-test split. Per-site results go to a `Recorder` when one is given.
+Only training sites are sampled for training; on schedule all sites evaluate: held-out sites
+meta-test the current initialization, training sites report personalization on their own test
+split.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from common.tasks import site_seed
-from server.privacy import Privacy
+from common.functional import Params
+from server.aggregation import Aggregation, finite
+from server.exchange import Outcome, exchange
+from server.optimizer import OuterOptimizer
 from server.replies import Rejected, ReplyLimits, TrainReply, evaluation_metrics, train_reply
-from server.robust import combine
+from server.report import Recorder
+from server.schedule import Sampling, Schedule
 from server.secure import SecureAggregation, secure_round, unflatten
-from server.sites import SiteInfo, answered, source
-from simulation.report import Recorder
+from server.sites import SiteInfo
 
 WEIGHT_KEY = "num-tasks"
+ARRAYS, CONFIG = "arrays", "config"
+# FedMeta's defaults: frozen dataclasses, built once and shared like any default argument
+DEFAULT_SCHEDULE, DEFAULT_SAMPLING = Schedule(), Sampling()
+DEFAULT_AGGREGATION, DEFAULT_LIMITS = Aggregation(), ReplyLimits()
 
 
-def _reason(message: Message) -> str:
-    return _reason_text(message.error.reason)
-
-
-def _reason_text(reason: str) -> str:
-    """The site's own error message, without the Ray/Flower traceback wrapped around it."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
-    head, _, tail = text.rpartition("Message: ")
-    return (tail if head else text.strip().splitlines()[-1]).strip().removesuffix("'>").strip()
-
-
-def _weighted_means(rows: list[dict[str, float]]) -> MetricRecord:
+def weighted_means(rows: list[dict[str, float]]) -> MetricRecord:
     """Each metric's mean over sites, weighted by their tasks or episodes (CI half-widths left out)."""
     total = sum(row[WEIGHT_KEY] for row in rows)
-    return MetricRecord({key: sum(row[key] * row[WEIGHT_KEY] for row in rows) / total
-                         for key in rows[0] if key != WEIGHT_KEY and not key.endswith("-ci")})
+    return MetricRecord(
+        {
+            key: sum(row[key] * row[WEIGHT_KEY] for row in rows) / total
+            for key in rows[0]
+            if key != WEIGHT_KEY and not key.endswith("-ci")
+        }
+    )
 
 
-def _nbytes(record: ArrayRecord) -> int:
+def nbytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
 
-class FedMeta(FedAvg):
+class FedMeta(Strategy):
     def __init__(
         self,
-        outer_optimizer: str = "adam",
-        outer_lr: float = 1e-3,
-        eval_every: int = 1,
-        num_rounds: int = 1,
-        seed: int = 0,
-        sites: dict[int, SiteInfo] | None = None,
+        optimizer: OuterOptimizer,
+        sites: dict[int, SiteInfo],
+        schedule: Schedule = DEFAULT_SCHEDULE,
+        *,
+        sampling: Sampling = DEFAULT_SAMPLING,
+        aggregation: Aggregation = DEFAULT_AGGREGATION,
+        limits: ReplyLimits = DEFAULT_LIMITS,
+        secure: SecureAggregation | None = None,
         recorder: Recorder | None = None,
         transport_dtype: torch.dtype = torch.float32,
-        aggregator: str = "mean",
-        trim_fraction: float = 0.1,
-        limits: ReplyLimits = ReplyLimits(),
-        min_train_sites: int = 1,
-        privacy: Privacy | None = None,
-        secure: SecureAggregation | None = None,
-        **kwargs,
     ) -> None:
-        super().__init__(weighted_by_key=WEIGHT_KEY, **kwargs)
-        self.outer_optimizer = outer_optimizer
-        self.outer_lr = outer_lr
-        self.eval_every = eval_every
-        self.num_rounds = num_rounds
-        self.seed = seed
-        self.sites = sites or {}
-        self.recorder = recorder
-        self.params: dict[str, torch.Tensor] = {}
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.transport_dtype = transport_dtype
-        self.aggregator = aggregator
-        self.trim_fraction = trim_fraction
+        self.optimizer = optimizer
+        self.sites = dict(sites)
+        self.schedule = schedule
+        self.sampling = sampling
+        self.aggregation = aggregation
         self.limits = limits
-        self.min_train_sites = min_train_sites
-        self.privacy = privacy
         self.secure = secure
-        self._sampled = 0
-        self._bytes_down = 0
-        self._round_start = time.monotonic()
-        self._sent: dict[str, int] = {}  # message id -> node, for replies the SuperLink makes
-        self._expected: set[int] = set()  # nodes asked in the current exchange
+        self.recorder = recorder
+        self.transport_dtype = transport_dtype
+        self._round = _RoundLog()
 
-    def initialize(self, arrays: ArrayRecord) -> None:
-        """Take the meta-parameters to optimize (once: the optimizer state then persists)."""
-        self.params = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
-        cls = torch.optim.Adam if self.outer_optimizer == "adam" else torch.optim.SGD
-        self.optimizer = cls(self.params.values(), lr=self.outer_lr)
+    @property
+    def params(self) -> Params:
+        return self.optimizer.params
 
-    def _name(self, node: int) -> str:
+    def summary(self) -> None:
+        log(
+            INFO,
+            "FedMeta: %d sites (%d train), %d rounds, evaluating every %d, aggregation %s%s%s",
+            len(self.sites),
+            len(self.training_nodes()),
+            self.schedule.num_rounds,
+            self.schedule.eval_every,
+            self.aggregation.rule,
+            ", differential privacy" if self.aggregation.privacy else "",
+            ", secure aggregation" if self.secure else "",
+        )
+
+    def name(self, node: int) -> str:
         return self.sites[node].name if node in self.sites else f"node-{node}"
 
-    def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-        """send_and_receive, remembering whom each message went to."""
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        self._sent, self._expected = answered(messages, replies), {m.metadata.dst_node_id for m in messages}
-        return replies
+    def by_name(self, replies: dict[int, Message]) -> list[tuple[int, Message]]:
+        """Replies in site-name order, not arrival order: sums over sites then come out the same
+        on every run (float addition is not associative)."""
+        return sorted(replies.items(), key=lambda item: self.name(item[0]))
 
-    def _outcomes(self, replies: list[Message]) -> tuple[list[tuple[int, Message]], dict[str, str]]:
-        """(node, good reply) pairs and {site: why it failed}, including nodes that never answered."""
-        good, errors = [], {}
-        for reply in replies:
-            node = source(reply, self._sent)
-            if reply.has_error():
-                errors[self._name(node)] = _reason(reply)
-            else:
-                good.append((node, reply))
-        answered_nodes = {source(r, self._sent) for r in replies}
-        for node in sorted(self._expected - answered_nodes):
-            errors[self._name(node)] = "no reply within the round timeout"
-        self._expected = set()
-        return good, errors
+    def training_nodes(self) -> list[int]:
+        return sorted(n for n, s in self.sites.items() if s.role == "train")
 
-    def _messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+    def wire(self, params: Params) -> ArrayRecord:
+        """What goes on the wire: the meta-parameters, in half precision if configured."""
+        return ArrayRecord({k: v.to(self.transport_dtype) for k, v in params.items()})
+
+    @staticmethod
+    def messages(nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
+        record = RecordDict({ARRAYS: arrays, CONFIG: config})
         return [Message(content=record, message_type=kind, dst_node_id=node) for node in nodes]
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        if self.optimizer is None:
-            self.initialize(arrays)
-        pool = sorted(n for n, s in self.sites.items() if s.role == "train") if self.sites else sorted(grid.get_node_ids())
-        count = max(1, self.min_train_nodes, round(len(pool) * self.fraction_train))
-        rng = np.random.default_rng(site_seed(self.seed, 0, server_round))
-        # draw positions, not ids: node ids are 64-bit and numpy would round them through float
-        chosen = sorted(pool[i] for i in rng.choice(len(pool), size=min(count, len(pool)), replace=False))
-        log(INFO, "round %s: training on %s", server_round, ", ".join(self._name(n) for n in chosen))
+    # -- training ------------------------------------------------------------------------
+    def configure_train(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,  # noqa: ARG002 -- Flower's Strategy signature; the messages go back to the caller
+    ) -> Iterable[Message]:
+        chosen = self.sampling.choose(self.training_nodes(), server_round)
+        log(INFO, "round %s: training on %s", server_round, ", ".join(self.name(n) for n in chosen))
         config["server-round"] = server_round
-        if self.privacy is not None:
+        if self.aggregation.privacy is not None:
             config["dp-sites"] = len(chosen)  # in `sites` noise mode each adds 1/n of the noise
-        self._sampled = len(chosen)
-        self._bytes_down = _nbytes(arrays) * len(chosen)
-        self._round_start = time.monotonic()
-        return self._messages(chosen, arrays, config, MessageType.TRAIN)
+        self._round = _RoundLog(sampled=len(chosen), bytes_down=nbytes(arrays) * len(chosen))
+        return self.messages(chosen, arrays, config, MessageType.TRAIN)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        if server_round % self.eval_every and server_round != self.num_rounds:
-            return []
-        config["server-round"] = server_round
-        nodes = sorted(self.sites) if self.sites else sorted(grid.get_node_ids())
-        return self._messages(nodes, arrays, config, MessageType.EVALUATE)
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's hook; `run` hands over the whole `Outcome` (with the silent nodes) instead."""
+        return self.train_outcome(server_round, Outcome.of(replies))
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies, errors = self._outcomes(list(replies))
-        good: list[tuple[int, Message, TrainReply]] = []
-        for node, message in replies:
+    def train_outcome(self, server_round: int, outcome: Outcome) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        errors = {self.name(n): why for n, why in outcome.failures.items()}
+        accepted: dict[int, TrainReply] = {}
+        for node, message in self.by_name(outcome.replies):
             try:
-                good.append((node, message, train_reply(message.content, self.arrayrecord_key, self.params,
-                                                        self.limits.tasks_per_round, self.limits.max_update_norm)))
+                accepted[node] = train_reply(
+                    message.content, ARRAYS, self.params, self.limits.tasks_per_round, self.limits.max_update_norm
+                )
             except Rejected as problem:
-                errors[self._name(node)] = f"rejected: {problem}"
-                log(WARNING, "round %s: rejected %s's meta-gradient: %s", server_round, self._name(node), problem)
-        updates = [(r.update, r.weight) for _, _, r in good]
-        updated = len(good) >= max(1, self.min_train_sites)
-        log(INFO, "round %s: %d meta-gradients accepted, %d failed or rejected", server_round, len(good), len(errors))
-        if not updated:
-            log(WARNING, "round %s: %d acceptable meta-gradients, fewer than min-train-sites=%d: the meta-model is unchanged",
-                server_round, len(good), self.min_train_sites)
-        privacy = None
-        if updated and self.privacy is not None:
-            grads, multiplier = self.privacy.aggregate([u for u, _ in updates], max(self._sampled, len(updates)))
-            privacy = self.privacy.account(multiplier, max(self._sampled, len(updates)))
-            log(INFO, "round %s: differential privacy (epsilon %.3g, delta %g) so far", server_round, privacy["epsilon"], privacy["delta"])
-        elif updated:
-            grads = combine(updates, self.aggregator, self.trim_fraction)
+                errors[self.name(node)] = f"rejected: {problem}"
+                log(WARNING, "round %s: rejected %s's meta-gradient: %s", server_round, self.name(node), problem)
+        log(
+            INFO,
+            "round %s: %d meta-gradients accepted, %d failed or rejected",
+            server_round,
+            len(accepted),
+            len(errors),
+        )
+        result = self.aggregation.combine(list(accepted.values()), self._round.sampled)
+        if result.grads is None:
+            log(
+                WARNING,
+                "round %s: %d acceptable meta-gradients, fewer than min-train-sites=%d: the meta-model is unchanged",
+                server_round,
+                len(accepted),
+                self.aggregation.min_train_sites,
+            )
+        if result.privacy is not None:
+            log(
+                INFO,
+                "round %s: differential privacy (epsilon %.3g, delta %g) so far",
+                server_round,
+                result.privacy["epsilon"],
+                result.privacy["delta"],
+            )
+        self._record_train(
+            server_round,
+            {self.name(n): r.metrics for n, r in accepted.items()},
+            errors,
+            result.grads is not None,
+            result.privacy,
+            sum(nbytes(outcome.replies[n].content.array_records[ARRAYS]) for n in accepted),
+        )
+        if result.grads is None:
+            return None, None
+        return self.wire(self.optimizer.step(result.grads)), weighted_means([r.metrics for r in accepted.values()])
+
+    def secure_train(
+        self, server_round: int, grid: Grid, train: list[Message], arrays: ArrayRecord, timeout: float
+    ) -> ArrayRecord | None:
+        """A training round under secure aggregation: only the sum of the sites' vectors is seen."""
+        assert self.secure is not None, "run() calls secure_train only under secure aggregation"
+        config = train[0].content.config_records[CONFIG] if train else ConfigRecord()
+        result = secure_round(
+            grid,
+            [m.metadata.dst_node_id for m in train],
+            arrays,
+            config,
+            self.secure,
+            timeout,
+            self.limits.tasks_per_round,
+        )
+        errors = {("(round)" if n == -1 else self.name(n)): text for n, text in result.errors.items()}
+        for name, text in errors.items():
+            log(WARNING, "round %s: secure aggregation: %s: %s", server_round, name, text)
+        aggregate = None
+        if result.total is not None:
+            sums, weight = unflatten(result.total, self.params)
+            aggregate = self.aggregation.secure_sum(sums, weight, result.survivors, self._round.sampled)
+            if aggregate.grads is not None and not finite(aggregate.grads):
+                aggregate, errors["(round)"] = None, "the aggregate is not finite: the meta-model is unchanged"
+        updated = aggregate is not None and aggregate.grads is not None
+        log(
+            INFO,
+            "round %s: secure aggregate of %d sites%s",
+            server_round,
+            result.survivors,
+            "" if updated else " not applied",
+        )
+        self._record_train(
+            server_round,
+            {self.name(n): m for n, m in result.metrics.items()},
+            errors,
+            updated,
+            aggregate.privacy if aggregate is not None else None,
+            result.bytes_up,
+        )
+        if aggregate is None or aggregate.grads is None:  # i.e. not `updated`
+            return None
+        return self.wire(self.optimizer.step(aggregate.grads))
+
+    def _record_train(
+        self,
+        server_round: int,
+        metrics: dict,
+        errors: dict[str, str],
+        updated: bool,
+        privacy: dict[str, float] | None,
+        bytes_up: int,
+    ) -> None:
         if self.recorder is not None:
             self.recorder.train(
                 server_round,
-                {self._name(n): r.metrics for n, _, r in good},
-                bytes_down=self._bytes_down,
-                bytes_up=sum(_nbytes(m.content[self.arrayrecord_key]) for _, m, _ in good),
-                seconds=time.monotonic() - self._round_start,
+                metrics,
+                bytes_down=self._round.bytes_down,
+                bytes_up=bytes_up,
+                seconds=time.monotonic() - self._round.start,
                 errors=errors,
                 updated=updated,
                 privacy=privacy,
             )
-        if not updated:
-            return None, None
-        return self.wire(self.step(grads)), _weighted_means([r.metrics for _, _, r in good])
 
-    def secure_train(self, server_round: int, grid: Grid, train: list[Message], arrays: ArrayRecord, timeout: float) -> ArrayRecord | None:
-        """A training round under secure aggregation: only the sum of the sites' vectors is seen."""
-        config = train[0].content[self.configrecord_key] if train else ConfigRecord()
-        result = secure_round(grid, [m.metadata.dst_node_id for m in train], arrays, config, self.secure, timeout, _reason_text,
-                              self.limits.tasks_per_round)
-        errors = {("(round)" if n == -1 else self._name(n)): text for n, text in result.errors.items()}
-        for name, text in errors.items():
-            log(WARNING, "round %s: secure aggregation: %s: %s", server_round, name, text)
-        updated = result.total is not None and result.survivors >= max(1, self.min_train_sites)
-        privacy, grads = None, None
-        if updated:
-            sums, weight = unflatten(result.total, self.params)
-            if self.privacy is not None:  # uniform weights: the sum's weight entry counts the survivors
-                grads = {k: (v / self._sampled).float() for k, v in sums.items()}
-                multiplier = self.privacy.received_multiplier(result.survivors, self._sampled)
-                privacy = self.privacy.account(multiplier, self._sampled)
-            else:
-                grads = {k: (v / weight).float() for k, v in sums.items()}
-            if not all(torch.isfinite(g).all() for g in grads.values()):
-                updated, errors["(round)"] = False, "the aggregate is not finite: the meta-model is unchanged"
-        log(INFO, "round %s: secure aggregate of %d sites%s", server_round, result.survivors, "" if updated else " not applied")
-        if self.recorder is not None:
-            self.recorder.train(server_round, {self._name(n): m for n, m in result.metrics.items()}, bytes_down=self._bytes_down,
-                                bytes_up=result.bytes_up, seconds=time.monotonic() - self._round_start, errors=errors,
-                                updated=updated, privacy=privacy)
-        return self.wire(self.step(grads)) if updated else None
-
-    def wire(self, params: dict[str, torch.Tensor]) -> ArrayRecord:
-        """What goes on the wire: the meta-parameters, in half precision if configured."""
-        return ArrayRecord({k: v.to(self.transport_dtype) for k, v in params.items()})
+    # -- evaluation ----------------------------------------------------------------------
+    def configure_evaluate(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,  # noqa: ARG002 -- Flower's Strategy signature; the messages go back to the caller
+    ) -> Iterable[Message]:
+        if not self.schedule.evaluates(server_round):
+            return []
+        config["server-round"] = server_round
+        return self.messages(sorted(self.sites), arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        metrics, errors = self._site_metrics(list(replies))
+        """Flower's hook; `run` hands over the whole `Outcome` instead."""
+        return self.evaluate_outcome(server_round, Outcome.of(replies))
+
+    def evaluate_outcome(self, server_round: int, outcome: Outcome) -> MetricRecord | None:
+        metrics, errors = self._site_metrics(outcome)
         if self.recorder is not None:
-            return MetricRecord(self.recorder.evaluate(server_round, metrics, errors))
-        return _weighted_means(list(metrics.values())) if metrics else None
+            return MetricRecord(dict(self.recorder.evaluate(server_round, metrics, errors)))
+        return weighted_means(list(metrics.values())) if metrics else None
 
-    def _site_metrics(self, replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    def _site_metrics(self, outcome: Outcome) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
         """{site: its evaluation metrics} and {site: why it has none} (failed, or a reply rejected)."""
-        good, errors = self._outcomes(replies)
+        errors = {self.name(n): why for n, why in outcome.failures.items()}
         metrics = {}
-        for node, message in good:
+        for node, message in self.by_name(outcome.replies):
             try:
-                metrics[self._name(node)] = evaluation_metrics(message.content, self.limits.eval_tasks)
+                metrics[self.name(node)] = evaluation_metrics(message.content, self.limits.eval_tasks)
             except Rejected as problem:
-                errors[self._name(node)] = f"rejected: {problem}"
-                log(WARNING, "rejected %s's evaluation: %s", self._name(node), problem)
+                errors[self.name(node)] = f"rejected: {problem}"
+                log(WARNING, "rejected %s's evaluation: %s", self.name(node), problem)
         return metrics, errors
-
-    def run(self, grid: Grid, num_rounds: int, timeout: float, start_round: int = 1,
-            on_round_end: Callable[[int], None] | None = None) -> None:
-        """Rounds `start_round..num_rounds`: train, aggregate, step, evaluate on schedule, then
-        `on_round_end(round)` (the checkpoint). Flower's `Strategy.start` always begins at round 1;
-        a resumed run must not."""
-        arrays = self.wire(self.params)
-        for server_round in range(start_round, num_rounds + 1):
-            log(INFO, "")
-            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
-            train = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
-            if self.secure is not None:
-                new_arrays = self.secure_train(server_round, grid, train, arrays, timeout)
-            else:
-                new_arrays, _ = self.aggregate_train(server_round, self._exchange(grid, train, timeout))
-            if new_arrays is not None:
-                arrays = new_arrays
-            evaluate = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-            if evaluate:
-                self.aggregate_evaluate(server_round, self._exchange(grid, evaluate, timeout))
-            if on_round_end is not None:
-                on_round_end(server_round)
 
     def evaluate_shots(self, grid: Grid, shots: Iterable[int], timeout: float) -> None:
         """After the last round: every site scores the final meta-model again with each of `shots`
@@ -273,35 +296,38 @@ class FedMeta(FedAvg):
         if self.recorder is None:
             return
         arrays = self.wire(self.params)
-        nodes = sorted(self.sites) if self.sites else sorted(grid.get_node_ids())
         for k in shots:
             log(INFO, "final evaluation with %d shot(s) per class", k)
-            config = ConfigRecord({"server-round": self.num_rounds, "eval-shots": k})
-            replies = self._exchange(grid, self._messages(nodes, arrays, config, MessageType.EVALUATE), timeout)
-            self.recorder.evaluate_shots(k, *self._site_metrics(replies))
+            config = ConfigRecord({"server-round": self.schedule.num_rounds, "eval-shots": k})
+            outcome = exchange(grid, self.messages(sorted(self.sites), arrays, config, MessageType.EVALUATE), timeout)
+            self.recorder.evaluate_shots(k, *self._site_metrics(outcome))
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Meta-parameters and outer optimizer state, for a checkpoint."""
-        return {k: p.detach().clone() for k, p in self.params.items()}, self.optimizer.state_dict()
+    # -- the round loop --------------------------------------------------------------------
+    def run(
+        self, grid: Grid, timeout: float, start_round: int = 1, on_round_end: Callable[[int], None] | None = None
+    ) -> None:
+        """Rounds `start_round..num_rounds`: train, aggregate, step, evaluate on schedule, then
+        `on_round_end(round)` (the checkpoint)."""
+        arrays = self.wire(self.params)
+        for server_round in self.schedule.rounds(start_round):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", server_round, self.schedule.num_rounds)
+            train = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
+            if self.secure is not None:
+                new_arrays = self.secure_train(server_round, grid, train, arrays, timeout)
+            else:
+                new_arrays, _ = self.train_outcome(server_round, exchange(grid, train, timeout))
+            if new_arrays is not None:
+                arrays = new_arrays
+            evaluate = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+            if evaluate:
+                self.evaluate_outcome(server_round, exchange(grid, evaluate, timeout))
+            if on_round_end is not None:
+                on_round_end(server_round)
 
-    def restore(self, params: dict[str, torch.Tensor], optimizer_state: dict) -> None:
-        """Continue from a checkpoint: same meta-parameters, same optimizer moments and step counts."""
-        missing = self.params.keys() ^ params.keys()
-        if missing:
-            raise ValueError(f"the checkpoint's meta-parameters differ from this model's: {sorted(missing)[:5]}")
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(params[name])
-        self.optimizer.load_state_dict(optimizer_state)
 
-    def step(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One outer-optimizer step with the averaged meta-gradient; returns the new meta-parameters."""
-        if self.optimizer is None:
-            raise RuntimeError("FedMeta.step before initialize(): no meta-parameters to update")
-        missing = self.params.keys() ^ grads.keys()
-        if missing:
-            raise ValueError(f"meta-gradient keys differ from the meta-parameters: {sorted(missing)}")
-        for name, p in self.params.items():
-            p.grad = grads[name].to(p.dtype)
-        self.optimizer.step()
-        return {k: p.detach().clone() for k, p in self.params.items()}
+class _RoundLog:
+    """What the current training round needs for its record: sampled sites, bytes sent, start."""
+
+    def __init__(self, sampled: int = 0, bytes_down: int = 0) -> None:
+        self.sampled, self.bytes_down, self.start = sampled, bytes_down, time.monotonic()

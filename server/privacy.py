@@ -29,6 +29,7 @@ from flwr.supercore.privacy_accounting import (
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
+from common.functional import tensor_sum
 from common.privacy import add_noise, clip
 
 NOISE_MODES = ("server", "sites")
@@ -46,20 +47,25 @@ class Privacy:
     def __post_init__(self) -> None:
         if self.mode not in NOISE_MODES:
             raise ValueError(f"dp-noise={self.mode!r}: choose one of {', '.join(NOISE_MODES)}")
-        self.accountant = RdpAccountant(PrivacyConfig(
-            target_delta=self.delta, population_size=max(1, self.population),
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION))
+        self.accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=self.delta,
+                population_size=max(1, self.population),
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
 
     def aggregate(self, updates: list[dict[str, torch.Tensor]], sampled: int) -> tuple[dict[str, torch.Tensor], float]:
         """The private mean of the accepted updates over the `sampled` sites, and the noise
         multiplier it actually carries."""
         if self.mode == "server":
             clipped = [clip(u, self.clip)[0] for u in updates]  # enforce the bound whatever a site did
-            total = {k: sum(u[k].double() for u in clipped) for k in updates[0]}
+            total = {k: tensor_sum(u[k].double() for u in clipped) for k in updates[0]}
             total = add_noise(total, self.noise_multiplier * self.clip)
             effective = self.noise_multiplier
         else:  # the sites clipped and noised: the coordinator only sums
-            total = {k: sum(u[k].double() for u in updates) for k in updates[0]}
+            total = {k: tensor_sum(u[k].double() for u in updates) for k in updates[0]}
             effective = self.received_multiplier(len(updates), sampled)
         return {k: (v / sampled).float() for k, v in total.items()}, effective
 
@@ -68,8 +74,17 @@ class Privacy:
         return self.noise_multiplier * math.sqrt(received / sampled)
 
     def account(self, effective_multiplier: float, sampled: int) -> dict[str, float]:
-        self.accountant.compose(GaussianPrivacyEvent(effective_multiplier, min(sampled, self.accountant.config.population_size),
-                                                     self.accountant.config.population_size))
+        self.accountant.compose(
+            GaussianPrivacyEvent(
+                effective_multiplier,
+                min(sampled, self.accountant.config.population_size),
+                self.accountant.config.population_size,
+            )
+        )
         spent = self.accountant.get_privacy_spent(self.delta)
-        return {"epsilon": spent.epsilon, "delta": self.delta, "noise-multiplier": effective_multiplier,
-                "releases": spent.num_releases}
+        return {
+            "epsilon": spent.epsilon,
+            "delta": self.delta,
+            "noise-multiplier": effective_multiplier,
+            "releases": spent.num_releases,
+        }

@@ -58,6 +58,7 @@ def finite(low: float = -math.inf, high: float = math.inf) -> Rule:
         if not low <= value <= high:
             raise Rejected(f"'{key}' = {value:g} is outside [{low:g}, {high:g}]")
         return value
+
     return rule
 
 
@@ -66,9 +67,13 @@ def count(low: int, high: int) -> Rule:
         if not math.isfinite(value) or value != int(value):
             raise Rejected(f"'{key}' = {value} is not a whole number")
         if not low <= value <= high:
-            raise Rejected(f"'{key}' = {int(value)} is outside [{low}, {high}]" if low != high
-                           else f"'{key}' = {int(value)}, expected {low}")
+            raise Rejected(
+                f"'{key}' = {int(value)} is outside [{low}, {high}]"
+                if low != high
+                else f"'{key}' = {int(value)}, expected {low}"
+            )
         return float(int(value))
+
     return rule
 
 
@@ -78,14 +83,21 @@ def half_width(allow_nan: bool) -> Rule:
 
     def rule(key: str, value: float) -> float:
         return value if allow_nan and math.isnan(value) else nonnegative(key, value)
+
     return rule
 
 
 FRACTION = finite(0.0, 1.0)
 NONNEGATIVE = finite(0.0)
 # what `common.algorithms` reports per evaluation episode, and the range of its mean
-EVAL_MEANS: dict[str, Rule] = {"acc-before": FRACTION, "acc-after": FRACTION, "auc-after": FRACTION, "loss-after": NONNEGATIVE,
-                               "support-acc-before": FRACTION, "support-acc-after": FRACTION}
+EVAL_MEANS: dict[str, Rule] = {
+    "acc-before": FRACTION,
+    "acc-after": FRACTION,
+    "auc-after": FRACTION,
+    "loss-after": NONNEGATIVE,
+    "support-acc-before": FRACTION,
+    "support-acc-after": FRACTION,
+}
 
 
 def scalars(record: Mapping[str, object], schema: Mapping[str, Rule]) -> dict[str, float]:
@@ -100,7 +112,12 @@ def scalars(record: Mapping[str, object], schema: Mapping[str, Rule]) -> dict[st
 
 
 def _record(content: RecordDict, name: str, kind: str):
-    records = {"metrics": content.metric_records, "config": content.config_records, "arrays": content.array_records}[kind]
+    by_kind: dict[str, Mapping[str, object]] = {
+        "metrics": content.metric_records,
+        "config": content.config_records,
+        "arrays": content.array_records,
+    }
+    records = by_kind[kind]
     if name not in records:
         raise Rejected(f"no '{name}' record")
     return records[name]
@@ -144,8 +161,14 @@ def site_claim(content: RecordDict) -> SiteClaim:
     if role not in ROLES:
         raise Rejected(f"'role' = {role!r}, expected one of {ROLES}")
     partition = _whole(info, "partition-id") if "partition-id" in info else None
-    return SiteClaim(_text(info, "site-name"), role, _whole(info, "num-train"), _whole(info, "num-test"),
-                     _text(info, "device"), partition)
+    return SiteClaim(
+        _text(info, "site-name"),
+        role,
+        _whole(info, "num-train"),
+        _whole(info, "num-test"),
+        _text(info, "device"),
+        partition,
+    )
 
 
 def train_metrics(content: RecordDict, tasks_per_round: int, with_tasks: bool = True) -> dict[str, float]:
@@ -175,8 +198,9 @@ def evaluation_metrics(content: RecordDict, eval_tasks: int | None) -> dict[str,
         raise Rejected(f"evaluation metrics: {error}") from None
 
 
-def check_update(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], weight: float,
-                 max_norm: float = 0.0) -> str | None:
+def check_update(
+    update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], weight: float, max_norm: float = 0.0
+) -> str | None:
     """Why a meta-gradient must not enter the aggregate, or None when it may: the
     meta-parameters' keys and shapes, a float dtype, finite values, a positive task count, and
     an L2 norm of at most `max_norm` (when > 0)."""
@@ -207,8 +231,13 @@ class TrainReply:
     metrics: dict[str, float]
 
 
-def train_reply(content: RecordDict, arrays_key: str, reference: Mapping[str, torch.Tensor], tasks_per_round: int,
-                max_norm: float = 0.0) -> TrainReply:
+def train_reply(
+    content: RecordDict,
+    arrays_key: str,
+    reference: Mapping[str, torch.Tensor],
+    tasks_per_round: int,
+    max_norm: float = 0.0,
+) -> TrainReply:
     """A training reply's meta-gradient, task count and metrics, all checked."""
     if arrays_key not in content.array_records:
         raise Rejected(f"reply without '{arrays_key}' arrays")
@@ -224,6 +253,7 @@ def train_reply(content: RecordDict, arrays_key: str, reference: Mapping[str, to
 
 
 # ---- secure aggregation: one reader per stage (`server.secure`)
+
 
 def _list(record: Mapping[str, object], key: str, kind: type) -> list:
     value = record.get(key)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from common.functional import tensor_sum
 from common.runconfig import AGGREGATORS
 
 
-def combine(updates: list[tuple[dict[str, torch.Tensor], float]], rule: str = "mean", trim_fraction: float = 0.1) -> dict[str, torch.Tensor]:
+def combine(
+    updates: list[tuple[dict[str, torch.Tensor], float]], rule: str = "mean", trim_fraction: float = 0.1
+) -> dict[str, torch.Tensor]:
     """Aggregate accepted meta-gradients (float64 inside, float32 out)."""
     if not updates:
         raise ValueError("no meta-gradients to aggregate")
@@ -21,7 +24,7 @@ def combine(updates: list[tuple[dict[str, torch.Tensor], float]], rule: str = "m
     keys = updates[0][0].keys()
     if rule == "mean":
         total = sum(weight for _, weight in updates)
-        return {k: sum(u[k].double() * (w / total) for u, w in updates).float() for k in keys}
+        return {k: tensor_sum(u[k].double() * (w / total) for u, w in updates).float() for k in keys}
     out = {}
     for k in keys:
         stacked = torch.stack([u[k].double() for u, _ in updates])  # (sites, *shape)
@@ -29,7 +32,7 @@ def combine(updates: list[tuple[dict[str, torch.Tensor], float]], rule: str = "m
             out[k] = stacked.quantile(0.5, dim=0) if stacked.numel() <= 2**24 else stacked.median(dim=0).values
         else:
             cut = int(trim_fraction * len(updates))
-            kept = stacked.sort(dim=0).values[cut:len(updates) - cut]
+            kept = stacked.sort(dim=0).values[cut : len(updates) - cut]
             out[k] = kept.mean(dim=0)
         out[k] = out[k].float()
     return out

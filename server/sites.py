@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from server.exchange import exchange
 from server.replies import Rejected, SiteClaim, site_claim
 
 SITE_RECORD = "site"
@@ -35,38 +36,14 @@ class SiteInfo:
     device: str = "unknown"  # where the site computes (cpu, cuda:0), as it reports it
 
     def as_dict(self) -> dict[str, object]:
-        return {"node_id": self.node_id, "name": self.name, "role": self.role, "num_train": self.num_train,
-                "num_test": self.num_test, "device": self.device}
-
-
-def answered(messages: list[Message], replies: list[Message]) -> dict[str, int]:
-    """Message id -> the node it was sent to, for the messages a grid has sent (it stamps the ids).
-    Errors made by the SuperLink (e.g. "Node Unavailable") come from the SuperLink's own node id
-    and name the node they stand for only through `reply_to_message_id`."""
-    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
-
-
-def source(reply: Message, sent: dict[str, int]) -> int:
-    """The node a reply answers for."""
-    return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-
-
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> tuple[dict[int, Message], dict[int, str]]:
-    """Send and wait: the good replies by node, and for every other addressed node why not."""
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    sent = answered(messages, replies)
-    ok, failed = {}, {}
-    for reply in replies:
-        node = source(reply, sent)
-        if reply.has_error():
-            failed[node] = reply.error.reason
-        else:
-            ok[node] = reply
-    for message in messages:
-        node = message.metadata.dst_node_id
-        if node not in ok and node not in failed:
-            failed[node] = f"no reply within {timeout:.0f} s ({message.metadata.message_type})"
-    return ok, failed
+        return {
+            "node_id": self.node_id,
+            "name": self.name,
+            "role": self.role,
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "device": self.device,
+        }
 
 
 @dataclass(frozen=True)
@@ -97,14 +74,18 @@ def identify(node: int, claim: SiteClaim, registered: dict[int, str], roster: Ro
     if any(registered.values()):  # a deployment: the registry decides
         name = registered.get(node, "")
         if not name:
-            raise Rejected("its key is registered without a name: register it with `flwr supernode register --name` "
-                           "(fedmeta coordinator does, from authorized-sites.csv)")
+            raise Rejected(
+                "its key is registered without a name: register it with `flwr supernode register --name` "
+                "(fedmeta coordinator does, from authorized-sites.csv)"
+            )
         if claim.name != name:
             raise Rejected(f"it claims to be site {claim.name!r}, but its key is registered as {name!r}")
     else:  # simulation: the partition decides
         if claim.partition is None or not 0 <= claim.partition < len(roster.partitions):
-            raise Rejected(f"it reports partition {claim.partition}, not one of the scenario's "
-                           f"{len(roster.partitions)} sites: set num-supernodes to the scenario's site count")
+            raise Rejected(
+                f"it reports partition {claim.partition}, not one of the scenario's "
+                f"{len(roster.partitions)} sites: set num-supernodes to the scenario's site count"
+            )
         name = roster.partitions[claim.partition][0]
         if claim.name != name:
             raise Rejected(f"it claims to be site {claim.name!r}, but partition {claim.partition} is {name!r}")
@@ -132,8 +113,9 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float, roster: Roster = 
     query = RecordDict({"config": ConfigRecord({"query": "site-info"})})
     messages = [Message(content=query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     found = Discovery()
-    replies, failed = exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()))
-    for node, reason in failed.items():
+    outcome = exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()))
+    replies = outcome.replies
+    for node, reason in outcome.failures.items():
         found.rejected[label[node]] = f"did not describe its site: {reason}"
         log(WARNING, "%s (node %s) did not describe its site and takes no part: %s", label[node], node, reason)
     taken: dict[str, int] = {}
@@ -149,9 +131,19 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float, roster: Roster = 
         found.sites[node] = SiteInfo(node, name, claim.role, claim.num_train, claim.num_test, claim.device)
     if not any(s.role == "train" for s in found.sites.values()):
         names = sorted(s.name for s in found.sites.values())
-        raise RuntimeError(f"no training site among the accepted sites {names} (rejected: {found.rejected or 'none'}); "
-                           "at least one needs role 'train'")
+        raise RuntimeError(
+            f"no training site among the accepted sites {names} (rejected: {found.rejected or 'none'}); "
+            "at least one needs role 'train'"
+        )
     for site in sorted(found.sites.values(), key=lambda s: s.name):
-        log(INFO, "site %s (node %s): %s, %d train / %d test examples, computes on %s", site.name, site.node_id, site.role,
-            site.num_train, site.num_test, site.device)
+        log(
+            INFO,
+            "site %s (node %s): %s, %d train / %d test examples, computes on %s",
+            site.name,
+            site.node_id,
+            site.role,
+            site.num_train,
+            site.num_test,
+            site.device,
+        )
     return found

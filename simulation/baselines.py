@@ -22,11 +22,12 @@ from common.config import EpisodeConfig
 from common.data.dataset import LabelledImages, pool
 from common.export import save_meta_model
 from common.models import build_model
+from common.native import resolve_kernels
+from common.protocol import evaluate_site, evaluation_tasks
 from common.runconfig import RunConfig, flat_run_config
+from common.scenario import load_scenario, load_site
 from common.tasks import EpisodeSampler, site_generator
-from simulation.protocol import evaluate_site, evaluation_tasks
-from simulation.report import Recorder
-from simulation.scenario import load_scenario, load_site
+from server.report import Recorder
 
 BASELINES = ("centralized", "local")
 POOLED_INDEX = 1_000_000  # the generator stream of the pooled learner, apart from every site's
@@ -41,19 +42,31 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     data_dir = cfg.data.data_dir or None
     sites = [load_site(scenario, i, data_dir) for i in range(len(scenario.sites))]
     model_config = scenario.model_config(cfg.model)
-    algorithm = build_algorithm(build_model(model_config), cfg.meta)
+    algorithm = build_algorithm(build_model(model_config), cfg.meta, resolve_kernels("auto"))
     torch.manual_seed(cfg.train.seed)
     init = algorithm.init_meta_params()
-    rows = [{"node_id": None, "name": s.spec.name, "role": s.spec.role, "num_train": len(s.train), "num_test": len(s.test)} for s in sites]
+    rows = [
+        {"node_id": None, "name": s.spec.name, "role": s.spec.role, "num_train": len(s.train), "num_test": len(s.test)}
+        for s in sites
+    ]
     out_dir = Path(cfg.train.out_dir)
     recorder = Recorder(out_dir, flat_run_config(cfg), cfg.data.scenario, f"{kind}-{cfg.meta.algorithm}", rows)
     train_ids = scenario.training_sites
     if kind == "centralized":
         pooled = pool({sites[i].spec.name: sites[i].train for i in train_ids})
-        learners = {"pooled": (_sampler(pooled, cfg), POOLED_INDEX, list(range(len(sites))), cfg.train.tasks_per_round * len(train_ids))}
+        learners = {
+            "pooled": (
+                _sampler(pooled, cfg),
+                POOLED_INDEX,
+                list(range(len(sites))),
+                cfg.train.tasks_per_round * len(train_ids),
+            )
+        }
     else:
-        learners = {sites[i].spec.name: (_sampler(sites[i].train, cfg), i, [i], cfg.train.tasks_per_round)
-                    for i in scenario.heldout_sites}
+        learners = {
+            sites[i].spec.name: (_sampler(sites[i].train, cfg), i, [i], cfg.train.tasks_per_round)
+            for i in scenario.heldout_sites
+        }
     state = {name: _learner(init, cfg) for name in learners}
     start = time.monotonic()
     for server_round in range(1, cfg.train.num_server_rounds + 1):
@@ -61,11 +74,17 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         train_metrics = {}
         for name, (sampler, index, _, count) in learners.items():
             meta, optimizer = state[name]
-            step = algorithm.meta_gradient(meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0)))
+            step = algorithm.meta_gradient(
+                meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
+            )
             for key, p in meta.items():
                 p.grad = step.grads[key]
             optimizer.step()
-            train_metrics[name] = {"meta-loss": step.loss, "query-acc": step.metrics["query_acc"], "num-tasks": step.num_tasks}
+            train_metrics[name] = {
+                "meta-loss": step.loss,
+                "query-acc": step.metrics["query_acc"],
+                "num-tasks": step.num_tasks,
+            }
         recorder.train(server_round, train_metrics, seconds=time.monotonic() - round_start)
         if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
             recorder.evaluate(server_round, *_evaluate(algorithm, state, learners, sites, cfg, cfg.episode))
@@ -73,13 +92,21 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         recorder.evaluate_shots(k, *_evaluate(algorithm, state, learners, sites, cfg, replace(cfg.episode, shots=k)))
     results = recorder.finish(time.monotonic() - start)
     if kind == "centralized":
-        save_meta_model(out_dir / "model", {k: v.detach() for k, v in state["pooled"][0].items()}, model_config, cfg.meta,
-                        cfg.episode, scenario=cfg.data.scenario, rounds=cfg.train.num_server_rounds)
+        save_meta_model(
+            out_dir / "model",
+            {k: v.detach() for k, v in state["pooled"][0].items()},
+            model_config,
+            cfg.meta,
+            cfg.episode,
+            scenario=cfg.data.scenario,
+            rounds=cfg.train.num_server_rounds,
+        )
     return results
 
 
-def _evaluate(algorithm, state: dict, learners: dict, sites: list, cfg: RunConfig,
-              episode: EpisodeConfig) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+def _evaluate(
+    algorithm, state: dict, learners: dict, sites: list, cfg: RunConfig, episode: EpisodeConfig
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Each learner's current meta-model scored on the sites it stands for, as in the federation:
     a site whose test data cannot make the episodes is reported, and the others still count."""
     per_site, errors = {}, {}

@@ -15,12 +15,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from common.runconfig import RunConfig, flat_run_config
+from common.scenario import load_scenario
 from server.app import meta_template
+from server.appdir import write_app_dir
 from server.checkpoint import CHECKPOINT, prepare_resume
-from simulation.report import RESULTS
-from simulation.scenario import load_scenario
+from server.report import RESULTS
+
+if TYPE_CHECKING:
+    from flwr.app import UserConfig
+    from flwr.app.typing import ConfigRecordValues
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Resources:
         if self.cpus_per_site <= 0 or not 0 <= self.gpus_per_site <= 1:
             raise ValueError(f"{self}: cpus-per-site must be > 0 and gpus-per-site in [0, 1]")
 
-    def ray_init_args(self) -> dict[str, object]:
+    def ray_init_args(self) -> dict[str, ConfigRecordValues]:
         """Arguments for `ray.init`, after checking that this machine can host one site.
 
         Flower's Ray backend fails an unplaceable site inside its runtime thread, and the
@@ -47,16 +53,20 @@ class Resources:
             return {"address": self.ray_address}
         cpus = os.cpu_count() or 1
         if self.cpus_per_site > cpus:
-            raise ValueError(f"cpus-per-site={self.cpus_per_site:g} but this machine has {cpus} CPU(s): "
-                             f"lower --cpus-per-site to at most {cpus}, or use --ray-address for a larger cluster")
-        args: dict[str, object] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            raise ValueError(
+                f"cpus-per-site={self.cpus_per_site:g} but this machine has {cpus} CPU(s): "
+                f"lower --cpus-per-site to at most {cpus}, or use --ray-address for a larger cluster"
+            )
+        args: dict[str, ConfigRecordValues] = {"include_dashboard": False, "logging_level": logging.WARNING}
         if self.gpus_per_site > 0:
             import torch
 
             gpus = torch.cuda.device_count()
             if gpus == 0:
-                raise ValueError(f"gpus-per-site={self.gpus_per_site:g} but torch sees no CUDA GPU on this machine: use "
-                                 "--gpus-per-site 0 (sites then compute on the CPU), or install the CUDA build of torch")
+                raise ValueError(
+                    f"gpus-per-site={self.gpus_per_site:g} but torch sees no CUDA GPU on this machine: use "
+                    "--gpus-per-site 0 (sites then compute on the CPU), or install the CUDA build of torch"
+                )
             args["num_gpus"] = gpus
         return args
 
@@ -71,31 +81,18 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
-        raise ValueError(f"--ray-address {address}: no Ray head node answers there ({error}); start one with "
-                         f"`ray start --head --port {port}` on that machine, or fix the address") from error
+        raise ValueError(
+            f"--ray-address {address}: no Ray head node answers there ({error}); start one with "
+            f"`ray start --head --port {port}` on that machine, or fix the address"
+        ) from error
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
-def write_app_dir(directory: Path, run_config: dict[str, object]) -> Path:
-    """A minimal Flower app (name, components, full config) pointing at fedmeta's apps."""
-    lines = [
-        "[project]", 'name = "fedmeta-simulation"', 'version = "0.1.0"', "",
-        "[tool.flwr.app]", 'publisher = "fedmeta"', "",
-        "[tool.flwr.app.components]", 'serverapp = "server.app:app"', 'clientapp = "client.app:app"', "",
-        "[tool.flwr.app.config]",
-        *(f"{key} = {_toml_value(value)}" for key, value in run_config.items()),
-    ]
-    (directory / "pyproject.toml").write_text("\n".join(lines) + "\n")
-    return directory
-
-
-def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool = False,
-             on_start: Callable[[int], None] | None = None) -> dict:
+def simulate(
+    cfg: RunConfig,
+    resources: Resources = Resources(),
+    verbose: bool = False,
+    on_start: Callable[[int], None] | None = None,
+) -> dict:
     """Run one federated simulation; returns the results written to `cfg.train.out_dir`."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -115,21 +112,29 @@ def simulate(cfg: RunConfig, resources: Resources = Resources(), verbose: bool =
     scenario = load_scenario(cfg.data.scenario)
     num_sites = len(scenario.sites)
     run_config = flat_run_config(cfg)
+    user_config = cast("UserConfig", run_config)  # every run-config field is a bool, int, float or str
     # the ServerApp decides; asking first turns a refusal into this error, not a Ray log line
-    prepare_resume(out_dir / CHECKPOINT, run_config, cfg.train.resume, cfg.train.force_resume,
-                   template=meta_template(cfg) if cfg.train.resume else None)
+    prepare_resume(
+        out_dir / CHECKPOINT,
+        run_config,
+        cfg.train.resume,
+        cfg.train.force_resume,
+        template=meta_template(cfg) if cfg.train.resume else None,
+    )
     # Ray warns on every start unless told how to treat GPU visibility for num_gpus=0 actors
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     handler = _log_to(out_dir / "simulation.log", verbose)
-    backend = {"client_resources": {"num_cpus": resources.cpus_per_site, "num_gpus": resources.gpus_per_site}}
+    backend: dict[str, dict[str, ConfigRecordValues]] = {
+        "client_resources": {"num_cpus": resources.cpus_per_site, "num_gpus": resources.gpus_per_site}
+    }
     backend["init_args"] = resources.ray_init_args()
     if not resources.ray_address:
         backend["init_args"]["log_to_driver"] = verbose
     # the legacy in-process entry point needs a run registered under Flower's default federation
     run = Run.create_empty(run_id=1)
-    run.override_config, run.primary_task_id, run.federation_id = dict(run_config), 1, NOOP_FEDERATION_ID
+    run.override_config, run.primary_task_id, run.federation_id = dict(user_config), 1, NOOP_FEDERATION_ID
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
-    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(user_config))
     if on_start is not None:
         on_start(num_sites)
     try:

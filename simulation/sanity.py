@@ -20,11 +20,11 @@ import torch
 from common.data import medmnist
 from common.data.dataset import LabelledImages
 from common.device import resolve_device
-from common.functional import Params, accuracy, cross_entropy, forward
+from common.files import write_json
+from common.functional import Params, accuracy, cross_entropy, forward, tensor_sum
 from common.metrics import auc
 from common.models import ModelConfig, build_model, init_params
 from common.tasks import site_generator
-from simulation.report import write_json
 
 # Test accuracy of ResNet-18 at 28 px: Yang et al., "MedMNIST v2 - A large-scale lightweight
 # benchmark for 2D and 3D biomedical image classification", Scientific Data 10, 41 (2023), Table 3.
@@ -76,8 +76,14 @@ def iid_shards(count: int, sites: int, seed: int) -> list[torch.Tensor]:
     return list(torch.tensor_split(order, sites))
 
 
-def local_train(model: torch.nn.Module, start: Params, data: LabelledImages, cfg: SanityConfig,
-                generator: torch.Generator, device: torch.device) -> Params:
+def local_train(
+    model: torch.nn.Module,
+    start: Params,
+    data: LabelledImages,
+    cfg: SanityConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Params:
     """`local_epochs` of minibatch training on one site's shard, from `start`; returns the new weights."""
     params = {k: v.detach().clone().requires_grad_() for k, v in start.items()}
     make = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
@@ -95,7 +101,7 @@ def fedavg(updates: list[tuple[Params, int]]) -> Params:
     """Average of the sites' weights, each weighted by its number of training examples (in float32:
     `server.robust.combine` averages in float64, which moves these tuned results)."""
     total = sum(n for _, n in updates)
-    return {k: sum(p[k] * (n / total) for p, n in updates) for k in updates[0][0]}
+    return {k: tensor_sum(p[k] * (n / total) for p, n in updates) for k in updates[0][0]}
 
 
 @torch.no_grad()
@@ -111,8 +117,14 @@ def run_sanity(cfg: SanityConfig) -> dict:
     meta = medmnist.info(cfg.dataset)
     splits = medmnist.load_splits(cfg.dataset, medmnist.SPLITS, cfg.data_dir)
     train, val, test = (splits[s] for s in medmnist.SPLITS)
-    config = ModelConfig(spatial_dims=meta.spatial_dims, in_channels=meta.channels, image_size=28,
-                         num_classes=len(meta.labels), width=cfg.width, num_groups=min(8, cfg.width))
+    config = ModelConfig(
+        spatial_dims=meta.spatial_dims,
+        in_channels=meta.channels,
+        image_size=28,
+        num_classes=len(meta.labels),
+        width=cfg.width,
+        num_groups=min(8, cfg.width),
+    )
     with torch.random.fork_rng(devices=[]):  # seeded initialization that leaves the caller's RNG alone
         torch.manual_seed(cfg.seed)
         model = build_model(config).to(device)
@@ -121,10 +133,14 @@ def run_sanity(cfg: SanityConfig) -> dict:
     generators = [site_generator(cfg.seed, site, 2) for site in range(cfg.sites)]
     history, best, best_round = [], weights, 0
     for rnd in range(1, cfg.rounds + 1):
-        updates = [(local_train(model, weights, shard, cfg, g, device), len(shard)) for shard, g in zip(shards, generators)]
+        updates = [
+            (local_train(model, weights, shard, cfg, g, device), len(shard)) for shard, g in zip(shards, generators)
+        ]
         weights = fedavg(updates)
         scores = evaluate(model, weights, val, device)
-        history.append({"round": rnd, "val_acc": scores["acc"], "val_auc": scores["auc"], "seconds": time.perf_counter() - start})
+        history.append(
+            {"round": rnd, "val_acc": scores["acc"], "val_auc": scores["auc"], "seconds": time.perf_counter() - start}
+        )
         if best_round == 0 or scores["acc"] > history[best_round - 1]["val_acc"]:
             best, best_round = weights, rnd
     final = evaluate(model, best, test, device)

@@ -44,22 +44,36 @@ def round_costs(results: dict, cpus_per_site: float = 1.0, cpus: int | None = No
         if not compute:
             continue
         ideal = max(max(compute), sum(compute) / min(parallel, len(compute)))
-        rows.append({
-            "round": row["round"], "sites": len(compute), "wall_s": row["seconds"], "slowest_site_s": max(compute),
-            "total_compute_s": sum(compute), "ideal_s": ideal, "overhead": (row["seconds"] - ideal) / ideal,
-            "bytes_up_per_site": row["bytes"]["up"] / len(compute), "bytes_down_per_site": row["bytes"]["down"] / len(compute),
-        })
+        rows.append(
+            {
+                "round": row["round"],
+                "sites": len(compute),
+                "wall_s": row["seconds"],
+                "slowest_site_s": max(compute),
+                "total_compute_s": sum(compute),
+                "ideal_s": ideal,
+                "overhead": (row["seconds"] - ideal) / ideal,
+                "bytes_up_per_site": row["bytes"]["up"] / len(compute),
+                "bytes_down_per_site": row["bytes"]["down"] / len(compute),
+            }
+        )
     return rows
 
 
 def summarize_costs(rows: list[dict], model_bytes: int, skip_first: bool = True) -> dict:
     """Medians over rounds (the first round also starts the actors and is left out)."""
     use = rows[1:] if skip_first and len(rows) > 1 else rows
-    median = lambda key: statistics.median(r[key] for r in use)  # noqa: E731
+    median = lambda key: statistics.median(r[key] for r in use)
     return {
-        "sites": use[0]["sites"], "rounds": len(use), "wall_s": median("wall_s"), "ideal_s": median("ideal_s"),
-        "slowest_site_s": median("slowest_site_s"), "overhead": median("overhead"),
-        "bytes_up_per_site": median("bytes_up_per_site"), "bytes_down_per_site": median("bytes_down_per_site"),
-        "model_bytes_fp32": model_bytes, "up_ratio_vs_fp32_model": median("bytes_up_per_site") / model_bytes,
+        "sites": use[0]["sites"],
+        "rounds": len(use),
+        "wall_s": median("wall_s"),
+        "ideal_s": median("ideal_s"),
+        "slowest_site_s": median("slowest_site_s"),
+        "overhead": median("overhead"),
+        "bytes_up_per_site": median("bytes_up_per_site"),
+        "bytes_down_per_site": median("bytes_down_per_site"),
+        "model_bytes_fp32": model_bytes,
+        "up_ratio_vs_fp32_model": median("bytes_up_per_site") / model_bytes,
         "down_ratio_vs_fp32_model": median("bytes_down_per_site") / model_bytes,
     }

@@ -18,7 +18,11 @@ def live_members(pgid: int) -> list[str]:
     """`pid command` of every process of group `pgid` that is not a zombie."""
     table = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 3) for line in table.splitlines()]
-    return [f"{r[0]} {r[3] if len(r) > 3 else ''}" for r in rows if len(r) >= 3 and r[1] == str(pgid) and not r[2].startswith("Z")]
+    return [
+        f"{r[0]} {r[3] if len(r) > 3 else ''}"
+        for r in rows
+        if len(r) >= 3 and r[1] == str(pgid) and not r[2].startswith("Z")
+    ]
 
 
 def group_gone(pgid: int, timeout: float = 15.0) -> bool:
@@ -39,8 +43,10 @@ class Processes:
         self.started: list[subprocess.Popen] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**_env(), **(env or {})})
+        with open(self.logs / f"{name}.log", "w") as log:  # the child writes to its own copy of the descriptor
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**_env(), **(env or {})}
+            )
         process.log_path = self.logs / f"{name}.log"
         self.started.append(process)
         return process

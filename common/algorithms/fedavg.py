@@ -21,6 +21,8 @@ from common.tasks import TaskBatch
 class FedAvg(MAML):
     name = "fedavg"
     first_order = True
+    # sites send `global - local`: SGD at rate 1 on their average is FedAvg's model average
+    outer_step = ("sgd", 1.0)
 
     def meta_gradient(self, meta: Params, batch: TaskBatch) -> MetaStep:
         device = next(iter(meta.values())).device
@@ -37,6 +39,11 @@ class FedAvg(MAML):
             local = {k: (v - self.config.local_lr * g).detach() for (k, v), g in zip(leaves.items(), grads)}
             losses.append(loss.detach())
             accs.append(accuracy(logits.detach(), y))
-        loss = torch.stack(losses).mean().item()
+        mean_loss = torch.stack(losses).mean().item()
         update = {k: meta[k].detach() - local[k] for k in local}
-        return MetaStep(loss=loss, grads=update, metrics={"meta_loss": loss, "query_acc": torch.stack(accs).mean().item()}, num_tasks=len(batch))
+        return MetaStep(
+            loss=mean_loss,
+            grads=update,
+            metrics={"meta_loss": mean_loss, "query_acc": torch.stack(accs).mean().item()},
+            num_tasks=len(batch),
+        )

@@ -6,11 +6,12 @@ Hessian terms that a copy-and-step implementation silently drops.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from common.algorithms.base import MetaAlgorithm
-from common.fastforward import Prepared
-from common.functional import GradFn, Params, autograd_grad, cross_entropy, forward
+from common.functional import GradFn, Params, autograd_grad, cross_entropy
 
 
 class MAML(MetaAlgorithm):
@@ -18,21 +19,21 @@ class MAML(MetaAlgorithm):
     first_order = False
 
     # Hooks that FOMAML, Meta-SGD and ANIL override; MAML adapts every weight of the model.
-    def features(self, meta: Params, x: torch.Tensor) -> torch.Tensor | Prepared:
-        """What the adaptable part of the model sees: the (prepared) input for MAML."""
-        return x if self.fast is None else self.fast.prepare(x)
+    def features(self, meta: Params, x: torch.Tensor) -> Any:  # noqa: ARG002 -- hook: ANIL reads meta
+        """What the adaptable part of the model sees: the backbone's prepared input for MAML."""
+        return self.prepare(x)
 
     def adaptable(self, meta: Params) -> Params:
         return self.model_params(meta)
 
-    def logits(self, fast: Params, features: torch.Tensor | Prepared) -> torch.Tensor:
-        return forward(self.model, fast, features) if self.fast is None else self.fast(fast, features)
+    def logits(self, fast: Params, features: Any) -> torch.Tensor:
+        return self.model.logits(fast, features, self.kernels)
 
-    def step_size(self, meta: Params, name: str) -> torch.Tensor | float:
+    def step_size(self, meta: Params, name: str) -> torch.Tensor | float:  # noqa: ARG002 -- hook: Meta-SGD reads both
         return self.config.inner_lr
 
     def inner_loop(
-        self, meta: Params, features: torch.Tensor, labels: torch.Tensor, steps: int, grad_fn: GradFn, create_graph: bool
+        self, meta: Params, features: Any, labels: torch.Tensor, steps: int, grad_fn: GradFn, create_graph: bool
     ) -> Params:
         fast = self.adaptable(meta)
         for _ in range(steps):

@@ -29,14 +29,14 @@ def proto_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
 class ProtoNet(MetaAlgorithm):
     name = "protonet"
 
-    def task_loss(self, meta, episode, grad_fn):
+    def task_loss(self, meta, episode, grad_fn):  # noqa: ARG002 -- MetaAlgorithm's signature; no inner loop
         support_x, support_y, query_x, query_y = episode
         ways = self.model.config.num_classes
         protos = prototypes(self.embed(meta, support_x), support_y, ways)
         logits = proto_logits(self.embed(meta, query_x), protos)
         return cross_entropy(logits, query_y), logits
 
-    def adapt(self, meta, support_x, support_y, steps=None):
+    def adapt(self, meta, support_x, support_y, steps=None):  # noqa: ARG002 -- prototypes take no steps
         with torch.no_grad():
             protos = prototypes(self.embed(meta, support_x), support_y, self.model.config.num_classes)
         head = {"head.weight": 2 * protos, "head.bias": -(protos * protos).sum(-1)}

@@ -11,10 +11,13 @@ from common.algorithms.metasgd import MetaSGD
 from common.algorithms.protonet import ProtoNet
 from common.config import ALGORITHMS, MetaConfig
 from common.models import MetaNet
+from common.native.build import NativeKernels
 
 REGISTRY: dict[str, type[MetaAlgorithm]] = {cls.name: cls for cls in (MAML, FOMAML, MetaSGD, ANIL, ProtoNet, FedAvg)}
 assert tuple(REGISTRY) == ALGORITHMS
 
 
-def build_algorithm(model: MetaNet, config: MetaConfig) -> MetaAlgorithm:
-    return REGISTRY[config.algorithm](model, config)
+def build_algorithm(model: MetaNet, config: MetaConfig, kernels: NativeKernels | None = None) -> MetaAlgorithm:
+    """`config.algorithm` on `model`; `kernels` (common.native.resolve_kernels, a per-machine
+    choice) run the backbone's fused ops on CPU tensors."""
+    return REGISTRY[config.algorithm](model, config, kernels)

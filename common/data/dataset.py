@@ -93,7 +93,11 @@ class LabelledImages:
 def pool(parts: dict[str, LabelledImages]) -> LabelledImages:
     """One set from several sites' sets; a class is (site, class name), so labels never merge
     across sites whose scanners or label definitions differ. Ids and patients are prefixed."""
-    classes, images, labels, ids, patients = [], [], [], [], []
+    classes: list[str] = []
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    ids: list[str] = []
+    patients: list[str] = []
     for site, data in parts.items():
         labels.append(data.labels + len(classes))
         classes.extend(f"{site}/{name}" for name in data.classes)

@@ -19,6 +19,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from monai.data import PILReader, PydicomReader
@@ -81,7 +82,10 @@ def check_folder(root: Path, spec: FolderSpec) -> tuple[LabelledImages | None, F
     report.rows = len(rows)
     classes = _class_list(root, rows, spec, report)
     report.classes = classes
-    images, labels, ids, patients = [], [], [], []
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    patients: list[str] = []
     loader = _image_loader()
     scale = ScaleIntensity(minv=0.0, maxv=1.0)
     for row in rows:
@@ -96,7 +100,7 @@ def check_folder(root: Path, spec: FolderSpec) -> tuple[LabelledImages | None, F
         if image is None:
             continue
         report.shapes[tuple(image.shape)] += 1
-        images.append(scale(image))
+        images.append(cast(torch.Tensor, scale(image)))  # MONAI returns the type it is given
         labels.append(classes.index(row.label))
         ids.append(row.path)
         patients.append(row.patient if row.patient is not None else row.path)
@@ -167,9 +171,12 @@ def _read_rows(root: Path, report: FolderReport) -> list[_Row] | None:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in reader.fieldnames or []]
         if not {"path", "label"} <= set(header):
-            report.add(str(csv_path), f"has columns {header}", "the first line must name the columns path,label[,patient_id]")
+            report.add(
+                str(csv_path), f"has columns {header}", "the first line must name the columns path,label[,patient_id]"
+            )
             return None
-        rows, seen = [], {}
+        rows: list[_Row] = []
+        seen: dict[str, int] = {}
         for line, raw in enumerate(reader, start=2):
             values = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
             path, label = values.get("path", ""), values.get("label", "")
@@ -177,7 +184,9 @@ def _read_rows(root: Path, report: FolderReport) -> list[_Row] | None:
                 report.add(f"{LABELS_CSV} line {line}", "has an empty path or label", "fill in both or delete the line")
                 continue
             if path in seen:
-                report.add(f"{LABELS_CSV} line {line}", f"repeats {path} (first on line {seen[path]})", "list each image once")
+                report.add(
+                    f"{LABELS_CSV} line {line}", f"repeats {path} (first on line {seen[path]})", "list each image once"
+                )
                 continue
             seen[path] = line
             rows.append(_Row(line, path, label, values.get("patient_id") or None))
@@ -209,15 +218,20 @@ def _read_image(root: Path, row: _Row, loader: LoadImage, report: FolderReport) 
         report.add(where, "does not exist", "fix the path in labels.csv or restore the file")
         return None
     if not path.name.lower().endswith(SUFFIXES):
-        report.add(where, f"has an unsupported file type {path.suffix!r}", f"convert it to one of {', '.join(SUFFIXES)}")
+        report.add(
+            where, f"has an unsupported file type {path.suffix!r}", f"convert it to one of {', '.join(SUFFIXES)}"
+        )
         return None
     try:
         with warnings.catch_warnings():  # pydicom: no orientation tags -> identity affine; unused here
             warnings.filterwarnings("ignore", message="PydicomReader: ImageOrientationPatient")
             image = torch.as_tensor(loader(str(path))).float()
     except Exception as error:  # noqa: BLE001 -- every reader raises its own type; the message is kept
-        report.add(where, f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
-                   "the file is corrupt or truncated: export it again, or delete its line from labels.csv")
+        report.add(
+            where,
+            f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
+            "the file is corrupt or truncated: export it again, or delete its line from labels.csv",
+        )
         return None
     if image.numel() == 0 or not bool(torch.isfinite(image).all()):
         report.add(where, "has no pixels or non-finite values", "export the image again")

@@ -117,9 +117,10 @@ def _download(entry: dict[str, str], path: Path) -> str | None:
     """Fetch to a temporary file and move it into place; returns why it failed, or None."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(entry["url"], timeout=30) as response, tempfile.NamedTemporaryFile(
-            dir=path.parent, suffix=".part", delete=False
-        ) as tmp:
+        with (
+            urllib.request.urlopen(entry["url"], timeout=30) as response,
+            tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp,
+        ):
             shutil.copyfileobj(response, tmp)
         Path(tmp.name).replace(path)
         return None
@@ -127,9 +128,7 @@ def _download(entry: dict[str, str], path: Path) -> str | None:
         return f"download failed: {error}"
 
 
-def load(
-    flag: str, split: str, data_dir: Path, size: int = 28, download: bool = False
-) -> LabelledImages:
+def load(flag: str, split: str, data_dir: Path, size: int = 28, download: bool = False) -> LabelledImages:
     """One split of a MedMNIST dataset as float images in [0, 1], (M, C, *S) with C = 1 or 3."""
     return load_splits(flag, (split,), data_dir, size, download)[split]
 

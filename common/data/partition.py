@@ -3,6 +3,8 @@ into train and test by patient. Every function takes its randomness from the gen
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 
@@ -13,7 +15,7 @@ def split_by_shares(size: int, shares: list[float], rng: np.random.Generator) ->
         raise ValueError(f"shares={shares}: give each site a positive share")
     bounds = np.round(np.cumsum([0.0, *shares]) / sum(shares) * size).astype(int)
     order = rng.permutation(size)
-    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [np.sort(order[a:b]) for a, b in pairwise(bounds)]
 
 
 def dirichlet_proportions(num_classes: int, sites: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
@@ -37,7 +39,9 @@ def split_by_proportions(labels: np.ndarray, proportions: np.ndarray, rng: np.ra
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-def split_by_patient(groups: torch.Tensor, test_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def split_by_patient(
+    groups: torch.Tensor, test_fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, test) sample indices with every patient wholly on one side.
 
     Patients are shuffled and moved to test until it holds `test_fraction` of the samples."""

@@ -52,8 +52,13 @@ def synthetic_site(
         count, (rmin, rmax) = COUNTS[label % len(COUNTS)], SIZES[label // len(COUNTS)]
         for _ in range(per_class):
             image, _ = create_test_image_2d(
-                image_size, image_size, num_objs=count, rad_min=max(1, round(rmin * scale)),
-                rad_max=max(2, round(rmax * scale)), noise_max=0.0, random_state=rng,
+                image_size,
+                image_size,
+                num_objs=count,
+                rad_min=max(1, round(rmin * scale)),
+                rad_max=max(2, round(rmax * scale)),
+                noise_max=0.0,
+                random_state=rng,
             )
             images.append(np.clip(image, 0, 1).astype(np.float32))
             labels.append(label)

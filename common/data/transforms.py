@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.transforms import Resize
 
@@ -31,7 +33,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     if tuple(images.shape[2:]) == target:
         return images
     mode = "area" if min(images.shape[2:]) >= size else ("bilinear" if images.dim() == 4 else "trilinear")
-    kwargs = {} if mode == "area" else {"align_corners": False}
+    kwargs: dict[str, Any] = {} if mode == "area" else {"align_corners": False}
     transform = Resize(spatial_size=target, mode=mode, anti_aliasing=False, **kwargs)
     # MONAI resizes each channel alike: fold the batch into channels for one call
     folded = torch.as_tensor(transform(images.reshape(-1, *images.shape[2:])))

@@ -53,8 +53,23 @@ class _NormPool(torch.autograd.Function):
         shape = (n, c, *(s // 2 for s in x.shape[2:]))
         y, win = torch.empty(shape, dtype=x.dtype), torch.empty(shape, dtype=torch.uint8)
         mean, rstd = torch.empty(n, groups, dtype=x.dtype), torch.empty(n, groups, dtype=x.dtype)
-        _call(kernels, "gnpool_forward", x.dtype, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), _ptr(win), _ptr(mean),
-              _ptr(rstd), n, c, groups, eps, *_spatial(x))
+        _call(
+            kernels,
+            "gnpool_forward",
+            x.dtype,
+            _ptr(x),
+            _ptr(weight),
+            _ptr(bias),
+            _ptr(y),
+            _ptr(win),
+            _ptr(mean),
+            _ptr(rstd),
+            n,
+            c,
+            groups,
+            eps,
+            *_spatial(x),
+        )
         ctx.save_for_backward(x, weight)
         ctx.mark_non_differentiable(win)
         ctx.rest, ctx.groups, ctx.kernels = (win, mean, rstd), groups, kernels
@@ -76,8 +91,24 @@ class _NormPoolBackward(torch.autograd.Function):
         n, c = x.shape[:2]
         gx = torch.empty_like(x)
         gw, gb = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
-        _call(kernels, "gnpool_backward", x.dtype, _ptr(x), _ptr(gy), _ptr(win), _ptr(weight), _ptr(mean), _ptr(rstd),
-              _ptr(gx), _ptr(gw), _ptr(gb), n, c, groups, *_spatial(x))
+        _call(
+            kernels,
+            "gnpool_backward",
+            x.dtype,
+            _ptr(x),
+            _ptr(gy),
+            _ptr(win),
+            _ptr(weight),
+            _ptr(mean),
+            _ptr(rstd),
+            _ptr(gx),
+            _ptr(gw),
+            _ptr(gb),
+            n,
+            c,
+            groups,
+            *_spatial(x),
+        )
         ctx.save_for_backward(gy, x, weight)
         ctx.rest, ctx.groups, ctx.kernels = (win, mean, rstd), groups, kernels
         return gx, gw, gb
@@ -90,9 +121,27 @@ class _NormPoolBackward(torch.autograd.Function):
         n, c = x.shape[:2]
         ggy, gx2, gw2 = torch.empty_like(gy), torch.empty_like(x), torch.empty(c, dtype=x.dtype)
         u, ugw, ugb = _contiguous(u), _contiguous(ugw), _contiguous(ugb)
-        _call(ctx.kernels, "gnpool_double_backward", x.dtype, _ptr(x), _ptr(gy), _ptr(win), _ptr(weight), _ptr(mean),
-              _ptr(rstd), _ptr(u), _ptr(ugw), _ptr(ugb), _ptr(ggy), _ptr(gx2), _ptr(gw2), n, c, ctx.groups,
-              *_spatial(x))
+        _call(
+            ctx.kernels,
+            "gnpool_double_backward",
+            x.dtype,
+            _ptr(x),
+            _ptr(gy),
+            _ptr(win),
+            _ptr(weight),
+            _ptr(mean),
+            _ptr(rstd),
+            _ptr(u),
+            _ptr(ugw),
+            _ptr(ugb),
+            _ptr(ggy),
+            _ptr(gx2),
+            _ptr(gw2),
+            n,
+            c,
+            ctx.groups,
+            *_spatial(x),
+        )
         return ggy, gx2, gw2 if weight is not None else None, None, None, None, None, None
 
 
@@ -104,14 +153,23 @@ def _spatial(x: torch.Tensor) -> tuple[int, ...]:
 
 def supported(x: torch.Tensor) -> bool:
     """Whether the C kernels can take `x`: a plain (not a subclass) CPU tensor of float32/64."""
-    return type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in SUFFIX and x.numel() > 0 and x.layout == torch.strided
+    return (
+        type(x) is torch.Tensor
+        and x.device.type == "cpu"
+        and x.dtype in SUFFIX
+        and x.numel() > 0
+        and x.layout == torch.strided
+    )
 
 
 def norm_pool_relu(kernels: NativeKernels, x, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
     """relu(max_pool(group_norm(x))) with 2^d windows, stride 2, floor mode: a conv block's tail."""
     channels = x.shape[1]
     if x.dim() not in (4, 5) or channels % groups:
-        raise ValueError(f"norm_pool_relu: input {tuple(x.shape)} with {groups} groups; needs (N, C, H, W[, D]) with C divisible by groups")
+        raise ValueError(
+            f"norm_pool_relu: input {tuple(x.shape)} with {groups} groups; "
+            "needs (N, C, H, W[, D]) with C divisible by groups"
+        )
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (t.dtype != x.dtype or t.device != x.device or t.numel() != channels):
             raise ValueError(
@@ -119,4 +177,3 @@ def norm_pool_relu(kernels: NativeKernels, x, groups: int, weight=None, bias=Non
                 f"{channels} x {x.dtype} on {x.device}"
             )
     return _NormPool.apply(x, weight, bias, groups, eps, kernels)
-

@@ -16,8 +16,17 @@ from pathlib import Path
 from common.runconfig import parse_run_config
 from simulation.run import simulate
 
-BASE = {"scenario": "synthetic", "ways": 5, "shots": 5, "queries": 15, "tasks-per-round": 4, "model-width": 32,
-        "eval-every": 1000, "eval-tasks": 5, "outer-lr": 0.01}
+BASE = {
+    "scenario": "synthetic",
+    "ways": 5,
+    "shots": 5,
+    "queries": 15,
+    "tasks-per-round": 4,
+    "model-width": 32,
+    "eval-every": 1000,
+    "eval-tasks": 5,
+    "outer-lr": 0.01,
+}
 MODES = {
     "plain": {},
     "secure aggregation": {"secure-aggregation": True},
@@ -33,10 +42,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in MODES.items():
             out = Path(tmp) / name.replace(" ", "-")
-            cfg = parse_run_config({**BASE, **extra, "num-server-rounds": args.rounds, "eval-every": args.rounds, "out-dir": str(out)})
+            cfg = parse_run_config(
+                {**BASE, **extra, "num-server-rounds": args.rounds, "eval-every": args.rounds, "out-dir": str(out)}
+            )
             results = simulate(cfg)
             rounds = results["rounds"]
-            rows.append((name, statistics.median(r["seconds"] for r in rounds), statistics.median(r["bytes"]["up"] for r in rounds)))
+            rows.append(
+                (
+                    name,
+                    statistics.median(r["seconds"] for r in rounds),
+                    statistics.median(r["bytes"]["up"] for r in rounds),
+                )
+            )
     plain_s, plain_b = rows[0][1], rows[0][2]
     print("| mode | s / round | ratio | bytes up / round | ratio |\n| --- | --- | --- | --- | --- |")
     for name, seconds, up in rows:

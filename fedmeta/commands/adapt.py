@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedmeta.errors import fail
+
 
 def adapt(
     model: Path = typer.Argument(..., help="Meta-model directory (model.safetensors + model.json), e.g. RUN/model."),
@@ -20,6 +22,9 @@ def adapt(
     steps: int = typer.Option(None, help="Adaptation steps (default: the model's eval-inner-steps)."),
     seed: int = typer.Option(0, help="Which examples form the support set."),
     out: Path = typer.Option(Path("personalized"), help="Where the adapted model and report go."),
+    kernels: str = typer.Option(
+        "auto", help="CPU norm, max-pool and ReLU: native (fedmeta's fused C kernels), torch, or auto."
+    ),
 ) -> None:
     """Adapt a meta-model on K labelled examples per class; report accuracy, AUC and a confusion matrix."""
     from common.data import DataError
@@ -27,6 +32,7 @@ def adapt(
     from common.data.folder import FolderSpec, load_folder
     from common.data.transforms import to_model_input
     from common.export import load_meta_model
+    from common.native.build import NativeKernelsUnavailable
     from common.personalize import personalize, write_personalized
 
     console = Console()
@@ -40,17 +46,26 @@ def adapt(
             if data_dir is None:
                 raise ValueError("--medmnist needs --data-dir (or FEDMETA_DATA_DIR)")
             raw = mm.load(medmnist, split, data_dir)
-            data = replace(raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist))
-        result = personalize(model, data, shots, steps, seed)
-    except (ValueError, FileNotFoundError, DataError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from error
+            data = replace(
+                raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
+            )
+        result = personalize(model, data, shots, steps, seed, kernels)
+    except (ValueError, FileNotFoundError, DataError, NativeKernelsUnavailable) as error:
+        fail(error)
     write_personalized(out, result)
     r = result.report
-    table = Table(title=f"{shots}-shot adaptation ({r['algorithm']}, {r['adaptation_steps']} steps), evaluated on {r['evaluated']} examples")
+    table = Table(
+        title=f"{shots}-shot adaptation ({r['algorithm']}, {r['adaptation_steps']} steps), "
+        f"evaluated on {r['evaluated']} examples"
+    )
     for column in ("accuracy", "balanced accuracy", "AUC", "loss", *(f"recall {c}" for c in result.classes)):
         table.add_column(column)
-    table.add_row(f"{r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f}", f"{r['balanced_accuracy']:.3f}", f"{r['auc']:.3f}", f"{r['loss']:.3f}",
-                  *(f"{v:.3f}" for v in r["recall_per_class"].values()))
+    table.add_row(
+        f"{r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f}",
+        f"{r['balanced_accuracy']:.3f}",
+        f"{r['auc']:.3f}",
+        f"{r['loss']:.3f}",
+        *(f"{v:.3f}" for v in r["recall_per_class"].values()),
+    )
     console.print(table)
     console.print(f"personalized model: {out / 'model'}; report: {out / 'report.json'}, {out / 'confusion_matrix.png'}")

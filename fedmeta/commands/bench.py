@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-bench_app = typer.Typer(help="Measure the speed of the meta-learning core and of a simulated federation.", no_args_is_help=True)
+from fedmeta.errors import fail
+
+bench_app = typer.Typer(
+    help="Measure the speed of the meta-learning core and of a simulated federation.", no_args_is_help=True
+)
 
 
 @bench_app.command("maml")
@@ -20,14 +25,19 @@ def bench_maml(
     queries: int = typer.Option(15, help="Query examples per class (Q)."),
     inner_steps: int = typer.Option(5, help="Inner-loop SGD steps."),
     inner_lr: float = typer.Option(0.4, help="Inner-loop learning rate."),
-    width: int = typer.Option(64, help="Channels of each Conv-4 block."),
+    width: int = typer.Option(64, help="Channels of each block of the backbone."),
     image_size: int = typer.Option(28, help="Side of the square 1-channel input."),
+    model: str = typer.Option("conv", help="Backbone: conv (Conv-4) or resnet (residual units)."),
     repeats: int = typer.Option(5, min=1, help="Timed repetitions of each method (medians are reported)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu, cuda, cuda:1."),
     execution: str = typer.Option("auto", help="Task execution: auto, loop, threads or vmap."),
     seed: int = typer.Option(0, help="Seed for weights and tasks."),
-    tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions and matmuls (faster; gradients then agree to about 1e-3)."),
-    kernels: str = typer.Option("auto", help="CPU norm, max-pool and ReLU: native (one fused C function), torch, or auto."),
+    tf32: bool = typer.Option(
+        False, help="CUDA: allow TF32 convolutions and matmuls (faster; gradients then agree to about 1e-3)."
+    ),
+    kernels: str = typer.Option(
+        "auto", help="CPU norm, max-pool and ReLU: native (one fused C function), torch, or auto."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Time one second-order MAML meta-batch: fedmeta vs `higher` vs a plain autograd loop."""
@@ -36,13 +46,27 @@ def bench_maml(
     from common.bench import BenchConfig, run_maml_bench
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        typer.echo(f"error: --device {device} requested but this torch build sees no CUDA device; use --device cpu", err=True)
-        raise typer.Exit(2)
+        fail(f"--device {device} requested but this torch build sees no CUDA device; use --device cpu")
     try:
-        cfg = BenchConfig(tasks, ways, shots, queries, inner_steps, inner_lr, width, image_size, repeats, device, execution, seed, tf32, kernels)
+        cfg = BenchConfig(
+            tasks,
+            ways,
+            shots,
+            queries,
+            inner_steps,
+            inner_lr,
+            width,
+            image_size,
+            repeats,
+            device,
+            execution,
+            seed,
+            tf32,
+            kernels,
+            model,
+        )
     except ValueError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        fail(error)
     console = Console(stderr=as_json)
     result = run_maml_bench(cfg, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
     table = Table(
@@ -90,22 +114,45 @@ def bench_federation(
         run_dir = out / f"sites-{count}"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "scenario.toml").write_text(synthetic_scenario(count))
-        cfg = parse_run_config({
-            "scenario": str(run_dir / "scenario.toml"), "out-dir": str(run_dir), "num-server-rounds": rounds,
-            "tasks-per-round": tasks_per_round, "eval-every": rounds, "eval-tasks": 1, "model-width": width,
-            "model-groups": min(8, width), "inner-steps": 2, "ways": 5, "shots": 1, "queries": 2,
-            "transport-dtype": transport_dtype, "min-sites": count, "execution": "loop",
-        })
+        cfg = parse_run_config(
+            {
+                "scenario": str(run_dir / "scenario.toml"),
+                "out-dir": str(run_dir),
+                "num-server-rounds": rounds,
+                "tasks-per-round": tasks_per_round,
+                "eval-every": rounds,
+                "eval-tasks": 1,
+                "model-width": width,
+                "model-groups": min(8, width),
+                "inner-steps": 2,
+                "ways": 5,
+                "shots": 1,
+                "queries": 2,
+                "transport-dtype": transport_dtype,
+                "min-sites": count,
+                "execution": "loop",
+            }
+        )
         console.print(f"[dim]{count} sites, {rounds} rounds...[/dim]")
         results = simulate(cfg, Resources(cpus_per_site=cpus_per_site))
         model_bytes = _model_bytes(cfg)
         summaries.append(summarize_costs(round_costs(results, cpus_per_site), model_bytes))
-    table = Table(title=f"Simulated federation, width-{width} Conv-4, {tasks_per_round} tasks/site/round, {transport_dtype} on the wire")
+    table = Table(
+        title=f"Simulated federation, width-{width} Conv-4, {tasks_per_round} tasks/site/round, "
+        f"{transport_dtype} on the wire"
+    )
     for column in ("sites", "round s", "ideal s", "overhead", "up bytes/site", "vs fp32 model", "down vs fp32 model"):
         table.add_column(column, justify="right")
     for s in summaries:
-        table.add_row(str(s["sites"]), f"{s['wall_s']:.2f}", f"{s['ideal_s']:.2f}", f"{100 * s['overhead']:.0f}%",
-                      f"{s['bytes_up_per_site']:.0f}", f"{s['up_ratio_vs_fp32_model']:.3f}", f"{s['down_ratio_vs_fp32_model']:.3f}")
+        table.add_row(
+            str(s["sites"]),
+            f"{s['wall_s']:.2f}",
+            f"{s['ideal_s']:.2f}",
+            f"{100 * s['overhead']:.0f}%",
+            f"{s['bytes_up_per_site']:.0f}",
+            f"{s['up_ratio_vs_fp32_model']:.3f}",
+            f"{s['down_ratio_vs_fp32_model']:.3f}",
+        )
     console.print(table)
     (out / "bench.json").write_text(json.dumps(summaries, indent=1))
     if as_json:
@@ -115,7 +162,7 @@ def bench_federation(
 def _model_bytes(cfg) -> int:
     from common.algorithms import build_algorithm
     from common.models import build_model
-    from simulation.scenario import load_scenario
+    from common.scenario import load_scenario
 
     model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
     return sum(v.numel() * 4 for v in build_algorithm(model, cfg.meta).init_meta_params().values())
@@ -124,9 +171,13 @@ def _model_bytes(cfg) -> int:
 @bench_app.command("sanity")
 def bench_sanity(
     dataset: str = typer.Option("pneumoniamnist,breastmnist", help="Comma-separated MedMNIST flags."),
-    data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="Directory with the MedMNIST .npz files."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="Directory with the MedMNIST .npz files."
+    ),
     sites: int = typer.Option(None, min=1, help="Virtual sites the train split is dealt to, IID (default 4)."),
-    rounds: int = typer.Option(None, min=1, help="FedAvg rounds (default per dataset: simulation.sanity.DEFAULT_ROUNDS)."),
+    rounds: int = typer.Option(
+        None, min=1, help="FedAvg rounds (default per dataset: simulation.sanity.DEFAULT_ROUNDS)."
+    ),
     local_epochs: int = typer.Option(None, min=1, help="Epochs each site trains over its shard per round (default 1)."),
     batch_size: int = typer.Option(None, min=1, help="Minibatch size of local training (default 32)."),
     lr: float = typer.Option(None, help="Local learning rate (default 1e-3)."),
@@ -142,33 +193,66 @@ def bench_sanity(
     from simulation.sanity import SanityConfig, default_rounds, run_sanity
 
     console = Console(stderr=as_json)
-    given = {"sites": sites, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "width": width}
+    given: dict[str, Any] = {
+        "sites": sites,
+        "local_epochs": local_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "width": width,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     try:
         if data_dir is None:
-            raise ValueError("no data directory: give --data-dir (or set FEDMETA_DATA_DIR) to the directory holding the MedMNIST .npz files")
+            raise ValueError(
+                "no data directory: give --data-dir (or set FEDMETA_DATA_DIR) "
+                "to the directory holding the MedMNIST .npz files"
+            )
         configs = [
-            SanityConfig(dataset=flag, data_dir=data_dir, rounds=rounds or default_rounds(flag), seed=seed, device=device, out_dir=out / flag, **given)
-            for flag in (f.strip() for f in dataset.split(",")) if flag
+            SanityConfig(
+                dataset=flag,
+                data_dir=data_dir,
+                rounds=rounds or default_rounds(flag),
+                seed=seed,
+                device=device,
+                out_dir=out / flag,
+                **given,
+            )
+            for flag in (f.strip() for f in dataset.split(","))
+            if flag
         ]
         if not configs:
-            raise ValueError(f"--dataset {dataset!r} names no dataset; give MedMNIST flags such as pneumoniamnist,breastmnist")
+            raise ValueError(
+                f"--dataset {dataset!r} names no dataset; give MedMNIST flags such as pneumoniamnist,breastmnist"
+            )
         results = []
         for cfg in configs:
-            console.print(f"[dim]{cfg.dataset}: {cfg.sites} sites, {cfg.rounds} rounds of {cfg.local_epochs} local epoch(s)...[/dim]")
+            console.print(
+                f"[dim]{cfg.dataset}: {cfg.sites} sites, "
+                f"{cfg.rounds} rounds of {cfg.local_epochs} local epoch(s)...[/dim]"
+            )
             results.append(run_sanity(cfg))
     except (ValueError, MedMNISTFileError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from error
+        fail(error)
     cfg = configs[0]
-    table = Table(title=f"Full-data FedAvg, {cfg.sites} IID sites, width-{cfg.width} Conv-4, model of the best validation round",
-                  caption="test split; majority: majority-class rate; paper: ResNet-18 (28 px), MedMNIST v2 Table 3")
+    table = Table(
+        title=f"Full-data FedAvg, {cfg.sites} IID sites, width-{cfg.width} Conv-4, model of the best validation round",
+        caption="test split; majority: majority-class rate; paper: ResNet-18 (28 px), MedMNIST v2 Table 3",
+    )
     for column in ("dataset", "rounds", "best", "test acc", "test AUC", "majority", "paper acc", "s"):
         table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=column == "dataset")
     for r in results:
         paper = r["paper_resnet18_28_acc"]
-        table.add_row(r["dataset"], str(len(r["rounds"])), str(r["best_round"]), f"{r['test_acc']:.3f}", f"{r['test_auc']:.3f}",
-                      f"{r['test_majority_acc']:.3f}", "n/a" if paper is None else f"{paper:.3f}", f"{r['seconds']:.0f}")
+        table.add_row(
+            r["dataset"],
+            str(len(r["rounds"])),
+            str(r["best_round"]),
+            f"{r['test_acc']:.3f}",
+            f"{r['test_auc']:.3f}",
+            f"{r['test_majority_acc']:.3f}",
+            "n/a" if paper is None else f"{paper:.3f}",
+            f"{r['seconds']:.0f}",
+        )
     console.print(table)
     if as_json:
         print(json.dumps(results))

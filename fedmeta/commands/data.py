@@ -62,7 +62,13 @@ def _check_medmnist(paths: list[Path], console: Console) -> bool:
     for path in paths:
         known = medmnist.identify(path)
         if known is None:
-            problems.append(Problem(path.name, "is not an official MedMNIST file name", "keep the official names, e.g. pneumoniamnist.npz"))
+            problems.append(
+                Problem(
+                    path.name,
+                    "is not an official MedMNIST file name",
+                    "keep the official names, e.g. pneumoniamnist.npz",
+                )
+            )
             continue
         flag, size = known
         try:
@@ -72,7 +78,9 @@ def _check_medmnist(paths: list[Path], console: Console) -> bool:
             digest = "[red]mismatch[/red]"
             problems.append(Problem(path.name, str(error), "replace the file"))
         with np.load(path) as archive:
-            shapes = " / ".join(str(archive[f"{s}_images"].shape[0]) for s in medmnist.SPLITS if f"{s}_images" in archive)
+            shapes = " / ".join(
+                str(archive[f"{s}_images"].shape[0]) for s in medmnist.SPLITS if f"{s}_images" in archive
+            )
         table.add_row(path.name, f"{medmnist.info(flag).name} ({size})", digest, shapes)
     console.print(table)
     return _print_problems(problems, console)
@@ -84,5 +92,7 @@ def _print_problems(problems, console: Console) -> bool:
         return True
     console.print(f"[red]{len(problems)} problem(s):[/red]")
     for problem in problems:
-        console.print(f"  - {problem.where}: {problem.message}\n      fix: {problem.fix}", highlight=False, soft_wrap=True)
+        console.print(
+            f"  - {problem.where}: {problem.message}\n      fix: {problem.fix}", highlight=False, soft_wrap=True
+        )
     return False

@@ -7,12 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from fedmeta.errors import fail
+
 provision_app = typer.Typer(help="Create and manage the consortium's certificates and site keys.", no_args_is_help=True)
-
-
-def _fail(console: Console, error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2) from error
 
 
 @provision_app.command("new")
@@ -30,14 +27,17 @@ def new(
     try:
         manifest = provision(out, host, site, force=force, port=port)
     except (ValueError, BundleExists) as error:
-        _fail(console, error)
+        fail(error)
     console.print(f"CA: {out / 'ca'} (keep ca.key offline)\ncoordinator bundle: {out / 'coordinator'}")
     for name in manifest["sites"]:
         console.print(f"site bundle: {out / 'sites' / name}")
 
 
 @provision_app.command("add-site")
-def add(out: Path = typer.Argument(..., help="The provisioning directory."), name: str = typer.Argument(..., help="New site's name.")) -> None:
+def add(
+    out: Path = typer.Argument(..., help="The provisioning directory."),
+    name: str = typer.Argument(..., help="New site's name."),
+) -> None:
     """Keys for a new site, and its public key on the coordinator's list."""
     from deploy.provision import BundleExists, add_site
 
@@ -45,12 +45,17 @@ def add(out: Path = typer.Argument(..., help="The provisioning directory."), nam
     try:
         bundle = add_site(out, name)
     except (ValueError, BundleExists, FileNotFoundError) as error:
-        _fail(console, error)
-    console.print(f"site bundle: {bundle}\nthen give the coordinator the updated {out / 'coordinator' / 'authorized-sites.csv'}")
+        fail(error)
+    console.print(
+        f"site bundle: {bundle}\nthen give the coordinator the updated {out / 'coordinator' / 'authorized-sites.csv'}"
+    )
 
 
 @provision_app.command("revoke-site")
-def revoke(out: Path = typer.Argument(..., help="The provisioning directory."), name: str = typer.Argument(..., help="Site to revoke.")) -> None:
+def revoke(
+    out: Path = typer.Argument(..., help="The provisioning directory."),
+    name: str = typer.Argument(..., help="Site to revoke."),
+) -> None:
     """Take a site's key off the coordinator's list."""
     from deploy.provision import revoke_site
 
@@ -58,5 +63,5 @@ def revoke(out: Path = typer.Argument(..., help="The provisioning directory."), 
     try:
         revoke_site(out, name)
     except (ValueError, FileNotFoundError) as error:
-        _fail(console, error)
+        fail(error)
     console.print(f"{name} revoked; give the coordinator the updated {out / 'coordinator' / 'authorized-sites.csv'}")

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedmeta.errors import fail
+
 scenario_app = typer.Typer(help="Describe federations: sites, their data, held-out sites.", no_args_is_help=True)
 
 DATA_DIR = typer.Option(
@@ -18,7 +20,7 @@ DATA_DIR = typer.Option(
 @scenario_app.command("list")
 def list_() -> None:
     """Built-in scenarios and their one-line description."""
-    from simulation.scenario import builtin_scenarios, load_scenario
+    from common.scenario import builtin_scenarios, load_scenario
 
     table = Table(title="built-in scenarios")
     for column in ("name", "sites (train + held out)", "description"):
@@ -38,15 +40,14 @@ def show(
     """Load every site's data as its client would and print what it holds."""
     from common.data import DataError, SiteShift
     from common.data.medmnist import MedMNISTFileError
-    from simulation.scenario import load_scenario, load_site
+    from common.scenario import load_scenario, load_site
 
     console = Console()
     try:
         sc = load_scenario(name)
         sites = [load_site(sc, i, data_dir, download) for i in range(len(sc.sites))]
     except (ValueError, FileNotFoundError, DataError, MedMNISTFileError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from error
+        fail(error)
     ep = sc.episode
     console.print(
         f"[bold]{sc.name}[/bold]: {sc.description}\n{sc.spatial_dims}D, {sc.channels} channel(s), "

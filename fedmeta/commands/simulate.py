@@ -15,67 +15,90 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-# `fedmeta simulate` with no arguments must finish in a couple of minutes on 2 CPU cores:
-# these replace the run-config defaults (sized for real federations) unless given.
-QUICK = {"num-server-rounds": 20, "tasks-per-round": 4, "model-width": 32, "eval-every": 5, "eval-tasks": 20, "outer-lr": 0.01}
+from fedmeta.errors import fail, report
 
 
 def simulate(
     scenario: str = typer.Option("synthetic", help="Built-in scenario (fedmeta scenario list) or a scenario .toml."),
-    algorithm: str = typer.Option("maml", help="maml, fomaml, meta-sgd, anil, protonet, fedavg; or centralized / local baselines."),
-    compare: str = typer.Option("", help="Comma-separated methods to run on identical scenario and seeds, e.g. maml,protonet,fedavg,centralized,local."),
-    rounds: int = typer.Option(None, help=f"Federated rounds (default {QUICK['num-server-rounds']})."),
-    tasks_per_round: int = typer.Option(None, help=f"Tasks per site and round (default {QUICK['tasks-per-round']})."),
-    eval_every: int = typer.Option(None, help=f"Evaluate every E rounds (default {QUICK['eval-every']})."),
+    algorithm: str = typer.Option(
+        "maml", help="maml, fomaml, meta-sgd, anil, protonet, fedavg; or centralized / local baselines."
+    ),
+    compare: str = typer.Option(
+        "",
+        help="Comma-separated methods to run on identical scenario and seeds, "
+        "e.g. maml,protonet,fedavg,centralized,local.",
+    ),
+    rounds: int = typer.Option(
+        None, help="Federated rounds (default: the scenario's recommendation, else num-server-rounds)."
+    ),
+    tasks_per_round: int = typer.Option(
+        None, help="Tasks per site and round (default: the scenario's, else tasks-per-round)."
+    ),
+    eval_every: int = typer.Option(None, help="Evaluate every E rounds (default: the scenario's, else eval-every)."),
     seed: int = typer.Option(0, help="Run seed (tasks, sampling, initialization)."),
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files / site folders."),
     out: Path = typer.Option(None, "--out", help="Output directory (default runs/SCENARIO-TIME)."),
-    run_config: str = typer.Option("", "--run-config", help="Any run-config keys, flwr style: \"inner-lr=0.1 model-width=64\"."),
+    run_config: str = typer.Option(
+        "", "--run-config", help='Any run-config keys, flwr style: "inner-lr=0.1 model-width=64".'
+    ),
     cpus_per_site: float = typer.Option(1.0, help="CPUs per virtual site (Ray resources)."),
     gpus_per_site: float = typer.Option(0.0, help="GPU fraction per virtual site (0.25: four sites share a GPU)."),
-    ray_address: str = typer.Option("", help="Use an existing Ray cluster (\"auto\" or ip:port) instead of a local one."),
+    ray_address: str = typer.Option("", help='Use an existing Ray cluster ("auto" or ip:port) instead of a local one.'),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force_resume: bool = typer.Option(False, "--force-resume", help="Resume although training settings changed."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's logs on the console."),
 ) -> None:
     """Run federated meta-training with N virtual sites; write results.json, metrics.csv and plots."""
     from common.runconfig import parse_overrides, parse_run_config
+    from common.scenario import load_scenario
     from simulation.baselines import BASELINES
-    from simulation.report import compare as write_comparison
+    from simulation.compare import compare as write_comparison
     from simulation.run import Resources
-    from simulation.scenario import load_scenario
 
     console = Console()
     try:
         sc = load_scenario(scenario)
         methods = [m.strip() for m in compare.split(",") if m.strip()] or [algorithm]
-        base = {**QUICK, **sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries}
+        base = {**sc.run_config, "ways": sc.episode.ways, "shots": sc.episode.shots, "queries": sc.episode.queries}
         given = {"num-server-rounds": rounds, "tasks-per-round": tasks_per_round, "eval-every": eval_every}
-        values = {**base, **{k: v for k, v in given.items() if v is not None}, **parse_overrides(run_config),
-                  "scenario": scenario, "seed": seed, **({"data-dir": str(data_dir)} if data_dir else {})}
+        values = {
+            **base,
+            **{k: v for k, v in given.items() if v is not None},
+            **parse_overrides(run_config),
+            "scenario": scenario,
+            "seed": seed,
+            **({"data-dir": str(data_dir)} if data_dir else {}),
+        }
         if (resume or force_resume) and out is None:
             raise ValueError("--resume continues a run: give its directory with --out")
         values.update({"resume": resume or force_resume, "force-resume": force_resume})
         out = out or Path("runs") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
         learner = "maml" if algorithm in BASELINES else algorithm  # what the baselines meta-train
         configs = {
-            m: parse_run_config({**values, "algorithm": learner if m in BASELINES else m, "out-dir": str(out / m if len(methods) > 1 else out)})
+            m: parse_run_config(
+                {
+                    **values,
+                    "algorithm": learner if m in BASELINES else m,
+                    "out-dir": str(out / m if len(methods) > 1 else out),
+                }
+            )
             for m in methods
         }
         resources = Resources(cpus_per_site, gpus_per_site, ray_address)
         resources.ray_init_args()  # this machine can host a site: checked before anything starts
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from error
+        fail(error)
 
     runs = {}
     for method, cfg in configs.items():
-        console.print(f"[bold]{method}[/bold] on [bold]{sc.name}[/bold]: {len(sc.training_sites)} training + "
-                      f"{len(sc.heldout_sites)} held-out sites, {cfg.train.num_server_rounds} rounds -> {cfg.train.out_dir}")
+        console.print(
+            f"[bold]{method}[/bold] on [bold]{sc.name}[/bold]: {len(sc.training_sites)} training + "
+            f"{len(sc.heldout_sites)} held-out sites, {cfg.train.num_server_rounds} rounds -> {cfg.train.out_dir}"
+        )
         try:
             runs[method] = _run_with_progress(method, cfg, resources, verbose, console)
         except Exception as error:  # noqa: BLE001 -- report which method failed and where its log is
-            console.print(f"[red]{method} failed:[/red] {error}", highlight=False, soft_wrap=True)
+            report(f"{method} failed: {error}")
             _exit(1)
         _print_final(method, runs[method], console)
     if len(runs) > 1:
@@ -83,9 +106,15 @@ def simulate(
         table = Table(title=f"{sc.name}: held-out sites, final round (mean ± 95% CI over episodes)")
         for column in ("method", "acc after adapting", "AUC", "acc without adapting", "seconds"):
             table.add_column(column)
+        fmt = lambda row, key: f"{row[key]:.3f} ± {row[key + ' ci95']:.3f}"
         for row in rows:
-            fmt = lambda key: f"{row[key]:.3f} ± {row[key + ' ci95']:.3f}"  # noqa: E731
-            table.add_row(row["algorithm"], fmt("heldout acc-after"), fmt("heldout auc-after"), fmt("heldout acc-before"), str(row["seconds"]))
+            table.add_row(
+                row["algorithm"],
+                fmt(row, "heldout acc-after"),
+                fmt(row, "heldout auc-after"),
+                fmt(row, "heldout acc-before"),
+                str(row["seconds"]),
+            )
         console.print(table)
         console.print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}")
 
@@ -101,14 +130,21 @@ def _exit(code: int) -> None:
 
 
 def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Console) -> dict:
+    from server.report import RESULTS
     from simulation.baselines import BASELINES, run_baseline
-    from simulation.report import RESULTS
     from simulation.run import simulate as run_simulation
 
     results_path = Path(cfg.train.out_dir) / RESULTS
     done = threading.Event()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("round {task.completed}/{task.total}"),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("round {task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task(method, total=cfg.train.num_server_rounds, status="starting")
 
         def watch() -> None:
@@ -139,12 +175,21 @@ def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Cons
 def _print_final(method: str, results: dict, console: Console) -> None:
     final = results["final"]
     roles = {s["name"]: s["role"] for s in results["sites"]}
-    table = Table(title=f"{method}: round {final['round']}, per site (mean ± 95% CI over {int(next(iter(final['evaluate'].values()))['num-tasks'])} episodes)")
+    episodes = int(next(iter(final["evaluate"].values()))["num-tasks"])
+    table = Table(title=f"{method}: round {final['round']}, per site (mean ± 95% CI over {episodes} episodes)")
     for column in ("site", "role", "acc after adapting", "AUC", "acc without adapting"):
         table.add_column(column)
     for site, m in sorted(final["evaluate"].items(), key=lambda kv: (roles.get(kv[0]) != "heldout", kv[0])):
-        table.add_row(site, roles.get(site, "?"), f"{m['acc-after']:.3f} ± {m['acc-after-ci']:.3f}",
-                      f"{m['auc-after']:.3f} ± {m['auc-after-ci']:.3f}", f"{m['acc-before']:.3f} ± {m['acc-before-ci']:.3f}")
+        table.add_row(
+            site,
+            roles.get(site, "?"),
+            f"{m['acc-after']:.3f} ± {m['acc-after-ci']:.3f}",
+            f"{m['auc-after']:.3f} ± {m['auc-after-ci']:.3f}",
+            f"{m['acc-before']:.3f} ± {m['acc-before-ci']:.3f}",
+        )
     console.print(table)
     out = Path(results["run_config"]["out-dir"])
-    console.print(f"results: {out / 'results.json'}, {out / 'metrics.csv'}, {out / 'heldout_accuracy.png'}, {out / 'sites_final.png'}")
+    console.print(
+        f"results: {out / 'results.json'}, {out / 'metrics.csv'}, "
+        f"{out / 'heldout_accuracy.png'}, {out / 'sites_final.png'}"
+    )

@@ -15,9 +15,27 @@ def fedmeta(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["bench"], ["bench", "maml"], ["data"], ["data", "check"], ["scenario"], ["scenario", "show"], ["scenario", "list"], ["simulate"], ["adapt"],
-             ["bench", "sanity"], ["provision"], ["provision", "new"], ["provision", "add-site"], ["provision", "revoke-site"], ["bench", "federation"],
-             ["coordinator"], ["site"]]
+    "args",
+    [
+        [],
+        ["bench"],
+        ["bench", "maml"],
+        ["data"],
+        ["data", "check"],
+        ["scenario"],
+        ["scenario", "show"],
+        ["scenario", "list"],
+        ["simulate"],
+        ["adapt"],
+        ["bench", "sanity"],
+        ["provision"],
+        ["provision", "new"],
+        ["provision", "add-site"],
+        ["provision", "revoke-site"],
+        ["bench", "federation"],
+        ["coordinator"],
+        ["site"],
+    ],
 )
 def test_every_command_has_help(args):
     out = fedmeta(*args, "--help")
@@ -33,7 +51,15 @@ def test_bench_maml_json_reports_equal_gradients():
     out = fedmeta("bench", "maml", "--json", "--repeats", "1")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for key in ("fedmeta_s", "higher_s", "autograd_s", "speedup_vs_higher", "max_rel_grad_diff", "peak_mem_mb", "device"):
+    for key in (
+        "fedmeta_s",
+        "higher_s",
+        "autograd_s",
+        "speedup_vs_higher",
+        "max_rel_grad_diff",
+        "peak_mem_mb",
+        "device",
+    ):
         assert key in result
     assert result["device"] == "cpu"
     assert result["max_rel_grad_diff"] < 1e-5
@@ -87,13 +113,16 @@ def test_data_check_passes_a_good_folder_and_the_shared_medmnist_files(tmp_path)
 def test_scenario_show_prints_every_site(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "fedmeta", "scenario", "show", "synthetic"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stderr
     for name in [*(f"site-{i}" for i in range(6)), "heldout-0", "heldout-1"]:
         assert name in out.stdout
     missing = fedmeta("scenario", "show", "medmnist-2d", "--data-dir", str(tmp_path))
-    assert missing.returncode == 2 and "pneumoniamnist.npz is not in" in missing.stdout
+    assert missing.returncode == 2 and "pneumoniamnist.npz is not in" in missing.stdout + missing.stderr
 
 
 def test_provision_new_then_refuses_to_overwrite(tmp_path):
@@ -101,7 +130,7 @@ def test_provision_new_then_refuses_to_overwrite(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "sites" / "st-mary" / "auth.key").is_file()
     again = fedmeta("provision", "new", "--out", str(tmp_path), "--host", "localhost", "--site", "st-mary")
-    assert again.returncode == 2 and "already exist" in again.stdout
+    assert again.returncode == 2 and "already exist" in again.stderr
 
 
 def test_coordinator_and_site_checks_from_the_command_line(tmp_path):
@@ -114,7 +143,11 @@ def test_coordinator_and_site_checks_from_the_command_line(tmp_path):
     site_toml = tmp_path / "sites" / "st-mary" / "site.toml"
     set_keys(site_toml, device="cpu", data_dir=str(tmp_path / "missing"))
     out = fedmeta("site", "--config", str(site_toml), "--check")
-    assert out.returncode == 1 and "problem: data:" in out.stdout and "missing does not exist" in " ".join(out.stdout.split())
+    assert (
+        out.returncode == 1
+        and "problem: data:" in out.stderr
+        and "missing does not exist" in " ".join(out.stderr.split())
+    )
     set_keys(site_toml, coordinator="no-port")
     out = fedmeta("site", "--config", str(site_toml), "--check")
-    assert out.returncode == 2 and "should be host:port" in " ".join(out.stdout.split())
+    assert out.returncode == 2 and "should be host:port" in " ".join(out.stderr.split())

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -12,14 +14,17 @@ def labelled_set(num_classes: int = 6, per_class: int = 8, size: int = 4, dtype=
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     # a learnable signal: class-dependent mean plus noise
-    images = torch.randn(len(labels), 1, size, size, generator=g, dtype=dtype) + labels.view(-1, 1, 1, 1).to(dtype) * 0.3
+    images = (
+        torch.randn(len(labels), 1, size, size, generator=g, dtype=dtype) + labels.view(-1, 1, 1, 1).to(dtype) * 0.3
+    )
     return images, labels
 
 
-@pytest.fixture
-def tiny_model():
+@pytest.fixture(params=["conv", "resnet"])
+def tiny_model(request):
+    """Every backbone: each algorithm and execution path must work with it unchanged."""
     torch.manual_seed(0)
-    return build_model(TINY).double()
+    return build_model(replace(TINY, backbone=request.param)).double()
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ import torch
 from torch.func import functional_call
 
 from common.algorithms import build_algorithm
-from common.config import MetaConfig
-from tests.common.conftest import labelled_set
-from common.config import EpisodeConfig
+from common.config import EpisodeConfig, MetaConfig
 from common.tasks import EpisodeSampler, site_generator
+from tests.common.conftest import labelled_set
 
 
 def local_sgd(model, params, batch, lr):

@@ -1,17 +1,18 @@
 """The fused C kernels: the same values and first and second derivatives as PyTorch's operators."""
 
+import ctypes
 import os
 import stat
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from common.algorithms import build_algorithm
-from common.algorithms.base import resolve_kernels
 from common.config import MetaConfig
 from common.models import ModelConfig, build_model
-from common.native import ops
+from common.native import build, ops, resolve_kernels
 from common.native.build import NativeKernelsUnavailable, library_path, load_kernels
 from tests.common.conftest import labelled_set
 
@@ -32,11 +33,12 @@ def reference(x, groups, w=None, b=None):
 
 
 @pytest.mark.parametrize(
-    "shape, groups", [((3, 8, 6, 6), 4), ((2, 4, 7, 5), 2), ((2, 4, 3, 3), 4), ((2, 4, 4, 5, 6), 2), ((1, 2, 3, 3, 3), 1)]
+    ("shape", "groups"),
+    [((3, 8, 6, 6), 4), ((2, 4, 7, 5), 2), ((2, 4, 3, 3), 4), ((2, 4, 4, 5, 6), 2), ((1, 2, 3, 3, 3), 1)],
 )
 def test_norm_pool_relu_values_and_two_derivatives_match_pytorch(kernels, shape, groups):
     x, w, b = f64(*shape), f64(shape[1], seed=1), f64(shape[1], seed=2)
-    fn = lambda x, w, b: ops.norm_pool_relu(kernels, x, groups, w, b)  # noqa: E731
+    fn = lambda x, w, b: ops.norm_pool_relu(kernels, x, groups, w, b)
     torch.testing.assert_close(fn(x, w, b), reference(x, groups, w, b), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
@@ -44,7 +46,7 @@ def test_norm_pool_relu_values_and_two_derivatives_match_pytorch(kernels, shape,
 
 def test_instance_norm_is_a_group_per_channel_without_affine(kernels):
     x = f64(3, 4, 6, 6)
-    fn = lambda x: ops.norm_pool_relu(kernels, x, 4)  # noqa: E731
+    fn = lambda x: ops.norm_pool_relu(kernels, x, 4)
     torch.testing.assert_close(fn(x), F.relu(F.max_pool2d(F.instance_norm(x), 2)), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradgradcheck(fn, (x,))
 
@@ -52,7 +54,7 @@ def test_instance_norm_is_a_group_per_channel_without_affine(kernels):
 def test_mismatched_parameters_are_refused_not_misread(kernels):
     """The C code reads raw memory: a float32 weight for a float64 map must not get that far."""
     x = f64(2, 4, 6, 6)
-    with pytest.raises(ValueError, match="weight is 4 x torch.float32.*needs 4 x torch.float64"):
+    with pytest.raises(ValueError, match=r"weight is 4 x torch.float32.*needs 4 x torch.float64"):
         ops.norm_pool_relu(kernels, x, 2, torch.ones(4), torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="bias is 3 x"):
         ops.norm_pool_relu(kernels, x, 2, torch.ones(4, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
@@ -107,12 +109,16 @@ def test_meta_gradient_is_the_same_with_either_kernels(norm, dims, algorithm):
     model = build_model(config).double()
     images, labels = labelled_set(size=8)
     if dims == 3:
-        images = images.unsqueeze(-1).expand(*images.shape, 8) + 0.1 * torch.randn(*images.shape, 8, dtype=torch.float64)
+        images = images.unsqueeze(-1).expand(*images.shape, 8) + 0.1 * torch.randn(
+            *images.shape, 8, dtype=torch.float64
+        )
     batch = EpisodeSampler(images, labels, EpisodeConfig(ways=3, shots=2, queries=3)).sample_batch(2, site_generator(1))
     grads = {}
     for kernels in ("native", "torch"):
-        algo = build_algorithm(model, MetaConfig(algorithm, inner_steps=2, inner_lr=0.3, execution="loop", kernels=kernels))
-        assert algo.kernels == kernels and algo.kernels_on(torch.device("cuda")) == "torch"
+        algo = build_algorithm(
+            model, MetaConfig(algorithm, inner_steps=2, inner_lr=0.3, execution="loop"), resolve_kernels(kernels)
+        )
+        assert algo.kernels_name == kernels and algo.kernels_on(torch.device("cuda")) == "torch"
         grads[kernels] = algo.meta_gradient(algo.init_meta_params(), batch).grads
     for name, g in grads["torch"].items():
         torch.testing.assert_close(grads["native"][name], g, rtol=1e-10, atol=1e-12, msg=name)
@@ -122,7 +128,9 @@ def test_vmap_falls_back_to_pytorchs_operators(tiny_model, tiny_batch):
     """C kernels cannot run under torch.func transforms; vmap gives the loop's gradient anyway."""
     results = {}
     for execution in ("loop", "vmap"):
-        algo = build_algorithm(tiny_model, MetaConfig("maml", inner_steps=2, inner_lr=0.3, execution=execution, kernels="native"))
+        algo = build_algorithm(
+            tiny_model, MetaConfig("maml", inner_steps=2, inner_lr=0.3, execution=execution), resolve_kernels("native")
+        )
         results[execution] = algo.meta_gradient(algo.init_meta_params(), tiny_batch).grads
     for name, g in results["loop"].items():
         torch.testing.assert_close(results["vmap"][name], g, rtol=1e-10, atol=1e-12)
@@ -143,24 +151,75 @@ def _fake_compiler(folder, script: str) -> None:
     cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
 
 
-def test_no_compiler_means_auto_uses_torch_and_native_says_what_to_install(tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_auto():
+    """`auto` decides once per process: forget that decision around the test."""
+    import common.native
+
+    common.native._load.cache_clear()
+    yield
+    common.native._load.cache_clear()
+
+
+def test_no_compiler_means_auto_warns_once_and_native_says_what_to_install(tmp_path, monkeypatch, fresh_auto):
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang here
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert resolve_kernels("auto") is None
-    with pytest.raises(NativeKernelsUnavailable, match="no C compiler.*install one.*kernels='torch'"):
+    with pytest.warns(
+        RuntimeWarning, match="fused CPU kernels are unavailable, using PyTorch's operators.*no C compiler"
+    ):
+        assert resolve_kernels("auto") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: a second site or algorithm in the process is not warned again
+        assert resolve_kernels("auto") is None
+    with pytest.raises(NativeKernelsUnavailable, match=r"no C compiler.*install one.*kernels='torch'"):
         resolve_kernels("native")
     model = build_model(ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2))
-    assert build_algorithm(model, MetaConfig("maml")).kernels == "torch"
+    assert build_algorithm(model, MetaConfig("maml"), resolve_kernels("torch")).kernels_name == "torch"
+    with pytest.raises(ValueError, match="kernels='fast': choose one of auto, native, torch"):
+        resolve_kernels("fast")
 
 
 def test_failed_compile_reports_the_compilers_words_and_leaves_no_file(tmp_path, monkeypatch):
     _fake_compiler(tmp_path / "bin", "echo 'kernels.c:1: error: this compiler is broken' >&2\nexit 1\n")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     cache = tmp_path / "cache"
-    with pytest.raises(NativeKernelsUnavailable, match="(?s)could not compile.*this compiler is broken.*kernels='torch'"):
+    with pytest.raises(
+        NativeKernelsUnavailable, match=r"(?s)could not compile.*this compiler is broken.*kernels='torch'"
+    ):
         load_kernels(cache)
     assert list(cache.iterdir()) == []
     assert not library_path(cache, str(tmp_path / "bin" / "cc")).exists()
+
+
+def test_compile_errors_point_at_the_real_source_line(tmp_path, monkeypatch):
+    """Every kernel is plain code, not a macro body: an error inside one is reported at its own
+    line of kernels.c (a macro would report the line that expands it)."""
+    lines = build.SOURCE.read_text().splitlines(keepends=True)
+    body = next(i for i, ln in enumerate(lines) if ln.startswith("int FN(gnpool_double_backward)("))
+    at = next(i for i in range(body, len(lines)) if "FN(gnpool_sparse_sums)(" in lines[i])  # inside the body
+    lines.insert(at, "    int not_c = ;\n")
+    broken = tmp_path / "src" / "kernels.c"
+    broken.parent.mkdir()
+    broken.write_text("".join(lines))
+    monkeypatch.setattr(build, "SOURCE", broken)
+    cache = tmp_path / "cache"
+    with pytest.raises(NativeKernelsUnavailable, match="could not compile") as error:
+        load_kernels(cache)
+    assert f"kernels.c:{at + 1}:" in str(error.value), str(error.value)
+    assert "kernels='torch'" in str(error.value)
+    assert list(cache.iterdir()) == []  # no library, no objects, no build folder
+
+
+def test_library_exports_the_six_kernels_and_nothing_else(kernels):
+    lib = ctypes.CDLL(str(kernels.path))
+    exported = {f"{name}_{suffix}" for name in build.SIGNATURES for suffix in build.SUFFIXES}
+    assert exported == {
+        f"gnpool_{kind}_{suffix}" for kind in ("forward", "backward", "double_backward") for suffix in ("f32", "f64")
+    }
+    for symbol in exported:
+        assert hasattr(lib, symbol), symbol
+    for helper in ("gn_stats_f32", "gnpool_sparse_sums_f64", "pool_row2_f32", "pool_grid_of"):
+        assert not hasattr(lib, helper), f"{helper} should stay internal (static)"
 
 
 def test_unwritable_cache_is_named(tmp_path):
@@ -181,9 +240,30 @@ def test_monai_metatensor_images_take_the_c_kernels(tiny_model, tiny_batch):
 
     from monai.data import MetaTensor
 
-    wrapped = dataclasses.replace(tiny_batch, support_x=MetaTensor(tiny_batch.support_x), query_x=MetaTensor(tiny_batch.query_x))
-    algo = build_algorithm(tiny_model, MetaConfig("maml", inner_steps=2, inner_lr=0.3, execution="loop", kernels="native"))
+    wrapped = dataclasses.replace(
+        tiny_batch, support_x=MetaTensor(tiny_batch.support_x), query_x=MetaTensor(tiny_batch.query_x)
+    )
+    algo = build_algorithm(
+        tiny_model, MetaConfig("maml", inner_steps=2, inner_lr=0.3, execution="loop"), resolve_kernels("native")
+    )
     meta = algo.init_meta_params()
     expected = algo.meta_gradient(meta, tiny_batch).grads
     for name, g in algo.meta_gradient(meta, wrapped).grads.items():
         torch.testing.assert_close(g, expected[name], rtol=0, atol=0)
+
+
+def test_the_embedded_copy_is_kernels_c_and_builds_the_same_library(tmp_path, monkeypatch):
+    """A Flower app bundle carries no .c file: the ClientApp compiles kernels_source.py's copy."""
+    from common.native.embed import embedded_module
+    from common.native.kernels_source import TEXT
+
+    assert build.SOURCE.read_text(encoding="utf-8") == TEXT, "kernels.c changed: run `python -m common.native.embed`"
+    assert build.EMBEDDED.read_text(encoding="utf-8") == embedded_module(TEXT)
+    from_source = load_kernels(tmp_path / "a")
+    monkeypatch.setattr(build, "SOURCE", tmp_path / "absent" / "kernels.c")  # as in a FAB
+    from_copy = load_kernels(tmp_path / "b")
+    assert from_copy.path.name == from_source.path.name  # the same cache key: the same text
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(
+        ops.norm_pool_relu(from_copy, x, 2), ops.norm_pool_relu(from_source, x, 2), rtol=0, atol=0
+    )

@@ -16,12 +16,19 @@ def data(per_class=6, classes=("a", "b"), patients=True, size=8):
     labels = torch.arange(len(classes)).repeat_interleave(per_class)
     images = torch.rand(len(labels), 1, size, size, generator=g) + labels.view(-1, 1, 1, 1)
     ids = tuple(f"x{i}" for i in range(len(labels)))
-    return LabelledImages(images, labels, classes, ids, tuple(f"p{i // 2}" for i in range(len(labels))) if patients else None)
+    return LabelledImages(
+        images, labels, classes, ids, tuple(f"p{i // 2}" for i in range(len(labels))) if patients else None
+    )
 
 
 def test_resize_head_keeps_the_first_rows_including_meta_sgd_rates():
-    meta = {"body.0.conv.weight": torch.zeros(4, 1, 3, 3), "head.weight": torch.arange(10.).view(5, 2), "head.bias": torch.arange(5.),
-            "inner_lr.head.weight": torch.ones(5, 2), "inner_lr.body.0.conv.weight": torch.ones(4, 1, 3, 3)}
+    meta = {
+        "body.0.conv.weight": torch.zeros(4, 1, 3, 3),
+        "head.weight": torch.arange(10.0).view(5, 2),
+        "head.bias": torch.arange(5.0),
+        "inner_lr.head.weight": torch.ones(5, 2),
+        "inner_lr.body.0.conv.weight": torch.ones(4, 1, 3, 3),
+    }
     small = resize_head(meta, 2)
     assert small["head.weight"].tolist() == [[0, 1], [2, 3]] and small["head.bias"].shape == (2,)
     assert small["inner_lr.head.weight"].shape == (2, 2) and small["inner_lr.body.0.conv.weight"].shape == (4, 1, 3, 3)
@@ -50,5 +57,5 @@ def test_personalize_end_to_end_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="do not fit the meta-model's input"):
         personalize(tmp_path, data(size=16), shots=2)
     (tmp_path / "model.json").unlink()
-    with pytest.raises(FileNotFoundError, match="model.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"model.json is missing"):
         personalize(tmp_path, data(), shots=2)

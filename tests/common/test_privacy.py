@@ -20,7 +20,9 @@ def test_every_clipped_update_is_within_the_bound(scale):
         assert all(torch.equal(clipped[k], update[k]) for k in update)  # below the bound: untouched
     else:
         assert l2_norm(clipped) == pytest.approx(1.0, rel=1e-3)  # direction kept, length at the bound
-        cosine = sum(float((clipped[k].double() * update[k].double()).sum()) for k in update) / (l2_norm(clipped) * norm)
+        cosine = sum(float((clipped[k].double() * update[k].double()).sum()) for k in update) / (
+            l2_norm(clipped) * norm
+        )
         assert cosine == pytest.approx(1.0, abs=1e-3)
 
 

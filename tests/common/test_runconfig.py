@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.runconfig import RunConfig, parse_run_config
+from common.runconfig import RunConfig, flat_run_config, parse_run_config
 
 DECLARED = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
@@ -52,3 +52,12 @@ def test_flat_run_config_round_trips():
 def test_eval_shots_parse_in_order_without_repeats():
     assert parse_run_config({"eval-shots": "10, 1,10"}).train.final_shots() == (10, 1)
     assert parse_run_config({}).train.final_shots() == ()
+
+
+def test_pyproject_declares_exactly_the_dataclass_defaults():
+    """The run config's defaults live in the dataclasses; Flower reads them from pyproject.toml,
+    which must say the same (every key, every value), or `flwr run .` would train another run."""
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["tool"]["flwr"][
+        "app"
+    ]["config"]
+    assert declared == flat_run_config(parse_run_config({}))

@@ -22,7 +22,11 @@ def run(vectors: dict[int, np.ndarray], threshold: int, drop_after_sharing=(), t
         blob = bytearray(inbox[receiver][sender])
         blob[-1] ^= 1
         inbox[receiver][sender] = bytes(blob)
-    masked = {i: secagg.masked_input(states[i], vectors[i], inbox[i], CLIP, LEVELS) for i in vectors if i not in drop_after_sharing}
+    masked = {
+        i: secagg.masked_input(states[i], vectors[i], inbox[i], CLIP, LEVELS)
+        for i in vectors
+        if i not in drop_after_sharing
+    }
     survivors, dropped = sorted(masked), sorted(drop_after_sharing)
     # the survivors' states go through bytes, as through Flower's context.state between messages
     responses = {i: secagg.unmask(SiteState.from_bytes(states[i].to_bytes()), survivors, dropped) for i in survivors}

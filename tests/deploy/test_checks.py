@@ -61,22 +61,29 @@ def test_the_run_command_carries_the_full_run_config(bundles, resume):
     assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}  # no code, only names
 
 
-@pytest.mark.parametrize(("keys", "message"), [
-    ({"fleet_port": 70000}, "is not a TCP port"),
-    ({"fleet_port": 9093}, "must differ"),
-    ({"audit": "yes"}, "audit = 'yes' should be a bool"),
-    ({"colour": "blue"}, "unknown keys ['colour']"),
-    ({"inner_lr": "fast"}, "inner-lr='fast': expected a float"),
-])
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"fleet_port": 70000}, "is not a TCP port"),
+        ({"fleet_port": 9093}, "must differ"),
+        ({"audit": "yes"}, "audit = 'yes' should be a bool"),
+        ({"colour": "blue"}, "unknown keys ['colour']"),
+        ({"inner_lr": "fast"}, "inner-lr='fast': expected a float"),
+    ],
+)
 def test_bad_coordinator_configs_name_the_key(bundles, keys, message):
     path = coordinator_toml(bundles)
     if "inner_lr" in keys or "colour" in keys:
         text = path.read_text()
-        text = text.replace('state-dir', 'colour = "blue"\nstate-dir') if "colour" in keys else text + 'inner-lr = "fast"\n'
+        text = (
+            text.replace("state-dir", 'colour = "blue"\nstate-dir')
+            if "colour" in keys
+            else text + 'inner-lr = "fast"\n'
+        )
         path.write_text(text)
     else:
         set_keys(path, **keys)
-    with pytest.raises(ConfigError, match="coordinator.toml") as error:
+    with pytest.raises(ConfigError, match=r"coordinator.toml") as error:
         load_coordinator_config(path)
     assert message in str(error.value)
 
@@ -97,8 +104,10 @@ def test_coordinator_checks_catch_a_readable_key_a_foreign_key_and_a_missing_hos
 def test_missing_coordinator_files_are_named(bundles):
     (bundles / "coordinator" / "server.pem").unlink()
     problems = check_coordinator(load_coordinator_config(coordinator_toml(bundles)))
-    assert problems == [f"server-cert {bundles / 'coordinator' / 'server.pem'}: no such file (it comes with the coordinator bundle "
-                        "from `fedmeta provision new`)"]
+    assert problems == [
+        f"server-cert {bundles / 'coordinator' / 'server.pem'}: no such file (it comes with the coordinator bundle "
+        "from `fedmeta provision new`)"
+    ]
 
 
 def test_a_scenario_site_is_ready_with_its_bundle(bundles):
@@ -135,10 +144,13 @@ def test_site_checks_catch_key_permissions_device_and_a_taken_port(bundles):
         assert any(p.startswith("device:") for p in problems.problems)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("coordinator = \"no-port\"", "should be host:port"),
-    ("name = 3", "name = 3 should be a str"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('coordinator = "no-port"', "should be host:port"),
+        ("name = 3", "name = 3 should be a str"),
+    ],
+)
 def test_bad_site_configs_name_the_key(bundles, text, message):
     path = site_toml(bundles)
     key = text.split(" = ")[0]
@@ -158,7 +170,8 @@ def test_refusals_are_read_from_flower_output(bundles):
 
 @pytest.mark.integration
 def test_registrations_follow_the_authorized_list_across_restarts(bundles):
-    """A real SuperLink: provisioned sites are registered, a revoked one is unregistered, a restart re-registers nobody."""
+    """A real SuperLink: provisioned sites are registered, a revoked one is unregistered, a restart re-registers
+    nobody."""
     path = coordinator_toml(bundles)
     set_keys(path, fleet_port=free_port(), control_port=free_port(), hosts=["localhost"])
     provision(bundles / "fresh", ["localhost"], ["site-0", "st-mary"])  # certificates that name localhost
@@ -176,7 +189,9 @@ def test_registrations_follow_the_authorized_list_across_restarts(bundles):
         nodes = coordinator.flwr("supernode", "list")["nodes"]
         assert {int(n["node-id"]) for n in nodes} == {e["node_id"] for e in registry.values()}
         revoke_site(bundles / "fresh", "st-mary")
-        (bundles / "coordinator" / "authorized-sites.csv").write_bytes((bundles / "fresh" / "coordinator" / "authorized-sites.csv").read_bytes())
+        (bundles / "coordinator" / "authorized-sites.csv").write_bytes(
+            (bundles / "fresh" / "coordinator" / "authorized-sites.csv").read_bytes()
+        )
         coordinator.sync_sites()
         assert sorted(json.loads(coordinator.registry_path.read_text())) == ["site-0"]
         statuses = {int(n["node-id"]): n["status"] for n in coordinator.flwr("supernode", "list")["nodes"]}
@@ -228,7 +243,7 @@ def test_a_run_that_times_out_exits_non_zero_and_leaves_no_process(bundles):
     path = _localhost_coordinator(bundles, min_sites=9, round_timeout=5.0)
     for args in (["--run", "--exit-after-run"], ["--run"]):
         done = _coordinator("--config", str(path), *args)
-        output = " ".join(done.stdout.split())
+        output = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 6, done.stdout + done.stderr
         assert "ended finished:failed" in output and "only 0 of min-sites=9 sites connected" in output
         assert _leftovers(bundles) == []
@@ -237,8 +252,13 @@ def test_a_run_that_times_out_exits_non_zero_and_leaves_no_process(bundles):
 @pytest.mark.integration
 def test_sigterm_stops_every_child_within_seconds(bundles):
     path = _localhost_coordinator(bundles, min_sites=9, round_timeout=600.0)
-    process = subprocess.Popen([str(BIN / "fedmeta"), "coordinator", "--config", str(path), "--run"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "fedmeta"), "coordinator", "--config", str(path), "--run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         lines = []
         for line in process.stdout:  # until the ServerApp waits for sites: SuperLink, SuperExec and ServerApp are up
@@ -263,8 +283,10 @@ def test_an_unusable_checkpoint_is_refused_before_anything_starts(bundles):
     start = time.monotonic()
     done = _coordinator("--config", str(path), "--run", "--resume")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "checkpoint.safetensors is not a readable fedmeta checkpoint" in " ".join(done.stdout.split())
+    assert "checkpoint.safetensors is not a readable fedmeta checkpoint" in " ".join(done.stderr.split())
     assert not (bundles / "coordinator" / "state" / "superlink.db").exists()  # no SuperLink was started
-    done = _coordinator("--config", str(path), "--run")  # without --resume: an earlier run's checkpoint is not overwritten
-    assert done.returncode == 1 and "--resume" in done.stdout, done.stdout
+    done = _coordinator(
+        "--config", str(path), "--run"
+    )  # without --resume: an earlier run's checkpoint is not overwritten
+    assert done.returncode == 1 and "--resume" in done.stderr, done.stderr
     assert time.monotonic() - start < 30

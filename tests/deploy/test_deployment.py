@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
-
-import socket
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,10 @@ ATTACKS = [
 def raw_bytes(port: int, ca: Path, request: bytes) -> bytes:
     """Send `request` as is over TLS to localhost:port; the response's status line."""
     context = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("localhost", port), timeout=30) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("localhost", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         tls.sendall(request)
         response = b""
         while b"\r\n" not in response and (chunk := tls.recv(65536)):
@@ -76,16 +78,23 @@ def raw_bytes(port: int, ca: Path, request: bytes) -> bytes:
 
 def raw_request(port: int, ca: Path, method: str, target: str, body: bytes = b"") -> int:
     """One HTTP/1.1 request whose target is sent byte for byte (no client-side normalisation)."""
-    head = (f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/protobuf\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/protobuf\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return int(raw_bytes(port, ca, head.encode("latin-1") + body).split()[1])
 
 
 def registered_nodes(coordinator: Path) -> list[dict]:
     """The SuperLink's registered nodes, asked on loopback as the coordinator's operator would."""
     env = {**os.environ, "FLWR_HOME": str(coordinator / "state" / "flwr")}
-    done = subprocess.run([str(BIN / "flwr"), "supernode", "list", "fedmeta", "--format", "json"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "flwr"), "supernode", "list", "fedmeta", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     return json.loads(done.stdout)["nodes"]
 
 
@@ -97,8 +106,17 @@ def deployment(tmp_path_factory):
     fleet, control = free_port(), free_port()
     provision(root / "consortium", ["localhost"], SITES, port=fleet)
     coordinator_toml = root / "consortium" / "coordinator" / "coordinator.toml"
-    set_keys(coordinator_toml, control_port=control, min_sites=4, num_server_rounds=2, tasks_per_round=2, eval_every=2,
-             eval_tasks=4, model_width=16, eval_shots="1")
+    set_keys(
+        coordinator_toml,
+        control_port=control,
+        min_sites=4,
+        num_server_rounds=2,
+        tasks_per_round=2,
+        eval_every=2,
+        eval_tasks=4,
+        model_width=16,
+        eval_shots="1",
+    )
     for name in SITES:
         set_keys(root / "consortium" / "sites" / name / "site.toml", runtime_port=free_port(), device="cpu")
     set_keys(root / "consortium" / "sites" / IMPOSTOR / "site.toml", name="site-0")  # its own key, another's name
@@ -110,45 +128,95 @@ def deployment(tmp_path_factory):
     procs = Processes(logs)
     result: dict[str, object] = {"root": root, "fleet": fleet, "control": control, "procs": procs}
     try:
-        coordinator = procs.start("coordinator", [str(BIN / "fedmeta"), "coordinator", "--config", str(coordinator_toml),
-                                                  "--run", "--exit-after-run"])
+        coordinator = procs.start(
+            "coordinator",
+            [str(BIN / "fedmeta"), "coordinator", "--config", str(coordinator_toml), "--run", "--exit-after-run"],
+        )
         result["coordinator"] = coordinator
         wait_for_port(coordinator, fleet, root / "consortium" / "ca" / "ca.pem")
 
         # intruders, before the real sites: the run must still start with exactly the three of them
         unregistered = root / "unregistered.toml"
-        unregistered.write_text((outsider / "site.toml").read_text().replace('ca-cert = "ca.pem"',
-                                f'ca-cert = "{root / "consortium" / "ca" / "ca.pem"}"'))
-        set_keys(unregistered, auth_key=str(outsider / "auth.key"), log_dir=str(root / "unregistered-logs"),
-                 state_dir=str(root / "unregistered-state"))
-        result["unregistered"] = procs.run("unregistered", [str(BIN / "fedmeta"), "site", "--config", str(unregistered)])
-        result["wrong_ca"] = procs.run("wrong-ca", [str(BIN / "fedmeta"), "site", "--config", str(outsider / "site.toml")])
+        unregistered.write_text(
+            (outsider / "site.toml")
+            .read_text()
+            .replace('ca-cert = "ca.pem"', f'ca-cert = "{root / "consortium" / "ca" / "ca.pem"}"')
+        )
+        set_keys(
+            unregistered,
+            auth_key=str(outsider / "auth.key"),
+            log_dir=str(root / "unregistered-logs"),
+            state_dir=str(root / "unregistered-state"),
+        )
+        result["unregistered"] = procs.run(
+            "unregistered", [str(BIN / "fedmeta"), "site", "--config", str(unregistered)]
+        )
+        result["wrong_ca"] = procs.run(
+            "wrong-ca", [str(BIN / "fedmeta"), "site", "--config", str(outsider / "site.toml")]
+        )
         supernode = str(BIN / "flower-supernode")
         site0 = root / "consortium" / "sites" / "site-0"
-        result["raw_wrong_ca"] = procs.run("raw-wrong-ca", [
-            supernode, "--superlink", f"localhost:{fleet}", "--root-certificates", str(outsider / "ca.pem"),
-            "--auth-supernode-private-key", str(site0 / "auth.key"), "--port", str(free_port()), "--max-retries", "1"])
-        result["raw_no_tls"] = procs.run("raw-no-tls", [
-            supernode, "--superlink", f"localhost:{fleet}", "--insecure", "--port", str(free_port()), "--max-retries", "1"])
+        result["raw_wrong_ca"] = procs.run(
+            "raw-wrong-ca",
+            [
+                supernode,
+                "--superlink",
+                f"localhost:{fleet}",
+                "--root-certificates",
+                str(outsider / "ca.pem"),
+                "--auth-supernode-private-key",
+                str(site0 / "auth.key"),
+                "--port",
+                str(free_port()),
+                "--max-retries",
+                "1",
+            ],
+        )
+        result["raw_no_tls"] = procs.run(
+            "raw-no-tls",
+            [
+                supernode,
+                "--superlink",
+                f"localhost:{fleet}",
+                "--insecure",
+                "--port",
+                str(free_port()),
+                "--max-retries",
+                "1",
+            ],
+        )
         ca = root / "consortium" / "ca" / "ca.pem"
         result["attacks"] = {(method, target): raw_request(fleet, ca, method, target) for method, target in ATTACKS}
         outsider_key = try_load_public_key(outsider / "auth.pub")
         register = RegisterNodeRequest(public_key=outsider_key, name="intruder").SerializeToString()
         self_register = RegisterNodeFleetRequest(public_key=outsider_key).SerializeToString()
-        result["register"] = {target: raw_request(fleet, ca, "POST", target, body)
-                              for target, body in (("/v1/fleet/../control/register-node", register),
-                                                   ("/v1/fleet/%2e%2e/control/register-node", register),
-                                                   ("/v1/fleet/register-node", self_register))}
+        result["register"] = {
+            target: raw_request(fleet, ca, "POST", target, body)
+            for target, body in (
+                ("/v1/fleet/../control/register-node", register),
+                ("/v1/fleet/%2e%2e/control/register-node", register),
+                ("/v1/fleet/register-node", self_register),
+            )
+        }
         result["nodes"] = registered_nodes(root / "consortium" / "coordinator")
         result["h2"] = raw_bytes(fleet, ca, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        result["websocket"] = raw_bytes(fleet, ca, b"GET /v1/fleet/pull-messages HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                                        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                                        b"Sec-WebSocket-Version: 13\r\n\r\n")
+        result["websocket"] = raw_bytes(
+            fleet,
+            ca,
+            b"GET /v1/fleet/pull-messages HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+        )
 
         hostile = {"PYTHONPATH": str(HOSTILE_CODE), "FEDMETA_HOSTILE_STATE": str(root / "hostile-state")}
-        sites = [procs.start(name, [str(BIN / "fedmeta"), "site", "--config", str(root / "consortium" / "sites" / name / "site.toml")],
-                             env=hostile if name == HOSTILE else None)
-                 for name in SITES]
+        sites = [
+            procs.start(
+                name,
+                [str(BIN / "fedmeta"), "site", "--config", str(root / "consortium" / "sites" / name / "site.toml")],
+                env=hostile if name == HOSTILE else None,
+            )
+            for name in SITES
+        ]
         result["sites"] = sites
         try:
             result["coordinator_code"] = coordinator.wait(RUN_TIMEOUT)
@@ -208,7 +276,7 @@ def _audit(deployment) -> list[dict]:
 
 def test_the_public_port_serves_only_the_fleet_api(deployment):
     """Every crafted request is refused with 403 and audited with what it resolves to."""
-    assert deployment["attacks"] == {attack: 403 for attack in ATTACKS}
+    assert deployment["attacks"] == dict.fromkeys(ATTACKS, 403)
     refused = [e for e in _audit(deployment) if "refused" in e]
     for method, target in ATTACKS:
         path = target.removeprefix("https://localhost")
@@ -220,9 +288,11 @@ def test_the_public_port_serves_only_the_fleet_api(deployment):
 
 
 def test_an_unprovisioned_key_cannot_register_through_the_public_port(deployment):
-    assert deployment["register"] == {"/v1/fleet/../control/register-node": 403,
-                                      "/v1/fleet/%2e%2e/control/register-node": 403,
-                                      "/v1/fleet/register-node": 403}
+    assert deployment["register"] == {
+        "/v1/fleet/../control/register-node": 403,
+        "/v1/fleet/%2e%2e/control/register-node": 403,
+        "/v1/fleet/register-node": 403,
+    }
     registry = json.loads((deployment["root"] / "consortium" / "coordinator" / "state" / "registered.json").read_text())
     assert sorted(int(n["node-id"]) for n in deployment["nodes"]) == sorted(e["node_id"] for e in registry.values())
     assert sorted(registry) == sorted(SITES)
@@ -236,7 +306,9 @@ def test_a_site_claiming_another_sites_name_is_rejected_and_the_run_completes(de
     site0 = next(s for s in results["sites"] if s["name"] == "site-0")
     registry = json.loads((deployment["root"] / "consortium" / "coordinator" / "state" / "registered.json").read_text())
     assert site0["node_id"] == registry["site-0"]["node_id"]  # site-0 is the node whose key is site-0's
-    assert "site-2" in _log(deployment, "coordinator") and "is rejected and takes no part" in _log(deployment, "coordinator")
+    assert "site-2" in _log(deployment, "coordinator") and "is rejected and takes no part" in _log(
+        deployment, "coordinator"
+    )
 
 
 def test_bad_metrics_are_rejected_by_name_and_the_run_completes(deployment):
@@ -255,12 +327,13 @@ def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
     from common.algorithms import build_algorithm
     from common.models import build_model
     from common.runconfig import parse_run_config
+    from common.scenario import load_scenario
     from deploy.config import load_coordinator_config
     from deploy.coordinator import app_run_config
-    from simulation.scenario import load_scenario
 
-    cfg = parse_run_config(app_run_config(load_coordinator_config(
-        deployment["root"] / "consortium" / "coordinator" / "coordinator.toml")))
+    cfg = parse_run_config(
+        app_run_config(load_coordinator_config(deployment["root"] / "consortium" / "coordinator" / "coordinator.toml"))
+    )
     scenario = load_scenario(cfg.data.scenario)
     params = build_algorithm(build_model(scenario.model_config(cfg.model)), cfg.meta).init_meta_params()
     param_shapes = {tuple(p.shape) for p in params.values()}
@@ -269,14 +342,24 @@ def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
     audit = deployment["root"] / "consortium" / "coordinator" / "logs" / "fleet-audit.jsonl"
     pushed = [e for e in map(json.loads, audit.read_text().splitlines()) if "type" in e]
     assert pushed, "the audit saw nothing"
-    assert {e["type"] for e in pushed} <= {"Message", "RecordDict", "ArrayRecord", "Array", "ArrayChunk", "MetricRecord", "ConfigRecord"}
+    assert {e["type"] for e in pushed} <= {
+        "Message",
+        "RecordDict",
+        "ArrayRecord",
+        "Array",
+        "ArrayChunk",
+        "MetricRecord",
+        "ConfigRecord",
+    }
     arrays = [tuple(e["shape"]) for e in pushed if e["type"] == "Array"]
     assert arrays and set(arrays) <= param_shapes
     assert not any(shape[-2:] == image_shape[-2:] or shape == image_shape for shape in arrays)
     registry = json.loads((deployment["root"] / "consortium" / "coordinator" / "state" / "registered.json").read_text())
     for entry in pushed:
         if entry["type"] == "MetricRecord" and entry["node_id"] != registry[HOSTILE]["node_id"]:  # the honest code's
-            assert set(entry["keys"].values()) <= {"int", "float"}, entry  # scalars only, no lists of per-example values
+            assert set(entry["keys"].values()) <= {"int", "float"}, (
+                entry
+            )  # scalars only, no lists of per-example values
         if entry["type"] == "ConfigRecord":
             assert set(entry["keys"]) <= {"site-name", "role", "num-train", "num-test", "device"}, entry
     nodes = {e["node_id"] for e in pushed}

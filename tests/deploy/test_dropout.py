@@ -31,18 +31,40 @@ def test_a_site_killed_mid_round_does_not_stop_the_federation_and_rejoins(tmp_pa
     fleet = free_port()
     provision(tmp_path / "c", ["localhost"], SITES, port=fleet)
     coordinator_toml = tmp_path / "c" / "coordinator" / "coordinator.toml"
-    set_keys(coordinator_toml, control_port=free_port(), min_sites=4, num_server_rounds=2, tasks_per_round=2, eval_every=2,
-             eval_tasks=3, model_width=8, model_groups=2, model_depth=2, inner_steps=1, round_timeout=90.0,
-             secure_aggregation=True, secagg_threshold=0.5, dp_clip=5.0, dp_noise_multiplier=0.8, dp_noise="sites")
+    set_keys(
+        coordinator_toml,
+        control_port=free_port(),
+        min_sites=4,
+        num_server_rounds=2,
+        tasks_per_round=2,
+        eval_every=2,
+        eval_tasks=3,
+        model_width=8,
+        model_groups=2,
+        model_depth=2,
+        inner_steps=1,
+        round_timeout=90.0,
+        secure_aggregation=True,
+        secagg_threshold=0.5,
+        dp_clip=5.0,
+        dp_noise_multiplier=0.8,
+        dp_noise="sites",
+    )
     for name in SITES:
         set_keys(tmp_path / "c" / "sites" / name / "site.toml", runtime_port=free_port(), device="cpu")
     procs = Processes(logs)
     try:
-        coordinator = procs.start("coordinator", [str(BIN / "fedmeta"), "coordinator", "--config", str(coordinator_toml),
-                                                  "--run", "--exit-after-run"])
+        coordinator = procs.start(
+            "coordinator",
+            [str(BIN / "fedmeta"), "coordinator", "--config", str(coordinator_toml), "--run", "--exit-after-run"],
+        )
         wait_for_port(coordinator, fleet, tmp_path / "c" / "ca" / "ca.pem")
-        sites = {name: procs.start(name, [str(BIN / "fedmeta"), "site", "--config", str(tmp_path / "c" / "sites" / name / "site.toml")])
-                 for name in SITES}
+        sites = {
+            name: procs.start(
+                name, [str(BIN / "fedmeta"), "site", "--config", str(tmp_path / "c" / "sites" / name / "site.toml")]
+            )
+            for name in SITES
+        }
         # the victim dies as soon as it is asked for its masked vector: its keys are shared by then
         victim_log = logs / f"{VICTIM}.log"
         deadline = time.monotonic() + 400
@@ -59,7 +81,10 @@ def test_a_site_killed_mid_round_does_not_stop_the_federation_and_rejoins(tmp_pa
             assert time.monotonic() < deadline, "the victim's processes survived SIGKILL"
             time.sleep(0.2)
         # it comes back: same bundle, same key, so the same Flower node
-        procs.start(f"{VICTIM}-again", [str(BIN / "fedmeta"), "site", "--config", str(tmp_path / "c" / "sites" / VICTIM / "site.toml")])
+        procs.start(
+            f"{VICTIM}-again",
+            [str(BIN / "fedmeta"), "site", "--config", str(tmp_path / "c" / "sites" / VICTIM / "site.toml")],
+        )
         code = coordinator.wait(600)
         assert code == 0, coordinator.log_path.read_text()[-5000:]
     finally:
@@ -67,7 +92,9 @@ def test_a_site_killed_mid_round_does_not_stop_the_federation_and_rejoins(tmp_pa
     results = json.loads((tmp_path / "c" / "coordinator" / "results" / "results.json").read_text())
     first, second = results["rounds"]
     assert first["updated"] and second["updated"]  # both rounds moved the model
-    assert set(first["train_errors"]) == {VICTIM} and sorted(first["train"]) == SITES  # all four trained; one never finished
+    assert (
+        set(first["train_errors"]) == {VICTIM} and sorted(first["train"]) == SITES
+    )  # all four trained; one never finished
     assert "masking" in first["train_errors"][VICTIM]
     # back within Flower's heartbeat window, it waits to be activated again; it rejoins by round 2's end
     assert sorted(results["final"]["evaluate"]) == SITES

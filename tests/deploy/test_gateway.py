@@ -12,23 +12,36 @@ def test_every_fleet_call_of_an_authenticated_supernode_passes_as_is(path):
     assert admit("POST", path.encode(), b"").path == path
 
 
-@pytest.mark.parametrize(("method", "raw", "query", "resolves_to"), [
-    ("POST", "/v1/control/list-nodes", "", "/v1/control/list-nodes"),
-    ("POST", "/v1/fleet/../control/list-nodes", "", "/v1/control/list-nodes"),
-    ("POST", "/v1/fleet/%2e%2e/control/register-node", "", "/v1/control/register-node"),
-    ("POST", "/v1/fleet/%252e%252e/control/start-run", "", "/v1/control/start-run"),  # decoded twice
-    ("POST", "/v1/fleet/..%2fcontrol/stop-run", "", "/v1/control/stop-run"),
-    ("POST", "/v1/fleet/..\\control/list-nodes", "", "/v1/control/list-nodes"),
-    ("POST", "/v1/fleet/..%5Ccontrol/list-nodes", "", "/v1/control/list-nodes"),
-    ("POST", "//v1/fleet/pull-messages", "", "/v1/fleet/pull-messages"),  # harmless target, still not the literal path
-    ("POST", "/v1/fleet/pull-messages/.", "", "/v1/fleet/pull-messages"),
-    ("POST", "/v1/fleet/PULL-MESSAGES", "", "/v1/fleet/PULL-MESSAGES"),
-    ("POST", "/v1/fleet/register-node", "", "/v1/fleet/register-node"),  # self-registration: the operator registers keys
-    ("POST", "/v1/fleet/unregister-node", "", "/v1/fleet/unregister-node"),
-    ("GET", "/v1/fleet/get-run", "", "/v1/fleet/get-run"),
-    ("POST", "/v1/fleet/get-run", "x=/v1/control/list-nodes", "/v1/fleet/get-run"),
-    ("POST", "*", "", "/*"),
-])
+@pytest.mark.parametrize(
+    ("method", "raw", "query", "resolves_to"),
+    [
+        ("POST", "/v1/control/list-nodes", "", "/v1/control/list-nodes"),
+        ("POST", "/v1/fleet/../control/list-nodes", "", "/v1/control/list-nodes"),
+        ("POST", "/v1/fleet/%2e%2e/control/register-node", "", "/v1/control/register-node"),
+        ("POST", "/v1/fleet/%252e%252e/control/start-run", "", "/v1/control/start-run"),  # decoded twice
+        ("POST", "/v1/fleet/..%2fcontrol/stop-run", "", "/v1/control/stop-run"),
+        ("POST", "/v1/fleet/..\\control/list-nodes", "", "/v1/control/list-nodes"),
+        ("POST", "/v1/fleet/..%5Ccontrol/list-nodes", "", "/v1/control/list-nodes"),
+        (
+            "POST",
+            "//v1/fleet/pull-messages",
+            "",
+            "/v1/fleet/pull-messages",
+        ),  # harmless target, still not the literal path
+        ("POST", "/v1/fleet/pull-messages/.", "", "/v1/fleet/pull-messages"),
+        ("POST", "/v1/fleet/PULL-MESSAGES", "", "/v1/fleet/PULL-MESSAGES"),
+        (
+            "POST",
+            "/v1/fleet/register-node",
+            "",
+            "/v1/fleet/register-node",
+        ),  # self-registration: the operator registers keys
+        ("POST", "/v1/fleet/unregister-node", "", "/v1/fleet/unregister-node"),
+        ("GET", "/v1/fleet/get-run", "", "/v1/fleet/get-run"),
+        ("POST", "/v1/fleet/get-run", "x=/v1/control/list-nodes", "/v1/fleet/get-run"),
+        ("POST", "*", "", "/*"),
+    ],
+)
 def test_everything_else_is_refused_and_says_what_it_resolves_to(method, raw, query, resolves_to):
     decision = admit(method, raw.encode("latin-1"), query.encode())
     assert decision.path is None and decision.reason

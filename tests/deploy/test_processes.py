@@ -17,7 +17,9 @@ time.sleep(300)
 
 
 def test_a_child_dies_with_its_supervisor_even_after_sigkill(tmp_path):
-    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path / "child.log")], stdout=subprocess.PIPE, text=True)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path / "child.log")], stdout=subprocess.PIPE, text=True
+    )
     child_pid = int(supervisor.stdout.readline())
     assert live_members(child_pid)  # the child leads its own process group
     supervisor.kill()  # SIGKILL: no handler, no cleanup code runs

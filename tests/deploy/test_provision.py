@@ -52,7 +52,7 @@ def test_private_keys_are_owner_only(bundles):
 
 def test_existing_bundles_are_not_overwritten_unless_forced(bundles):
     before = (bundles / "coordinator" / "server.key").read_bytes()
-    with pytest.raises(BundleExists, match="already exist.*add-site.*--force"):
+    with pytest.raises(BundleExists, match=r"already exist.*add-site.*--force"):
         provision(bundles, HOSTS, ["st-mary"])
     assert (bundles / "coordinator" / "server.key").read_bytes() == before
     provision(bundles, HOSTS, ["st-mary"], force=True)
@@ -71,8 +71,15 @@ def test_add_and_revoke_sites(bundles):
         revoke_site(bundles, "general")
 
 
-@pytest.mark.parametrize(("hosts", "sites", "message"), [([], ["a"], "at least one host"), (["x y"], ["a"], "neither an IP"),
-                                                        (["h"], ["St Mary"], "lower-case"), (["h"], ["a", "a"], "unique")])
+@pytest.mark.parametrize(
+    ("hosts", "sites", "message"),
+    [
+        ([], ["a"], "at least one host"),
+        (["x y"], ["a"], "neither an IP"),
+        (["h"], ["St Mary"], "lower-case"),
+        (["h"], ["a", "a"], "unique"),
+    ],
+)
 def test_bad_arguments(tmp_path, hosts, sites, message):
     with pytest.raises(ValueError, match=message):
         provision(tmp_path, hosts, sites)
@@ -97,7 +104,10 @@ def _tls_handshake(bundles, trust, server_hostname):
     thread.start()
     client_ctx = ssl.create_default_context(cafile=str(trust))
     try:
-        with socket.create_connection(("127.0.0.1", port)) as raw, client_ctx.wrap_socket(raw, server_hostname=server_hostname) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            client_ctx.wrap_socket(raw, server_hostname=server_hostname) as tls,
+        ):
             tls.send(b"x")
     finally:
         thread.join(5)
@@ -110,5 +120,5 @@ def test_tls_handshake_succeeds_with_the_consortium_ca_and_fails_with_another(bu
     provision(other, HOSTS, [])
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         _tls_handshake(bundles, other / "ca" / "ca.pem", "localhost")
-    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch|doesn't match"):
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"Hostname mismatch|doesn't match"):
         _tls_handshake(bundles, bundles / "sites" / "st-mary" / "ca.pem", "evil.example.org")

@@ -19,15 +19,25 @@ NODES = [101, 202, 303, 404]
 class LocalGrid:
     """Delivers messages to the ClientApp in this process; `dead` maps node -> the stage it dies at."""
 
-    def __init__(self, run_config: dict, dead: dict[int, str] | None = None, node_configs: dict[int, dict] | None = None,
-                 names: dict[int, str] | None = None, tamper: dict[int, Callable[[str, Message], Message]] | None = None):
+    def __init__(
+        self,
+        run_config: dict,
+        dead: dict[int, str] | None = None,
+        node_configs: dict[int, dict] | None = None,
+        names: dict[int, str] | None = None,
+        tamper: dict[int, Callable[[str, Message], Message]] | None = None,
+    ):
         node_configs = node_configs or {n: {"partition-id": i} for i, n in enumerate(NODES)}
         self.names = dict(names or {})  # node -> registered name (a deployment's registry); none in simulation
         self.tamper = dict(tamper or {})  # node -> what a hostile site does to its reply (message type, reply) -> reply
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(), run_config=run_config)
-                         for n, c in node_configs.items()}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(), run_config=run_config)
+            for n, c in node_configs.items()
+        }
         self.dead = dict(dead or {})
-        self.seen: list[tuple[int, str, Message]] = []  # (node, message type, reply): everything the coordinator received
+        self.seen: list[
+            tuple[int, str, Message]
+        ] = []  # (node, message type, reply): everything the coordinator received
 
     def get_node_ids(self):
         return list(self.contexts)

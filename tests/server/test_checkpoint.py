@@ -3,18 +3,21 @@ clear refusals (overwrite, missing, changed config, corrupt file)."""
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
 import server.checkpoint as checkpoint_module
 from server.checkpoint import CHECKPOINT, Checkpoint, prepare_resume, read_checkpoint
-from server.fedmeta import FedMeta
+from server.optimizer import OuterOptimizer
 
 CONFIG = {"inner-lr": 0.4, "num-server-rounds": 4, "out-dir": "/tmp/x", "seed": 0}
 
 
 def params():
     g = torch.Generator().manual_seed(1)
-    return {"conv.weight": torch.randn(4, 1, 3, 3, generator=g), "head.bias": torch.zeros(5), "lr.conv.weight": torch.full((4, 1, 3, 3), 0.1)}
+    return {
+        "conv.weight": torch.randn(4, 1, 3, 3, generator=g),
+        "head.bias": torch.zeros(5),
+        "lr.conv.weight": torch.full((4, 1, 3, 3), 0.1),
+    }
 
 
 def grads(step):
@@ -22,20 +25,25 @@ def grads(step):
     return {k: torch.randn(v.shape, generator=g) for k, v in params().items()}
 
 
-def snapshot(strategy, rnd, history=None):
-    p, opt = strategy.state()
-    return Checkpoint(rnd, p, opt, torch.get_rng_state(), history or {"rounds": [{"round": r} for r in range(1, rnd + 1)]}, dict(CONFIG))
+def snapshot(optimizer, rnd, history=None):
+    p, opt = optimizer.state()
+    return Checkpoint(
+        rnd,
+        p,
+        opt,
+        torch.get_rng_state(),
+        history or {"rounds": [{"round": r} for r in range(1, rnd + 1)]},
+        dict(CONFIG),
+    )
 
 
 def test_a_restored_strategy_continues_exactly_like_the_original(tmp_path):
-    original = FedMeta(outer_optimizer="adam", outer_lr=0.01)
-    original.initialize(ArrayRecord(params()))
+    original = OuterOptimizer(params(), "adam", 0.01)
     for step in range(3):
         original.step(grads(step))
     snapshot(original, 3).write(tmp_path / CHECKPOINT)
 
-    restored = FedMeta(outer_optimizer="adam", outer_lr=0.01)
-    restored.initialize(ArrayRecord(params()))  # a fresh start, as after a crash
+    restored = OuterOptimizer(params(), "adam", 0.01)  # a fresh start, as after a crash
     loaded = read_checkpoint(tmp_path / CHECKPOINT)
     restored.restore(loaded.params, loaded.optimizer)
     assert loaded.round == 3 and [r["round"] for r in loaded.history["rounds"]] == [1, 2, 3]
@@ -46,8 +54,7 @@ def test_a_restored_strategy_continues_exactly_like_the_original(tmp_path):
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    strategy = FedMeta()
-    strategy.initialize(ArrayRecord(params()))
+    strategy = OuterOptimizer(params())
     path = tmp_path / CHECKPOINT
     snapshot(strategy, 1).write(path)
     before = path.read_bytes()
@@ -76,8 +83,7 @@ def test_resume_refusals(tmp_path):
     assert prepare_resume(path, CONFIG, resume=False) is None
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         prepare_resume(path, CONFIG, resume=True)
-    strategy = FedMeta()
-    strategy.initialize(ArrayRecord(params()))
+    strategy = OuterOptimizer(params())
     snapshot(strategy, 2).write(path)
     with pytest.raises(FileExistsError, match="holds a checkpoint of an earlier run"):
         prepare_resume(path, CONFIG, resume=False)
@@ -91,8 +97,7 @@ def test_a_forced_resume_with_another_model_names_the_parameters_and_settings(tm
     """--force-resume may change settings, never the model: the refusal names each parameter that
     does not fit and the settings that changed, instead of a tensor size error mid-run."""
     path = tmp_path / CHECKPOINT
-    strategy = FedMeta()
-    strategy.initialize(ArrayRecord(params()))
+    strategy = OuterOptimizer(params())
     snapshot(strategy, 2).write(path)
     wider = {**params(), "conv.weight": torch.zeros(8, 1, 3, 3), "extra.bias": torch.zeros(2)}
     with pytest.raises(ValueError) as refusal:

@@ -1,10 +1,13 @@
-"""FedMeta's outer step: the optimizer sees the averaged meta-gradient and keeps its state."""
+"""FedMeta's pieces alone (the outer optimizer, sampling, the schedule) and its aggregation
+against a hand computation."""
 
 import pytest
 import torch
 from flwr.app import ArrayRecord
 
 from server.fedmeta import FedMeta
+from server.optimizer import OuterOptimizer
+from server.schedule import Sampling, Schedule
 
 
 def params():
@@ -14,13 +17,12 @@ def params():
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_outer_steps_match_torch_optimizer_with_persistent_state(name):
-    strategy = FedMeta(outer_optimizer=name, outer_lr=0.05)
-    strategy.initialize(ArrayRecord(params()))
+    optimizer = OuterOptimizer(params(), name, 0.05)
     reference = {k: v.clone() for k, v in params().items()}
     ref_opt = (torch.optim.Adam if name == "adam" else torch.optim.SGD)(reference.values(), lr=0.05)
     for step in range(3):
         grads = {k: torch.full_like(v, step + 1.0) * (1 if k == "w" else -1) for k, v in reference.items()}
-        new = strategy.step(grads)
+        new = optimizer.step(grads)
         for k, p in reference.items():
             p.grad = grads[k]
         ref_opt.step()
@@ -29,10 +31,15 @@ def test_outer_steps_match_torch_optimizer_with_persistent_state(name):
 
 
 def test_mismatched_gradient_keys_are_rejected():
-    strategy = FedMeta()
-    strategy.initialize(ArrayRecord(params()))
     with pytest.raises(ValueError, match=r"\['inner_lr.w'\]"):
-        strategy.step({"w": torch.zeros(3, 2)})
+        OuterOptimizer(params()).step({"w": torch.zeros(3, 2)})
+    with pytest.raises(ValueError, match="outer-optimizer='lbfgs'"):
+        OuterOptimizer(params(), "lbfgs")
+
+
+def strategy_for(roster, p=None, kind="adam", lr=1e-3, **kwargs) -> FedMeta:
+    """A FedMeta over `roster` whose meta-parameters are `p` (default: `params()`)."""
+    return FedMeta(OuterOptimizer(params() if p is None else p, kind, lr), roster, **kwargs)
 
 
 def sites(roles):
@@ -46,10 +53,10 @@ def test_only_training_sites_are_sampled_reproducibly_with_exact_node_ids():
     from flwr.app import ConfigRecord
 
     roles = ["train"] * 6 + ["heldout"] * 2
-    strategy = FedMeta(sites=sites(roles), fraction_train=0.5, seed=3)
+    strategy = strategy_for(sites(roles), sampling=Sampling(0.5, 3))
     arrays = ArrayRecord(params())
     picked = [m.metadata.dst_node_id for m in strategy.configure_train(1, arrays, ConfigRecord(), grid=None)]
-    again = FedMeta(sites=sites(roles), fraction_train=0.5, seed=3)
+    again = strategy_for(sites(roles), sampling=Sampling(0.5, 3))
     assert picked == [m.metadata.dst_node_id for m in again.configure_train(1, arrays, ConfigRecord(), grid=None)]
     training = {n for n, s in sites(roles).items() if s.role == "train"}
     assert len(picked) == 3 and set(picked) <= training
@@ -60,9 +67,15 @@ def test_only_training_sites_are_sampled_reproducibly_with_exact_node_ids():
 def test_every_site_evaluates_on_schedule_and_after_the_last_round():
     from flwr.app import ConfigRecord
 
-    strategy = FedMeta(sites=sites(["train", "train", "heldout"]), eval_every=3, num_rounds=5)
+    strategy = strategy_for(sites(["train", "train", "heldout"]), schedule=Schedule(num_rounds=5, eval_every=3))
     arrays = ArrayRecord(params())
-    assert [len(list(strategy.configure_evaluate(r, arrays, ConfigRecord(), grid=None))) for r in range(1, 6)] == [0, 0, 3, 0, 3]
+    assert [len(list(strategy.configure_evaluate(r, arrays, ConfigRecord(), grid=None))) for r in range(1, 6)] == [
+        0,
+        0,
+        3,
+        0,
+        3,
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +94,11 @@ def task_identity():
 def reply(node, grads, tasks, loss=1.0):
     from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-    sent = Message(content=RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    sent = Message(
+        content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=node,
+        message_type=MessageType.TRAIN,
+    )
     metrics = MetricRecord({"num-tasks": tasks, "meta-loss": loss, "query-acc": 0.5, "compute-s": 0.1})
     return Message(content=RecordDict({"arrays": ArrayRecord(grads), "metrics": metrics}), reply_to=sent)
 
@@ -89,13 +106,16 @@ def reply(node, grads, tasks, loss=1.0):
 @pytest.mark.parametrize("wire", [torch.float32, torch.float16])
 def test_aggregate_train_is_the_task_weighted_mean_then_one_sgd_step(wire):
     """Hand computation: sites with 1 and 3 tasks send g1, g2; the step is p - lr (g1 + 3 g2) / 4."""
-    strategy = FedMeta(outer_optimizer="sgd", outer_lr=0.5, sites=sites(["train", "train", "train"]), transport_dtype=wire)
     p0 = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
-    strategy.initialize(ArrayRecord(p0))
+    strategy = strategy_for(sites(["train", "train", "train"]), p0, "sgd", 0.5, transport_dtype=wire)
     nodes = sorted(strategy.sites)
     g1, g2 = torch.tensor([[4.0, 0.0], [0.0, 8.0]]), torch.tensor([[0.0, 4.0], [-4.0, 0.0]])
     bad = torch.tensor([[float("nan"), 0.0], [0.0, 0.0]])
-    replies = [reply(nodes[0], {"w": g1.to(wire)}, 1, 1.0), reply(nodes[1], {"w": g2.to(wire)}, 3, 2.0), reply(nodes[2], {"w": bad}, 5)]
+    replies = [
+        reply(nodes[0], {"w": g1.to(wire)}, 1, 1.0),
+        reply(nodes[1], {"w": g2.to(wire)}, 3, 2.0),
+        reply(nodes[2], {"w": bad}, 5),
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     expected = p0["w"] - 0.5 * (1 * g1 + 3 * g2) / 4  # the NaN site is dropped, not averaged
     assert torch.equal(strategy.params["w"], expected)

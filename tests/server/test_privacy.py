@@ -3,6 +3,7 @@ epsilon that grows with rounds, survives a resume, and stays within the classic 
 
 import json
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -10,16 +11,18 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 pytest.importorskip("dp_accounting", reason="install fedmeta's dependencies (flwr[dp])")
 
-from common.privacy import l2_norm  # noqa: E402
-from server.fedmeta import FedMeta  # noqa: E402
-from server.privacy import Privacy  # noqa: E402
-from simulation.report import RESULTS, Recorder  # noqa: E402
-from tests.server.test_fedmeta import reply, sites, task_identity  # noqa: E402,F401
+from common.privacy import l2_norm
+from server.aggregation import Aggregation
+from server.privacy import Privacy
+from server.report import RESULTS, Recorder
+from tests.server.test_fedmeta import reply, sites, strategy_for, task_identity  # noqa: F401
 
 
 def classic_epsilon(rounds: int, sigma: float, delta: float) -> float:
     """Gaussian mechanism, RDP composition, the textbook conversion (dp-accounting's is tighter)."""
-    return min(rounds * a / (2 * sigma**2) + math.log(1 / delta) / (a - 1) for a in [1 + x / 10 for x in range(1, 1000)])
+    return min(
+        rounds * a / (2 * sigma**2) + math.log(1 / delta) / (a - 1) for a in [1 + x / 10 for x in range(1, 1000)]
+    )
 
 
 def test_a_hostile_site_moves_the_mean_by_at_most_the_bound_over_n():
@@ -48,7 +51,7 @@ def test_epsilon_grows_with_rounds_within_the_classic_bound_and_survives_a_resta
     sigma, delta = 1.1, 1e-5
     privacy = Privacy(clip=1.0, noise_multiplier=sigma, delta=delta, mode="server", population=3)
     epsilons = [privacy.account(sigma, 3)["epsilon"] for _ in range(5)]
-    assert all(b > a > 0 for a, b in zip(epsilons, epsilons[1:]))
+    assert all(b > a > 0 for a, b in pairwise(epsilons))
     for rounds, eps in enumerate(epsilons, start=1):
         assert eps <= classic_epsilon(rounds, sigma, delta) * 1.001
     restored = Privacy(clip=1.0, noise_multiplier=sigma, delta=delta, mode="server", population=3)
@@ -60,15 +63,18 @@ def test_fedmeta_records_epsilon_per_round_and_clips_what_sites_sent(tmp_path):
     roster = sites(["train"] * 3)
     recorder = Recorder(tmp_path, {}, "synthetic", "maml", [s.as_dict() for s in roster.values()])
     privacy = Privacy(clip=0.5, noise_multiplier=1e-3, delta=1e-5, mode="server", population=3)
-    strategy = FedMeta(outer_optimizer="sgd", outer_lr=1.0, sites=roster, recorder=recorder, privacy=privacy)
     p0 = {"w": torch.zeros(4)}
-    strategy.initialize(ArrayRecord(p0))
+    strategy = strategy_for(roster, p0, "sgd", 1.0, recorder=recorder, aggregation=Aggregation(privacy=privacy))
     nodes = sorted(roster)
     for rnd in (1, 2):
         strategy.configure_train(rnd, ArrayRecord(p0), ConfigRecord(), grid=None)
         before = strategy.params["w"].clone()
-        strategy.aggregate_train(rnd, [reply(n, {"w": torch.full((4,), 100.0)}, 10 * (i + 1)) for i, n in enumerate(nodes)])
-        assert l2_norm({"w": strategy.params["w"] - before}) <= 0.5 + 1e-2  # SGD at rate 1: the step is the private mean
+        strategy.aggregate_train(
+            rnd, [reply(n, {"w": torch.full((4,), 100.0)}, 10 * (i + 1)) for i, n in enumerate(nodes)]
+        )
+        assert (
+            l2_norm({"w": strategy.params["w"] - before}) <= 0.5 + 1e-2
+        )  # SGD at rate 1: the step is the private mean
     rounds = json.loads((tmp_path / RESULTS).read_text())["rounds"]
     eps = [r["privacy"]["epsilon"] for r in rounds]
     assert eps[1] > eps[0] > 0 and rounds[0]["privacy"]["delta"] == 1e-5

@@ -15,31 +15,40 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricReco
 from common.runconfig import flat_run_config, parse_run_config
 from server.app import app as server_app
 from server.replies import Rejected, evaluation_metrics, site_claim, train_metrics, train_reply
+from server.report import RESULTS
 from server.sites import Roster, discover_sites
-from simulation.report import RESULTS
-from tests.server.local_grid import NODES, LocalGrid
+from tests.server.local_grid import LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
 GOOD_TRAIN = {"num-tasks": 2, "meta-loss": 1.2, "query-acc": 0.4, "compute-s": 0.3}
-GOOD_EVAL = {"num-tasks": 4, **{k: 0.5 for k in ("acc-before", "acc-after", "auc-after", "support-acc-before", "support-acc-after")},
-             "loss-after": 1.1, **{f"{k}-ci": 0.05 for k in ("acc-before", "acc-after", "auc-after", "loss-after",
-                                                             "support-acc-before", "support-acc-after")}}
+GOOD_EVAL = {
+    "num-tasks": 4,
+    **dict.fromkeys(("acc-before", "acc-after", "auc-after", "support-acc-before", "support-acc-after"), 0.5),
+    "loss-after": 1.1,
+    **{
+        f"{k}-ci": 0.05
+        for k in ("acc-before", "acc-after", "auc-after", "loss-after", "support-acc-before", "support-acc-after")
+    },
+}
 
 
 def metrics(values: dict) -> RecordDict:
     return RecordDict({"metrics": MetricRecord(values)})
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"meta-loss": [1.0, 2.0]}, "'meta-loss' is a list of 2, expected one number"),
-    ({"query-acc": float("nan")}, "'query-acc' is nan, not a finite number"),
-    ({"query-acc": 1.5}, "'query-acc' = 1.5 is outside [0, 1]"),
-    ({"num-tasks": 3}, "'num-tasks' = 3 is outside [1, 2]"),
-    ({"num-tasks": 1.5}, "'num-tasks' = 1.5 is not a whole number"),
-    ({"num-tasks": float("inf")}, "'num-tasks' = inf is not a whole number"),
-    ({"compute-s": -1.0}, "'compute-s' = -1 is outside [0, inf]"),
-    ({"patient-ids": 7.0}, "unexpected key(s) ['patient-ids']"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"meta-loss": [1.0, 2.0]}, "'meta-loss' is a list of 2, expected one number"),
+        ({"query-acc": float("nan")}, "'query-acc' is nan, not a finite number"),
+        ({"query-acc": 1.5}, "'query-acc' = 1.5 is outside [0, 1]"),
+        ({"num-tasks": 3}, "'num-tasks' = 3 is outside [1, 2]"),
+        ({"num-tasks": 1.5}, "'num-tasks' = 1.5 is not a whole number"),
+        ({"num-tasks": float("inf")}, "'num-tasks' = inf is not a whole number"),
+        ({"compute-s": -1.0}, "'compute-s' = -1 is outside [0, inf]"),
+        ({"patient-ids": 7.0}, "unexpected key(s) ['patient-ids']"),
+    ],
+)
 def test_bad_training_metrics_are_rejected_with_the_field(change, message):
     with pytest.raises(Rejected, match="training metrics: " + _escaped(message)):
         train_metrics(metrics({**GOOD_TRAIN, **change}), tasks_per_round=2)
@@ -53,14 +62,17 @@ def test_missing_training_metrics_and_records_are_named():
     assert train_metrics(metrics(GOOD_TRAIN), 2) == {k: float(v) for k, v in GOOD_TRAIN.items()}
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"acc-after-ci": None}, "missing key(s) ['acc-after-ci']"),
-    ({"acc-after": float("nan")}, "'acc-after' is nan, not a finite number"),
-    ({"auc-after": [0.5, 0.6]}, "'auc-after' is a list of 2, expected one number"),
-    ({"acc-after-ci": float("nan")}, "'acc-after-ci' is nan, not a finite number"),
-    ({"num-tasks": 1_000_000}, "'num-tasks' = 1000000, expected 4"),  # a site cannot outweigh the others
-    ({"loss-after": -0.1}, "'loss-after' = -0.1 is outside [0, inf]"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"acc-after-ci": None}, "missing key(s) ['acc-after-ci']"),
+        ({"acc-after": float("nan")}, "'acc-after' is nan, not a finite number"),
+        ({"auc-after": [0.5, 0.6]}, "'auc-after' is a list of 2, expected one number"),
+        ({"acc-after-ci": float("nan")}, "'acc-after-ci' is nan, not a finite number"),
+        ({"num-tasks": 1_000_000}, "'num-tasks' = 1000000, expected 4"),  # a site cannot outweigh the others
+        ({"loss-after": -0.1}, "'loss-after' = -0.1 is outside [0, inf]"),
+    ],
+)
 def test_bad_evaluation_metrics_are_rejected_with_the_field(change, message):
     values = {k: v for k, v in {**GOOD_EVAL, **change}.items() if v is not None}
     with pytest.raises(Rejected, match="evaluation metrics: " + _escaped(message)):
@@ -79,19 +91,26 @@ def test_a_meta_gradient_reply_is_read_whole_or_not_at_all():
     reply = train_reply(content, "arrays", reference, tasks_per_round=2)
     assert reply.weight == 2.0 and torch.equal(reply.update["w"], torch.ones(2, 2))
     with pytest.raises(Rejected, match="'w' has non-finite values"):
-        train_reply(RecordDict({"arrays": ArrayRecord({"w": torch.full((2, 2), math.inf)}), **metrics(GOOD_TRAIN)}),
-                    "arrays", reference, 2)
+        train_reply(
+            RecordDict({"arrays": ArrayRecord({"w": torch.full((2, 2), math.inf)}), **metrics(GOOD_TRAIN)}),
+            "arrays",
+            reference,
+            2,
+        )
     with pytest.raises(Rejected, match="reply without 'arrays' arrays"):
         train_reply(metrics(GOOD_TRAIN), "arrays", reference, 2)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"role": "coordinator"}, "'role' = 'coordinator', expected one of"),
-    ({"num-train": -3}, "'num-train' must be a count"),
-    ({"site-name": "x" * 500}, "'site-name' must be a short printable text"),
-    ({"device": "cpu\n<script>"}, "'device' must be a short printable text"),
-    ({"extra": "data"}, "unexpected key(s) ['extra']"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"role": "coordinator"}, "'role' = 'coordinator', expected one of"),
+        ({"num-train": -3}, "'num-train' must be a count"),
+        ({"site-name": "x" * 500}, "'site-name' must be a short printable text"),
+        ({"device": "cpu\n<script>"}, "'device' must be a short printable text"),
+        ({"extra": "data"}, "unexpected key(s) ['extra']"),
+    ],
+)
 def test_bad_site_descriptions_are_rejected(change, message):
     info = {"site-name": "site-0", "role": "train", "num-train": 10, "num-test": 5, "device": "cpu", **change}
     with pytest.raises(Rejected, match=_escaped(message)):
@@ -106,9 +125,24 @@ def _escaped(text: str) -> str:
 
 # ---- identity: the coordinator's records decide who a node is
 
-RUN = {"ways": 3, "shots": 2, "queries": 3, "model-width": 8, "model-groups": 2, "model-depth": 2, "inner-steps": 1,
-       "tasks-per-round": 2, "eval-tasks": 3, "eval-every": 1, "num-server-rounds": 2, "outer-optimizer": "sgd",
-       "outer-lr": 0.5, "device": "cpu", "min-sites": 4, "round-timeout": 60.0}
+RUN = {
+    "ways": 3,
+    "shots": 2,
+    "queries": 3,
+    "model-width": 8,
+    "model-groups": 2,
+    "model-depth": 2,
+    "inner-steps": 1,
+    "tasks-per-round": 2,
+    "eval-tasks": 3,
+    "eval-every": 1,
+    "num-server-rounds": 2,
+    "outer-optimizer": "sgd",
+    "outer-lr": 0.5,
+    "device": "cpu",
+    "min-sites": 4,
+    "round-timeout": 60.0,
+}
 SYNTHETIC = Roster(tuple([(f"site-{i}", "train") for i in range(6)] + [(f"heldout-{i}", "heldout") for i in range(2)]))
 
 
@@ -124,6 +158,7 @@ def test_in_simulation_the_partition_names_the_site():
                 info = reply.content["site"]
                 info["site-name"], info["role"] = name or info["site-name"], role or info["role"]
             return reply
+
         return tamper
 
     grid = LocalGrid(run_config, node_configs=nodes, tamper={303: claim(name="site-0"), 404: claim(role="train")})
@@ -137,8 +172,12 @@ def test_in_a_deployment_the_registered_name_is_the_site():
     """The key registered as site-2 serves site-0's data and says it is site-0: rejected under
     its registered name, and site-0 is still the node registered as site-0."""
     run_config = flat_run_config(parse_run_config(RUN))
-    nodes = {101: {"site-name": "site-0"}, 202: {"site-name": "site-1"}, 303: {"site-name": "site-0"},
-             404: {"site-name": "site-3"}}
+    nodes = {
+        101: {"site-name": "site-0"},
+        202: {"site-name": "site-1"},
+        303: {"site-name": "site-0"},
+        404: {"site-name": "site-3"},
+    }
     registered = {101: "site-0", 202: "site-1", 303: "site-2", 404: "site-3"}
     grid = LocalGrid(run_config, node_configs=nodes, names=registered)
     found = discover_sites(grid, 4, 60, SYNTHETIC)
@@ -149,11 +188,13 @@ def test_in_a_deployment_the_registered_name_is_the_site():
 
 # ---- a whole run with hostile sites: rejected by name, the run completes
 
+
 def _hostile(kind_wanted: str, corrupt):
     def tamper(kind, reply):
         if kind == kind_wanted:
             corrupt(reply.content["metrics"])
         return reply
+
     return tamper
 
 
@@ -170,11 +211,15 @@ def test_a_run_with_hostile_replies_completes_and_names_each(tmp_path):
     def nan(m):
         m["acc-after"] = float("nan")
 
-    grid = LocalGrid(run_config, node_configs=nodes, tamper={
-        202: _hostile(MessageType.TRAIN, listed),
-        303: _hostile(MessageType.EVALUATE, lambda m: m.pop("acc-after-ci")),
-        404: _hostile(MessageType.EVALUATE, nan),
-    })
+    grid = LocalGrid(
+        run_config,
+        node_configs=nodes,
+        tamper={
+            202: _hostile(MessageType.TRAIN, listed),
+            303: _hostile(MessageType.EVALUATE, lambda m: m.pop("acc-after-ci")),
+            404: _hostile(MessageType.EVALUATE, nan),
+        },
+    )
     server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)))
 
     results = json.loads((tmp_path / "out" / RESULTS).read_text())
@@ -196,7 +241,7 @@ def test_a_run_with_hostile_replies_completes_and_names_each(tmp_path):
 def test_a_malformed_secure_aggregation_reply_drops_that_site_not_the_round(tmp_path):
     """Under secure aggregation a site whose public key is the wrong length leaves the round at
     stage 1 by name; the other three complete it."""
-    from simulation.report import Recorder
+    from server.report import Recorder
     from tests.server.test_secure import RUN as SECURE_RUN
     from tests.server.test_secure import strategy_and_params
 
@@ -215,5 +260,8 @@ def test_a_malformed_secure_aggregation_reply_drops_that_site_not_the_round(tmp_
     assert result_arrays is not None
     assert not any(torch.equal(strategy.params[k], params[k]) for k in params)
     row = json.loads((tmp_path / RESULTS).read_text())["rounds"][0]
-    assert list(row["train_errors"]) == ["site-2"] and "'c-pk' must be a 32-byte public key" in row["train_errors"]["site-2"]
+    assert (
+        list(row["train_errors"]) == ["site-2"]
+        and "'c-pk' must be a 32-byte public key" in row["train_errors"]["site-2"]
+    )
     assert sorted(row["train"]) == ["site-0", "site-1", "site-3"]

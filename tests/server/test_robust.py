@@ -4,27 +4,29 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
-from server.fedmeta import FedMeta
 from common.privacy import l2_norm
+from server.aggregation import Aggregation
 from server.replies import ReplyLimits, check_update
+from server.report import RESULTS, Recorder
 from server.robust import combine
-from simulation.report import RESULTS, Recorder
-from tests.server.test_fedmeta import reply, sites, task_identity  # noqa: F401 -- the fixture is used by name
+from tests.server.test_fedmeta import reply, sites, strategy_for, task_identity  # noqa: F401 -- fixtures, used by name
 
 REF = {"w": torch.zeros(2, 2), "b": torch.zeros(2)}
 
 
-@pytest.mark.parametrize(("update", "weight", "max_norm", "message"), [
-    ({"w": torch.ones(2, 2)}, 1, 0, "wrong meta-gradient keys (missing ['b']"),
-    ({**REF, "extra": torch.ones(1)}, 1, 0, "unexpected ['extra']"),
-    ({"w": torch.ones(4), "b": torch.ones(2)}, 1, 0, "'w' has shape (4,), expected (2, 2)"),
-    ({"w": torch.ones(2, 2, dtype=torch.int64), "b": torch.ones(2)}, 1, 0, "dtype torch.int64"),
-    ({"w": torch.tensor([[0.0, float("inf")], [0, 0]]), "b": torch.ones(2)}, 1, 0, "'w' has non-finite values"),
-    ({"w": torch.ones(2, 2), "b": torch.ones(2)}, 0, 0, "num-tasks=0 is not a positive count"),
-    ({"w": torch.ones(2, 2) * 1e9, "b": torch.ones(2)}, 1, 10.0, "norm 2e+09 exceeds the bound max-update-norm=10"),
-])
+@pytest.mark.parametrize(
+    ("update", "weight", "max_norm", "message"),
+    [
+        ({"w": torch.ones(2, 2)}, 1, 0, "wrong meta-gradient keys (missing ['b']"),
+        ({**REF, "extra": torch.ones(1)}, 1, 0, "unexpected ['extra']"),
+        ({"w": torch.ones(4), "b": torch.ones(2)}, 1, 0, "'w' has shape (4,), expected (2, 2)"),
+        ({"w": torch.ones(2, 2, dtype=torch.int64), "b": torch.ones(2)}, 1, 0, "dtype torch.int64"),
+        ({"w": torch.tensor([[0.0, float("inf")], [0, 0]]), "b": torch.ones(2)}, 1, 0, "'w' has non-finite values"),
+        ({"w": torch.ones(2, 2), "b": torch.ones(2)}, 0, 0, "num-tasks=0 is not a positive count"),
+        ({"w": torch.ones(2, 2) * 1e9, "b": torch.ones(2)}, 1, 10.0, "norm 2e+09 exceeds the bound max-update-norm=10"),
+    ],
+)
 def test_bad_updates_are_rejected_with_the_reason(update, weight, max_norm, message):
     assert message in check_update(update, REF, weight, max_norm)
 
@@ -53,14 +55,21 @@ def test_hostile_sites_are_rejected_by_name_and_the_model_stays_finite(tmp_path,
     in results.json; the step uses the honest two only."""
     roster = sites(["train"] * 5)
     recorder = Recorder(tmp_path, {}, "synthetic", "maml", [s.as_dict() for s in roster.values()])
-    strategy = FedMeta(outer_optimizer="sgd", outer_lr=0.5, sites=roster, recorder=recorder, aggregator=rule,
-                       trim_fraction=0.0, limits=ReplyLimits(max_update_norm=100.0))
     p0 = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
-    strategy.initialize(ArrayRecord(p0))
+    strategy = strategy_for(
+        roster,
+        p0,
+        "sgd",
+        0.5,
+        recorder=recorder,
+        aggregation=Aggregation(rule, trim_fraction=0.0),
+        limits=ReplyLimits(max_update_norm=100.0),
+    )
     nodes = sorted(roster)
     g1, g2 = torch.tensor([[4.0, 0.0], [0.0, 8.0]]), torch.tensor([[0.0, 4.0], [-4.0, 0.0]])
     replies = [
-        reply(nodes[0], {"w": g1}, 1), reply(nodes[1], {"w": g2}, 1),
+        reply(nodes[0], {"w": g1}, 1),
+        reply(nodes[1], {"w": g2}, 1),
         reply(nodes[2], {"w": torch.full((2, 2), float("nan"))}, 1),
         reply(nodes[3], {"w": g1 * 1e9}, 1),
         reply(nodes[4], {"w": torch.ones(3)}, 1),
@@ -76,11 +85,11 @@ def test_hostile_sites_are_rejected_by_name_and_the_model_stays_finite(tmp_path,
 def test_too_few_acceptable_updates_leave_the_model_unchanged(tmp_path):
     roster = sites(["train"] * 3)
     recorder = Recorder(tmp_path, {}, "synthetic", "maml", [s.as_dict() for s in roster.values()])
-    strategy = FedMeta(outer_optimizer="sgd", outer_lr=0.5, sites=roster, recorder=recorder, min_train_sites=2)
     p0 = {"w": torch.ones(2, 2)}
-    strategy.initialize(ArrayRecord(p0))
+    strategy = strategy_for(roster, p0, "sgd", 0.5, recorder=recorder, aggregation=Aggregation(min_train_sites=2))
     nodes = sorted(roster)
-    arrays, metrics = strategy.aggregate_train(1, [reply(nodes[0], {"w": torch.ones(2, 2)}, 1),
-                                                   reply(nodes[1], {"w": torch.full((2, 2), float("nan"))}, 1)])
+    arrays, metrics = strategy.aggregate_train(
+        1, [reply(nodes[0], {"w": torch.ones(2, 2)}, 1), reply(nodes[1], {"w": torch.full((2, 2), float("nan"))}, 1)]
+    )
     assert arrays is None and metrics is None and torch.equal(strategy.params["w"], p0["w"])
     assert json.loads((tmp_path / RESULTS).read_text())["rounds"][0]["updated"] is False

@@ -6,26 +6,37 @@ stage. That is the only stand-in: keys, shares, masks and meta-gradients are all
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from common import secagg
 from common.algorithms import build_algorithm
 from common.models import build_model
 from common.runconfig import flat_run_config, parse_run_config
+from common.scenario import load_scenario
 from server.fedmeta import FedMeta
+from server.optimizer import OuterOptimizer
 from server.secure import SecureAggregation
 from server.sites import SiteInfo
-from simulation.scenario import load_scenario
 from tests.server.local_grid import NODES, LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
-RUN = {"ways": 3, "shots": 2, "queries": 3, "model-width": 8, "model-groups": 2, "model-depth": 2, "inner-steps": 1,
-       "tasks-per-round": 2, "secure-aggregation": True, "outer-optimizer": "sgd", "outer-lr": 1.0, "device": "cpu"}
+RUN = {
+    "ways": 3,
+    "shots": 2,
+    "queries": 3,
+    "model-width": 8,
+    "model-groups": 2,
+    "model-depth": 2,
+    "inner-steps": 1,
+    "tasks-per-round": 2,
+    "secure-aggregation": True,
+    "outer-optimizer": "sgd",
+    "outer-lr": 1.0,
+    "device": "cpu",
+}
 
 
 def strategy_and_params(run_config):
@@ -33,8 +44,7 @@ def strategy_and_params(run_config):
     model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
     params = build_algorithm(model, cfg.meta).init_meta_params()
     sites = {n: SiteInfo(n, f"site-{i}", "train", 300, 200) for i, n in enumerate(NODES)}
-    strategy = FedMeta(outer_optimizer="sgd", outer_lr=1.0, sites=sites, secure=SecureAggregation(weight_scale=2.0))
-    strategy.initialize(ArrayRecord(params))
+    strategy = FedMeta(OuterOptimizer(params, "sgd", 1.0), sites, secure=SecureAggregation(weight_scale=2.0))
     return strategy, params
 
 
@@ -42,7 +52,9 @@ def plain_mean(run_config, params, nodes):
     """What the same sites would send without secure aggregation, task-weighted."""
     grid = LocalGrid(run_config)
     sent = RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord({"server-round": 1})})
-    replies = grid.send_and_receive([Message(content=sent, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes])
+    replies = grid.send_and_receive(
+        [Message(content=sent, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
+    )
     grads = [(r.content["arrays"].to_torch_state_dict(), float(r.content["metrics"]["num-tasks"])) for r in replies]
     total = sum(w for _, w in grads)
     return {k: sum(g[k].double() * w for g, w in grads) / total for k in params}
@@ -83,8 +95,11 @@ def test_too_many_dropouts_leave_the_model_unchanged():
 
 
 def test_secure_aggregation_refuses_settings_it_cannot_honour():
-    for extra, message in (({"aggregator": "median"}, "robust rules"), ({"max-update-norm": 5.0}, "max-update-norm"),
-                           ({"dp-clip": 1.0, "dp-noise": "server"}, "dp-noise=sites")):
+    for extra, message in (
+        ({"aggregator": "median"}, "robust rules"),
+        ({"max-update-norm": 5.0}, "max-update-norm"),
+        ({"dp-clip": 1.0, "dp-noise": "server"}, "dp-noise=sites"),
+    ):
         with pytest.raises(ValueError, match=message):
             parse_run_config({**RUN, **extra})
     assert 4 * SecureAggregation().levels < secagg.EXACT  # four sites' quantized sums stay exact in float64

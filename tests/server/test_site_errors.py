@@ -10,16 +10,29 @@ from flwr.app import ArrayRecord, ConfigRecord
 from common.algorithms import build_algorithm
 from common.models import build_model
 from common.runconfig import flat_run_config, parse_run_config
+from common.scenario import load_scenario
+from server.exchange import exchange
 from server.fedmeta import FedMeta
+from server.optimizer import OuterOptimizer
+from server.report import RESULTS, Recorder
 from server.sites import SiteInfo
-from simulation.report import RESULTS, Recorder
-from simulation.scenario import load_scenario
 from tests.common.data.hospital import write_site
 from tests.server.local_grid import LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
-RUN = {"ways": 2, "shots": 2, "queries": 3, "model-width": 8, "model-groups": 2, "model-depth": 2, "inner-steps": 1,
-       "tasks-per-round": 2, "outer-optimizer": "sgd", "outer-lr": 0.5, "device": "cpu"}
+RUN = {
+    "ways": 2,
+    "shots": 2,
+    "queries": 3,
+    "model-width": 8,
+    "model-groups": 2,
+    "model-depth": 2,
+    "inner-steps": 1,
+    "tasks-per-round": 2,
+    "outer-optimizer": "sgd",
+    "outer-lr": 0.5,
+    "device": "cpu",
+}
 
 
 def test_a_hospital_with_a_truncated_image_is_named_and_the_round_goes_on(tmp_path, caplog):
@@ -27,20 +40,26 @@ def test_a_hospital_with_a_truncated_image_is_named_and_the_round_goes_on(tmp_pa
     bad = write_site(tmp_path / "general", {"benign": 30, "malignant": 30}, patients_per_class=30, seed=1)
     (bad / "malignant_3.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")
     run_config = flat_run_config(parse_run_config(RUN))
-    nodes = {11: {"site-name": "st-mary", "data-dir": str(good)}, 22: {"site-name": "general", "data-dir": str(bad)},
-             33: {"partition-id": 0}}
+    nodes = {
+        11: {"site-name": "st-mary", "data-dir": str(good)},
+        22: {"site-name": "general", "data-dir": str(bad)},
+        33: {"partition-id": 0},
+    }
     grid = LocalGrid(run_config, node_configs=nodes)
     cfg = parse_run_config(run_config)
-    params = build_algorithm(build_model(load_scenario(cfg.data.scenario).model_config(cfg.model)), cfg.meta).init_meta_params()
+    params = build_algorithm(
+        build_model(load_scenario(cfg.data.scenario).model_config(cfg.model)), cfg.meta
+    ).init_meta_params()
     roster = {n: SiteInfo(n, str(c.get("site-name", "site-0")), "train", 0, 0) for n, c in nodes.items()}
     recorder = Recorder(tmp_path / "out", {}, "synthetic", "maml", [s.as_dict() for s in roster.values()])
-    strategy = FedMeta(outer_optimizer="sgd", outer_lr=0.5, sites=roster, recorder=recorder)
-    strategy.initialize(ArrayRecord(params))
+    strategy = FedMeta(OuterOptimizer(params, "sgd", 0.5), roster, recorder=recorder)
     train = list(strategy.configure_train(1, ArrayRecord(params), ConfigRecord(), grid))
-    arrays, _ = strategy.aggregate_train(1, strategy._exchange(grid, train, timeout=60))
+    arrays, _ = strategy.train_outcome(1, exchange(grid, train, timeout=60))
     assert arrays is not None and any(not torch.equal(strategy.params[k], params[k]) for k in params)
     row = json.loads((tmp_path / "out" / RESULTS).read_text())["rounds"][0]
     assert sorted(row["train"]) == ["site-0", "st-mary"]
-    assert set(row["train_errors"]) == {"general"} and "1 problem(s) in its data folder" in row["train_errors"]["general"]
+    assert (
+        set(row["train_errors"]) == {"general"} and "1 problem(s) in its data folder" in row["train_errors"]["general"]
+    )
     assert "malignant_3.png" not in json.dumps(row)  # no file name reaches the coordinator
     assert "malignant_3.png (labels.csv line 35): cannot be read" in caplog.text  # the site's log has it

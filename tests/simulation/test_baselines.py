@@ -7,8 +7,19 @@ import pytest
 from common.runconfig import parse_run_config
 from simulation.baselines import run_baseline
 
-TINY = {"num-server-rounds": 2, "tasks-per-round": 2, "eval-every": 1, "eval-tasks": 3, "model-width": 8,
-        "model-groups": 2, "model-depth": 2, "inner-steps": 1, "ways": 3, "shots": 2, "queries": 3}
+TINY = {
+    "num-server-rounds": 2,
+    "tasks-per-round": 2,
+    "eval-every": 1,
+    "eval-tasks": 3,
+    "model-width": 8,
+    "model-groups": 2,
+    "model-depth": 2,
+    "inner-steps": 1,
+    "ways": 3,
+    "shots": 2,
+    "queries": 3,
+}
 
 
 @pytest.mark.parametrize("kind", ["centralized", "local"])

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from common.algorithms import build_algorithm
 from common.models import build_model
+from common.protocol import site_tasks
 from common.runconfig import parse_run_config
-from simulation.protocol import site_tasks
+from common.scenario import load_scenario, load_site
 from simulation.run import simulate
-from simulation.scenario import load_scenario, load_site
 
 pytestmark = pytest.mark.integration
 
@@ -50,18 +50,35 @@ test-per-class = 6
 
 def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp_path):
     (tmp_path / "three.toml").write_text(SCENARIO)
-    cfg = parse_run_config({
-        "scenario": str(tmp_path / "three.toml"), "out-dir": str(tmp_path / "out"), "num-server-rounds": 2,
-        "tasks-per-round": 2, "eval-every": 1, "eval-tasks": 2, "ways": 2, "shots": 2, "queries": 3,
-        "model-width": 8, "model-groups": 2, "model-depth": 2, "inner-steps": 1, "outer-optimizer": "sgd",
-        "outer-lr": 0.5, "execution": "loop", "seed": 7,
-    })
+    cfg = parse_run_config(
+        {
+            "scenario": str(tmp_path / "three.toml"),
+            "out-dir": str(tmp_path / "out"),
+            "num-server-rounds": 2,
+            "tasks-per-round": 2,
+            "eval-every": 1,
+            "eval-tasks": 2,
+            "ways": 2,
+            "shots": 2,
+            "queries": 3,
+            "model-width": 8,
+            "model-groups": 2,
+            "model-depth": 2,
+            "inner-steps": 1,
+            "outer-optimizer": "sgd",
+            "outer-lr": 0.5,
+            "execution": "loop",
+            "seed": 7,
+        }
+    )
     results = simulate(cfg)
 
     # the site whose classes are too small fails with a clear error; the rounds go on without it
     for row in results["rounds"]:
         assert set(row["train"]) == {"a", "b"}
-        assert "site 'tiny', train data" in row["train_errors"]["tiny"] and "shots+queries" in row["train_errors"]["tiny"]
+        assert (
+            "site 'tiny', train data" in row["train_errors"]["tiny"] and "shots+queries" in row["train_errors"]["tiny"]
+        )
         assert set(row["evaluate"]) == {"a", "b", "new"} and "tiny" in row["evaluate_errors"]
 
     # independent recomputation: same initialization, same tasks, task-weighted mean, SGD step
@@ -71,9 +88,21 @@ def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp
     params = init = algorithm.init_meta_params()
     sites = {name: load_site(scenario, name) for name in ("a", "b")}
     for server_round in (1, 2):
-        steps = [algorithm.meta_gradient(params, site_tasks(site, cfg.episode, cfg.train.seed, scenario.site_index(name), "train",
-                                                            cfg.train.tasks_per_round, server_round))
-                 for name, site in sites.items()]
+        steps = [
+            algorithm.meta_gradient(
+                params,
+                site_tasks(
+                    site,
+                    cfg.episode,
+                    cfg.train.seed,
+                    scenario.site_index(name),
+                    "train",
+                    cfg.train.tasks_per_round,
+                    server_round,
+                ),
+            )
+            for name, site in sites.items()
+        ]
         total = sum(s.num_tasks for s in steps)
         mean = {k: sum(s.grads[k] * s.num_tasks / total for s in steps) for k in params}
         params = {k: params[k] - cfg.train.outer_lr * mean[k] for k in params}

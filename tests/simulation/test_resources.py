@@ -21,9 +21,13 @@ def test_more_cpus_per_site_than_the_machine_has():
 def test_gpu_fraction_without_a_gpu_is_refused_before_anything_starts():
     with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
         Resources(gpus_per_site=0.25).ray_init_args()
-    result = subprocess.run([sys.executable, "-m", "fedmeta", "simulate", "--gpus-per-site", "0.25", "--out", "unused"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--gpus-per-site 0" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "simulate", "--gpus-per-site", "0.25", "--out", "unused"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--gpus-per-site 0" in result.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -25,8 +25,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "fedmeta", *ARGS, "--out", str(out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedmeta", *ARGS, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not ((out / CHECKPOINT).exists() and read_checkpoint(out / CHECKPOINT).round >= 2):
@@ -41,16 +45,16 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert group_gone(process.pid), live_members(process.pid)
 
     refused = fedmeta(*ARGS, "--out", str(out))  # forgetting --resume must not overwrite the run
-    assert refused.returncode == 1 and "--resume" in refused.stdout, refused.stdout
+    assert refused.returncode == 1 and "--resume" in refused.stderr, refused.stderr
     assert read_checkpoint(out / CHECKPOINT).round == killed_after
 
     changed = fedmeta(*ARGS[:-1], TINY.replace("inner-steps=1", "inner-steps=2"), "--out", str(out), "--resume")
-    assert changed.returncode == 1 and "inner-steps" in " ".join(changed.stdout.split()), changed.stdout
+    assert changed.returncode == 1 and "inner-steps" in " ".join(changed.stderr.split()), changed.stderr
 
-    width = [part for part in TINY.split() if part.startswith("model-width=")][0]
+    width = next(part for part in TINY.split() if part.startswith("model-width="))
     wider = fedmeta(*ARGS[:-1], TINY.replace(width, "model-width=24"), "--out", str(out), "--force-resume")
-    message = " ".join(wider.stdout.split())
-    assert wider.returncode == 1 and "holds another model" in message and "model-width" in message, wider.stdout
+    message = " ".join(wider.stderr.split())
+    assert wider.returncode == 1 and "holds another model" in message and "model-width" in message, wider.stderr
     assert read_checkpoint(out / CHECKPOINT).round == killed_after
 
     resumed = fedmeta(*ARGS, "--out", str(out), "--resume")

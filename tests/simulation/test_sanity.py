@@ -12,7 +12,7 @@ from simulation.sanity import SanityConfig, fedavg, iid_shards, run_sanity
 from tests.conftest import medmnist_dir
 
 # small and quick: 546 training images over 4 sites, width 16, 12 rounds (a few seconds on 2 cores)
-QUICK = dict(dataset="breastmnist", sites=4, rounds=12, width=16, batch_size=32, lr=2e-3)
+QUICK = {"dataset": "breastmnist", "sites": 4, "rounds": 12, "width": 16, "batch_size": 32, "lr": 2e-3}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,11 @@ def test_breastmnist_learns_beyond_the_majority_class(breast_runs):
 def test_same_seed_same_result_and_json_written(breast_runs):
     first, again, out = breast_runs
     assert [r["val_acc"] for r in first["rounds"]] == [r["val_acc"] for r in again["rounds"]]
-    assert (first["test_acc"], first["test_auc"], first["best_round"]) == (again["test_acc"], again["test_auc"], again["best_round"])
+    assert (first["test_acc"], first["test_auc"], first["best_round"]) == (
+        again["test_acc"],
+        again["test_auc"],
+        again["best_round"],
+    )
     written = json.loads((out / "sanity.json").read_text())
     assert written["test_acc"] == first["test_acc"] and written["config"]["rounds"] == QUICK["rounds"]
     assert written["paper_resnet18_28_acc"] == 0.863
@@ -58,15 +62,19 @@ def test_fedavg_weights_by_examples():
 
 
 def test_missing_data_dir_names_the_file_and_the_fix(tmp_path):
-    with pytest.raises(MedMNISTFileError, match="breastmnist.npz is not in .*--data-dir"):
+    with pytest.raises(MedMNISTFileError, match=r"breastmnist.npz is not in .*--data-dir"):
         run_sanity(SanityConfig(dataset="breastmnist", data_dir=tmp_path / "nowhere"))
 
 
 @pytest.mark.integration
 def test_cli_missing_data_exits_2_with_the_fix(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "fedmeta", "bench", "sanity", "--dataset", "breastmnist", "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
-    text = " ".join(out.stdout.split())
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "bench", "sanity", "--dataset", "breastmnist", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = " ".join(out.stderr.split())
     assert out.returncode == 2, out.stdout + out.stderr
     assert "breastmnist.npz is not in" in text and "https://" in text and "FEDMETA_DATA_DIR" in text
 

@@ -18,8 +18,21 @@ def fedmeta(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_simulate_compare_then_adapt(tmp_path):
     out = tmp_path / "run"
-    result = fedmeta("simulate", "--compare", "maml,fedavg,local", "--rounds", "2", "--tasks-per-round", "2",
-                     "--eval-every", "1", "--run-config", TINY + ' eval-shots="1,4"', "--out", str(out))
+    result = fedmeta(
+        "simulate",
+        "--compare",
+        "maml,fedavg,local",
+        "--rounds",
+        "2",
+        "--tasks-per-round",
+        "2",
+        "--eval-every",
+        "1",
+        "--run-config",
+        TINY + ' eval-shots="1,4"',
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for method in ("maml", "fedavg", "local"):
         results = json.loads((out / method / "results.json").read_text())
@@ -36,7 +49,10 @@ def test_simulate_compare_then_adapt(tmp_path):
         assert set(results["shots"]) == {"1", "4"}
         for k in ("1", "4"):
             assert set(results["shots"][k]["evaluate"]) == set(results["final"]["evaluate"])
-            assert results["shots"][k]["summary"]["heldout"]["acc-after"] != results["final"]["summary"]["heldout"]["acc-after"]
+            assert (
+                results["shots"][k]["summary"]["heldout"]["acc-after"]
+                != results["final"]["summary"]["heldout"]["acc-after"]
+            )
         assert (out / method / "heldout_accuracy.png").is_file() and (out / method / "metrics.csv").is_file()
     assert "| maml |" in (out / "comparison.md").read_text() and (out / "comparison.png").is_file()
     assert "held-out sites, final round" in " ".join(result.stdout.split())
@@ -54,4 +70,4 @@ def test_simulate_compare_then_adapt(tmp_path):
 
 def test_simulate_reports_a_bad_scenario_clearly(tmp_path):
     result = fedmeta("simulate", "--scenario", "nope", "--out", str(tmp_path))
-    assert result.returncode == 2 and "no scenario 'nope'" in result.stdout
+    assert result.returncode == 2 and "no scenario 'nope'" in result.stderr

@@ -34,7 +34,9 @@ def write_dicom(path: Path, pixels: np.ndarray) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_site(root: Path, per_class: dict[str, int], kind: str = "png", patients_per_class: int = 4, seed: int = 0) -> Path:
+def write_site(
+    root: Path, per_class: dict[str, int], kind: str = "png", patients_per_class: int = 4, seed: int = 0
+) -> Path:
     """A valid site folder: `per_class` images per class name, spread over patients."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

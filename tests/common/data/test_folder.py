@@ -14,9 +14,10 @@ def test_png_folder_loads_resized_grey_in_row_column_order(tmp_path):
     data = load_folder(root, FolderSpec(image_size=16, channels=1))
     assert data.images.shape == (11, 1, 16, 16) and data.counts() == {"benign": 6, "malignant": 5}
     assert data.classes == ("benign", "malignant") and len(set(data.patients)) == 8
-    assert 0 <= data.images.min() and data.images.max() <= 1
+    assert data.images.min() >= 0 and data.images.max() <= 1
     # orientation: a PNG with a bright top row reads with the bright row first
-    top = np.zeros((40, 32)); top[:4] = 255
+    top = np.zeros((40, 32))
+    top[:4] = 255
     write_png(root / "benign_0.png", top)
     again = load_folder(root, FolderSpec(image_size=40, channels=1))
     first = again.images[again.ids.index("benign_0.png"), 0]
@@ -32,7 +33,8 @@ def test_nifti_and_dicom_folders_load(tmp_path, kind):
 
 
 def test_dicom_keeps_row_column_order(tmp_path):
-    pixels = np.zeros((30, 20)); pixels[:3] = 1000
+    pixels = np.zeros((30, 20))
+    pixels[:3] = 1000
     root = tmp_path / "dcm"
     root.mkdir()
     write_dicom(root / "x.dcm", pixels)
@@ -56,7 +58,10 @@ def test_every_problem_is_named_with_its_fix_and_nothing_is_dropped(tmp_path):
     assert any("broken.png (labels.csv line" in t and "cannot be read" in t and "export it again" in t for t in text)
     assert any("scan.nii.gz" in t and "'tumour' is not in the class list" in t and "classes.txt" in t for t in text)
     assert any("missing.png" in t and "does not exist" in t for t in text)
-    assert any("class 'rare'" in t and "2 usable examples" in t and "shots + queries = 5" in t and "add at least 3" in t for t in text)
+    assert any(
+        "class 'rare'" in t and "2 usable examples" in t and "shots + queries = 5" in t and "add at least 3" in t
+        for t in text
+    )
     with pytest.raises(DataError, match="4 problem"):
         load_folder(root, FolderSpec(image_size=16, min_per_class=5))
 
@@ -74,11 +79,14 @@ def test_mixed_2d_and_3d_is_reported_per_file(tmp_path):
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda root: None, "is not a directory"),
+        (lambda _root: None, "is not a directory"),
         (lambda root: root.mkdir(), "is empty"),
         (lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"x")), "has no labels.csv"),
         (lambda root: (root.mkdir(), (root / "labels.csv").write_text("file,class\na.png,x\n")), "has columns"),
-        (lambda root: (root.mkdir(), (root / "labels.csv").write_text("path,label\n../x.png,a\n")), "points outside the site folder"),
+        (
+            lambda root: (root.mkdir(), (root / "labels.csv").write_text("path,label\n../x.png,a\n")),
+            "points outside the site folder",
+        ),
     ],
 )
 def test_folder_level_problems(tmp_path, setup, message):
@@ -91,7 +99,8 @@ def test_folder_level_problems(tmp_path, setup, message):
 def test_non_finite_values_are_refused(tmp_path):
     root = tmp_path / "site"
     root.mkdir()
-    voxels = np.ones((4, 4, 4)); voxels[1, 1, 1] = np.nan
+    voxels = np.ones((4, 4, 4))
+    voxels[1, 1, 1] = np.nan
     write_nifti(root / "nan.nii.gz", voxels)
     (root / "labels.csv").write_text("path,label\nnan.nii.gz,a\n")
     _, report = check_folder(root, FolderSpec())

@@ -20,7 +20,11 @@ def test_a_modified_copy_fails_its_md5_and_is_not_loaded(medmnist_2d, tmp_path):
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
-    with pytest.raises(medmnist.MedMNISTFileError, match=r"breastmnist\.npz has MD5 .* official .* 750601b1f35ba3300ea97c75c52ff8f6.*download it again from https://zenodo"):
+    with pytest.raises(
+        medmnist.MedMNISTFileError,
+        match=r"breastmnist\.npz has MD5 .* official .* 750601b1f35ba3300ea97c75c52ff8f6"
+        r".*download it again from https://zenodo",
+    ):
         medmnist.load("breastmnist", "train", tmp_path)
 
 
@@ -29,7 +33,10 @@ def test_missing_file_offline_names_file_directory_and_url(tmp_path):
         medmnist.load("pneumoniamnist", "train", tmp_path, download=False)
     message = str(error.value)
     assert "pneumoniamnist.npz is not in" in message and str(tmp_path) in message
-    assert "https://zenodo.org/records/10519652/files/pneumoniamnist.npz" in message and "28209eda62fecd6e6a2d98b1501bb15f" in message
+    assert (
+        "https://zenodo.org/records/10519652/files/pneumoniamnist.npz" in message
+        and "28209eda62fecd6e6a2d98b1501bb15f" in message
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,13 +54,13 @@ def test_shapes_and_labels_match_provenance(medmnist_2d, medmnist_3d, flag, size
     data_dir = medmnist_3d if flag.endswith("3d") else medmnist_2d
     data = medmnist.load(flag, split, data_dir, size)
     assert tuple(data.images.shape) == shape and data.images.dtype == torch.float32
-    assert 0 <= data.images.min() and data.images.max() <= 1
+    assert data.images.min() >= 0 and data.images.max() <= 1
     assert data.counts() == counts
     assert data.ids[0] == f"{medmnist.info(flag).file(size)['file']}:{split}:0" and len(set(data.ids)) == len(data)
 
 
 def test_unknown_dataset_size_and_multilabel_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown MedMNIST dataset 'pneumonia'; known: .*pneumoniamnist"):
+    with pytest.raises(ValueError, match=r"unknown MedMNIST dataset 'pneumonia'; known: .*pneumoniamnist"):
         medmnist.info("pneumonia")
     with pytest.raises(ValueError, match=r"AdrenalMNIST3D comes in sizes \[28, 64\], not 128"):
         medmnist.info("adrenalmnist3d").file(128)

@@ -42,7 +42,7 @@ def test_episode_queries_never_share_a_patient_with_the_support():
     for _ in range(50):
         ep = sampler.sample(generator)
         index = {tuple(x.flatten().tolist()): i for i, x in enumerate(sampler.images)}
-        patient = lambda xs: {int(groups[index[tuple(x.flatten().tolist())]]) for x in xs}  # noqa: E731
+        patient = lambda xs, index=index: {int(groups[index[tuple(x.flatten().tolist())]]) for x in xs}
         assert not patient(ep.support_x) & patient(ep.query_x)
         assert ep.query_x.shape[0] == 8
 
@@ -50,5 +50,7 @@ def test_episode_queries_never_share_a_patient_with_the_support():
 def test_too_few_patients_for_an_episode_is_a_clear_error():
     labels = torch.zeros(20, dtype=torch.long).index_fill(0, torch.arange(10, 20), 1)
     groups = torch.tensor([0] * 9 + [1] + list(range(2, 12)))  # class 0: patient 0 has 9 of 10 images
-    with pytest.raises(ValueError, match=r"class 0: 10 examples from 2 patients; .* only 0 examples of other patients remain"):
+    with pytest.raises(
+        ValueError, match=r"class 0: 10 examples from 2 patients; .* only 0 examples of other patients remain"
+    ):
         EpisodeSampler(torch.randn(20, 1, 4, 4), labels, EpisodeConfig(ways=2, shots=2, queries=3), groups=groups)

@@ -27,7 +27,10 @@ def test_identity_changes_nothing():
     ("shift", "check"),
     [
         (SiteShift(gain=1.5), lambda x, y: y.mean().item() == pytest.approx(1.5 * x.mean().item(), rel=1e-4)),
-        (SiteShift(contrast=2.0), lambda x, y: y.std() > 1.9 * x.std() and y.mean().item() == pytest.approx(x.mean().item(), rel=1e-4)),
+        (
+            SiteShift(contrast=2.0),
+            lambda x, y: y.std() > 1.9 * x.std() and y.mean().item() == pytest.approx(x.mean().item(), rel=1e-4),
+        ),
         (SiteShift(gamma=2.0), lambda x, y: y.mean() < x.mean()),
         (SiteShift(blur=1.5), lambda x, y: edges(y) < 0.7 * edges(x)),
         (SiteShift(resolution=0.5), lambda x, y: edges(y) < 0.9 * edges(x) and y.shape == x.shape),

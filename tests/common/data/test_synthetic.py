@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from common.config import EpisodeConfig
 from common.data.synthetic import site_shift, synthetic_site
 from common.tasks import EpisodeSampler
-from common.config import EpisodeConfig
 
 
 def test_same_seed_and_site_give_the_same_images():
@@ -45,5 +45,5 @@ def test_classes_are_learnable_by_a_nearest_mean_rule():
 
 
 def test_too_many_classes_is_a_clear_error():
-    with pytest.raises(ValueError, match="1..10 classes"):
+    with pytest.raises(ValueError, match=r"1..10 classes"):
         synthetic_site(0, num_classes=11)

@@ -4,7 +4,7 @@ A scenario names its sites, the data of each (the synthetic generator, a MedMNIS
 hospital folder), how sites drawing on one dataset divide it (quantity shares or Dirichlet label
 skew, in `[pools.<name>]`), which classes and how many examples each keeps, each site's scanner
 shift, and which sites are held out of training for meta-testing. Built-ins live in
-`simulation/scenarios/`; `fedmeta scenario show NAME` prints what each site holds.
+`common/scenarios/`; `fedmeta scenario show NAME` prints what each site holds.
 
 Parsing reads no data. `load_site` builds one site's data and is only called inside that
 site's client (or by `scenario show` on a researcher's machine): the coordinator never does.
@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from common.config import EpisodeConfig
-from common.data import LabelledImages, SiteShift
-from common.data import medmnist
+from common.data import LabelledImages, SiteShift, medmnist
 from common.data.folder import FolderSpec, load_folder
 from common.data.partition import dirichlet_proportions, split_by_patient, split_by_proportions, split_by_shares
 from common.data.synthetic import MAX_CLASSES, site_shift, synthetic_site
@@ -45,17 +44,17 @@ class SiteSpec:
     name: str
     source: str
     role: str = "train"
-    dataset: str = ""          # medmnist: the dataset flag, e.g. "pneumoniamnist"
-    size: int = 28             # medmnist: which file size (28, 64, 128, 224)
-    pool: str = ""             # medmnist: sites with the same pool divide one dataset (default: dataset)
-    share: float = 1.0         # quantity skew within the pool
+    dataset: str = ""  # medmnist: the dataset flag, e.g. "pneumoniamnist"
+    size: int = 28  # medmnist: which file size (28, 64, 128, 224)
+    pool: str = ""  # medmnist: sites with the same pool divide one dataset (default: dataset)
+    share: float = 1.0  # quantity skew within the pool
     classes: tuple[int, ...] | None = None
-    max_per_class: int = 0     # keep at most this many examples per class and split (0: all)
-    path: str = ""             # folder: site folder, relative to the data directory
+    max_per_class: int = 0  # keep at most this many examples per class and split (0: all)
+    path: str = ""  # folder: site folder, relative to the data directory
     test_fraction: float = 0.3  # folder: patients held back for testing
     num_classes: int = MAX_CLASSES  # synthetic
-    per_class: int = 30        # synthetic: train examples per class
-    test_per_class: int = 20   # synthetic: test examples per class
+    per_class: int = 30  # synthetic: train examples per class
+    test_per_class: int = 20  # synthetic: test examples per class
     shift: SiteShift | None = None
 
     def __post_init__(self) -> None:
@@ -66,7 +65,7 @@ class SiteSpec:
         if self.source == "medmnist":
             medmnist.info(self.dataset).file(self.size)  # unknown dataset or size: clear error now
         if self.source == "folder" and not self.path:
-            raise ValueError(f"site {self.name!r}: a folder site needs path = \"<folder under the data directory>\"")
+            raise ValueError(f'site {self.name!r}: a folder site needs path = "<folder under the data directory>"')
         if self.share <= 0 or self.max_per_class < 0:
             raise ValueError(f"site {self.name!r}: share must be > 0 and max-per-class >= 0")
 
@@ -99,7 +98,7 @@ class Scenario:
     name: str
     description: str
     sites: tuple[SiteSpec, ...]
-    episode: EpisodeConfig = EpisodeConfig()
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     image_size: int = 28
     channels: int = 1
     spatial_dims: int = 2
@@ -112,7 +111,7 @@ class Scenario:
         if len(set(names)) != len(names):
             raise ValueError(f"scenario {self.name!r}: site names must be unique, got {names}")
         if not any(s.role == "train" for s in self.sites):
-            raise ValueError(f"scenario {self.name!r}: at least one site must have role = \"train\"")
+            raise ValueError(f'scenario {self.name!r}: at least one site must have role = "train"')
         unknown = sorted(set(self.pools) - {s.pool_name for s in self.sites if s.source == "medmnist"})
         if unknown:
             raise ValueError(f"scenario {self.name!r}: [pools] {unknown} are used by no medmnist site")
@@ -155,8 +154,11 @@ class SiteData:
 
 
 def builtin_scenarios() -> list[str]:
-    return sorted(p.name.removesuffix(".toml") for p in files("simulation").joinpath("scenarios").iterdir()
-                  if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml")
+        for p in files("common").joinpath("scenarios").iterdir()
+        if p.name.endswith(".toml")
+    )
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
@@ -167,11 +169,12 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
             raise FileNotFoundError(f"scenario file {path} does not exist")
         text, origin = path.read_text(encoding="utf-8"), str(path)
     elif str(name_or_path) in builtin_scenarios():
-        text = files("simulation").joinpath("scenarios", f"{name_or_path}.toml").read_text(encoding="utf-8")
+        text = files("common").joinpath("scenarios", f"{name_or_path}.toml").read_text(encoding="utf-8")
         origin = f"built-in scenario {name_or_path}"
     else:
         raise ValueError(
-            f"no scenario {str(name_or_path)!r}: use a built-in ({', '.join(builtin_scenarios())}) or a path to a .toml file"
+            f"no scenario {str(name_or_path)!r}: use a built-in ({', '.join(builtin_scenarios())}) "
+            "or a path to a .toml file"
         )
     try:
         return parse_scenario(tomllib.loads(text))
@@ -180,7 +183,18 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 _SITE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(SiteSpec)} | {"count": "count"}
-_TOP_KEYS = {"name", "description", "image-size", "channels", "spatial-dims", "seed", "episodes", "sites", "pools", "run-config"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "image-size",
+    "channels",
+    "spatial-dims",
+    "seed",
+    "episodes",
+    "sites",
+    "pools",
+    "run-config",
+}
 
 
 def parse_scenario(doc: dict) -> Scenario:
@@ -236,7 +250,9 @@ def _reject_unknown(where: str, table: dict, known: set[str]) -> None:
 # building one site's data
 
 
-def load_site(scenario: Scenario, site: int | str, data_dir: Path | None = None, download: bool = False) -> SiteData:
+def load_site(
+    scenario: Scenario, site: int | str, data_dir: str | Path | None = None, download: bool = False
+) -> SiteData:
     """Site `site`'s data (by index or name), shifted and shaped for the model."""
     index = site if isinstance(site, int) else scenario.site_index(site)
     if not 0 <= index < len(scenario.sites):
@@ -257,11 +273,13 @@ def load_site(scenario: Scenario, site: int | str, data_dir: Path | None = None,
         pool = medmnist.load_splits(spec.dataset, SPLITS, Path(data_dir), spec.size, download)
         parts = tuple(_medmnist_part(scenario, index, split, pool[split]) for split in SPLITS)
     shift = spec.shift or (site_shift(seed, index) if spec.source == "synthetic" else SiteShift())
-    train, test = (_finish(_select(part, spec, seed, index), scenario, spec, shift, index, k) for k, part in enumerate(parts))
+    train, test = (
+        _finish(_select(part, spec, seed, index), scenario, spec, shift, index, k) for k, part in enumerate(parts)
+    )
     return SiteData(spec, train, test, shift)
 
 
-def load_hospital_site(scenario: Scenario, name: str, root: Path, test_fraction: float = 0.3) -> SiteData:
+def load_hospital_site(scenario: Scenario, name: str, root: str | Path, test_fraction: float = 0.3) -> SiteData:
     """A deployed hospital that the scenario does not list: its folder `root`, in the scenario's
     input shape, split by patient. Its seeds derive from its name, so reruns give the same split."""
     spec = SiteSpec(name=name, source="folder", path=str(root), test_fraction=test_fraction)
@@ -275,7 +293,10 @@ def load_hospital_site(scenario: Scenario, name: str, root: Path, test_fraction:
 
 def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) -> tuple[LabelledImages, LabelledImages]:
     data = load_folder(
-        root, FolderSpec(image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class)
+        root,
+        FolderSpec(
+            image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class
+        ),
     )
     train, test = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(scenario.seed, index, 4))
     return data.subset(train), data.subset(test)
@@ -285,7 +306,9 @@ def _check_pool(scenario: Scenario, index: int) -> None:
     """The site's dataset has the scenario's dimensionality, and its pool divides one file."""
     spec = scenario.sites[index]
     if medmnist.info(spec.dataset).spatial_dims != scenario.spatial_dims:
-        raise ValueError(f"site {spec.name!r}: {spec.dataset} is not {scenario.spatial_dims}D like scenario {scenario.name!r}")
+        raise ValueError(
+            f"site {spec.name!r}: {spec.dataset} is not {scenario.spatial_dims}D like scenario {scenario.name!r}"
+        )
     members = [s for s in scenario.sites if s.source == "medmnist" and s.pool_name == spec.pool_name]
     files = {(s.dataset, s.size) for s in members}
     if len(files) > 1:
@@ -314,7 +337,9 @@ def _select(data: LabelledImages, spec: SiteSpec, seed: int, index: int) -> Labe
     if spec.classes is not None:
         bad = sorted(set(spec.classes) - set(range(len(data.classes))))
         if bad:
-            raise ValueError(f"site {spec.name!r}: classes {bad} do not exist; labels are 0..{len(data.classes) - 1} {data.classes}")
+            raise ValueError(
+                f"site {spec.name!r}: classes {bad} do not exist; labels are 0..{len(data.classes) - 1} {data.classes}"
+            )
         keep &= torch.isin(data.labels, torch.tensor(spec.classes))
     if spec.max_per_class:
         generator = site_generator(seed, index, 5)
@@ -328,7 +353,9 @@ def _select(data: LabelledImages, spec: SiteSpec, seed: int, index: int) -> Labe
     return data if bool(keep.all()) else data.subset(torch.nonzero(keep).flatten())
 
 
-def _finish(data: LabelledImages, scenario: Scenario, spec: SiteSpec, shift: SiteShift, index: int, part: int) -> LabelledImages:
+def _finish(
+    data: LabelledImages, scenario: Scenario, spec: SiteSpec, shift: SiteShift, index: int, part: int
+) -> LabelledImages:
     """The model's input shape, then the site's scanner (its noise seeded by site and split)."""
     images = to_model_input(data.images, scenario.channels, scenario.image_size, where=f"site {spec.name!r}")
     return replace(data, images=shift(images, site_generator(scenario.seed, index, 6, part)).contiguous())

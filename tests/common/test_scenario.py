@@ -6,7 +6,7 @@ import torch
 
 from common.data import SiteShift
 from common.models import ModelConfig
-from simulation.scenario import builtin_scenarios, load_scenario, load_site, parse_scenario
+from common.scenario import builtin_scenarios, load_scenario, load_site, parse_scenario
 from tests.common.data.hospital import write_site
 
 
@@ -16,7 +16,15 @@ def test_builtins_parse_and_match_the_issue():
     assert [s.name for s in sc.sites] == ["pneumonia-a", "pneumonia-b", "retina", "breast"]
     assert sc.heldout_sites == [3] and sc.training_sites == [0, 1, 2]
     assert load_scenario("medmnist-3d").model_config(ModelConfig()).spatial_dims == 3
-    assert sc.run_config == {"inner-lr": 0.05} and load_scenario("synthetic").run_config == {}
+    sized = {
+        "num-server-rounds": 20,
+        "tasks-per-round": 4,
+        "model-width": 32,
+        "eval-every": 5,
+        "eval-tasks": 20,
+        "outer-lr": 0.01,
+    }  # what `fedmeta simulate` runs on 2 CPU cores unless told otherwise
+    assert sc.run_config == {**sized, "inner-lr": 0.05} and load_scenario("synthetic").run_config == sized
 
 
 def test_synthetic_default_needs_no_files_and_sites_differ():
@@ -64,21 +72,27 @@ def test_medmnist_3d_sites(medmnist_3d):
 
 def test_folder_site_splits_by_patient(tmp_path):
     write_site(tmp_path / "hospital-a", {"benign": 24, "malignant": 24}, patients_per_class=8)
-    sc = parse_scenario({
-        "name": "two-hospitals",
-        "episodes": {"ways": 2, "shots": 2, "queries": 3},
-        "sites": [{"name": "a", "source": "folder", "path": "hospital-a", "test-fraction": 0.25}],
-    })
+    sc = parse_scenario(
+        {
+            "name": "two-hospitals",
+            "episodes": {"ways": 2, "shots": 2, "queries": 3},
+            "sites": [{"name": "a", "source": "folder", "path": "hospital-a", "test-fraction": 0.25}],
+        }
+    )
     site = load_site(sc, "a", tmp_path)
     assert not set(site.train.patients) & set(site.test.patients)
     assert len(site.train) + len(site.test) == 48 and site.train.images.shape[1:] == (1, 28, 28)
 
 
 def test_class_subset_and_cap(medmnist_2d):
-    sc = parse_scenario({
-        "name": "small",
-        "sites": [{"name": "r", "source": "medmnist", "dataset": "retinamnist", "classes": [0, 2], "max-per-class": 25}],
-    })
+    sc = parse_scenario(
+        {
+            "name": "small",
+            "sites": [
+                {"name": "r", "source": "medmnist", "dataset": "retinamnist", "classes": [0, 2], "max-per-class": 25}
+            ],
+        }
+    )
     site = load_site(sc, 0, medmnist_2d)
     assert site.train.counts() == {"0": 25, "1": 0, "2": 25, "3": 0, "4": 0}
 
@@ -87,14 +101,23 @@ def test_class_subset_and_cap(medmnist_2d):
     ("doc", "message"),
     [
         ({"sites": [{"name": "a", "source": "synthetic", "colour": 1}]}, r"unknown keys \['colour'\]"),
-        ({"sites": [{"name": "a", "source": "medmnist", "dataset": "pneumonia"}]}, "unknown MedMNIST dataset 'pneumonia'"),
+        (
+            {"sites": [{"name": "a", "source": "medmnist", "dataset": "pneumonia"}]},
+            "unknown MedMNIST dataset 'pneumonia'",
+        ),
         ({"sites": [{"name": "a", "source": "synthetic", "role": "test"}]}, "role='test'"),
         ({"sites": [{"name": "a", "source": "synthetic", "role": "heldout"}]}, "at least one site must have role"),
         ({"sites": [{"name": "a", "source": "folder"}]}, "a folder site needs path"),
-        ({"sites": [{"name": "a", "source": "synthetic"}, {"name": "a", "source": "synthetic"}]}, "site names must be unique"),
+        (
+            {"sites": [{"name": "a", "source": "synthetic"}, {"name": "a", "source": "synthetic"}]},
+            "site names must be unique",
+        ),
         ({"sites": []}, "at least one"),
         ({"episodes": {"way": 2}, "sites": [{"name": "a", "source": "synthetic"}]}, r"unknown keys \['way'\]"),
-        ({"run-config": {"innerlr": 0.1}, "sites": [{"name": "a", "source": "synthetic"}]}, r"unknown run-config keys \['innerlr'\]"),
+        (
+            {"run-config": {"innerlr": 0.1}, "sites": [{"name": "a", "source": "synthetic"}]},
+            r"unknown run-config keys \['innerlr'\]",
+        ),
     ],
 )
 def test_bad_scenarios_say_what_is_wrong(doc, message):
@@ -113,7 +136,7 @@ def test_missing_data_dir_and_unknown_names(tmp_path):
 
 
 def test_a_deployed_hospital_not_in_the_scenario_reads_its_own_folder(tmp_path):
-    from simulation.scenario import load_hospital_site
+    from common.scenario import load_hospital_site
 
     root = write_site(tmp_path / "st-mary", {"benign": 20, "malignant": 20}, patients_per_class=10)
     site = load_hospital_site(load_scenario("synthetic"), "st-mary", root)

@@ -12,22 +12,24 @@ from common.algorithms import MetaAlgorithm
 from common.config import EpisodeConfig
 from common.functional import Params
 from common.metrics import mean_ci
+from common.scenario import SiteData
 from common.tasks import EpisodeSampler, TaskBatch, site_generator
-from simulation.scenario import SiteData
 
 SPLIT_STREAM = {"train": 0, "test": 1}
 
 
-def site_tasks(site: SiteData, episode: EpisodeConfig, seed: int, index: int, split: str, count: int, stream: int) -> TaskBatch:
+def site_tasks(
+    site: SiteData, episode: EpisodeConfig, seed: int, index: int, split: str, count: int, stream: int
+) -> TaskBatch:
     """`count` episodes from `site`'s `split` over the classes it has enough examples of."""
     data = getattr(site, split)
     usable = site.usable_classes(episode, split)
     if len(usable) < episode.ways:
         counts = ", ".join(f"{name}: {n}" for name, n in data.counts().items())
         raise ValueError(
-            f"site {site.spec.name!r}, {split} data: {episode.ways}-way episodes need {episode.ways} classes with at least "
-            f"shots+queries = {episode.shots}+{episode.queries} = {episode.per_class} examples, but {len(usable)} class(es) "
-            f"have that many ({counts}); add examples, or lower ways, shots or queries"
+            f"site {site.spec.name!r}, {split} data: {episode.ways}-way episodes need {episode.ways} classes "
+            f"with at least shots+queries = {episode.shots}+{episode.queries} = {episode.per_class} examples, "
+            f"but {len(usable)} class(es) have that many ({counts}); add examples, or lower ways, shots or queries"
         )
     try:
         sampler = EpisodeSampler.from_data(data, episode, classes=usable)

@@ -1,0 +1,246 @@
+"""The coordinator's record of a run: results.json, metrics.csv and PNG plots a clinician-scientist can read.
+
+`Recorder` is fed by the coordinator's strategy as rounds finish and rewrites results.json
+after every round (atomically), so a run killed midway still leaves its history. No site data
+ever reaches it: only per-site metric summaries (means, CI half-widths, episode counts).
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime
+from pathlib import Path
+
+from common.files import write_json
+from common.metrics import pooled_mean_ci
+
+EVAL_METRICS = ("acc-after", "auc-after", "loss-after", "acc-before", "support-acc-before", "support-acc-after")
+RESULTS = "results.json"
+
+
+class Recorder:
+    def __init__(
+        self,
+        out_dir: Path,
+        run_config: dict[str, object],
+        scenario: str,
+        algorithm: str,
+        sites: list[dict],
+        rejected: dict[str, str] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.results: dict = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "algorithm": algorithm,
+            "scenario": scenario,
+            "run_config": run_config,
+            "sites": sites,
+            "rejected_sites": dict(rejected or {}),  # connected nodes that take no part, and why
+            "rounds": [],
+        }
+        self.roles = {s["name"]: s["role"] for s in sites}
+
+    def _round(self, server_round: int) -> dict:
+        rounds = self.results["rounds"]
+        if not rounds or rounds[-1]["round"] != server_round:
+            rounds.append({"round": server_round, "train": {}, "evaluate": {}})
+        return rounds[-1]
+
+    def train(
+        self,
+        server_round: int,
+        per_site: dict[str, dict[str, float]],
+        bytes_down: int = 0,
+        bytes_up: int = 0,
+        seconds: float = float("nan"),
+        errors: dict[str, str] | None = None,
+        updated: bool = True,
+        privacy: dict[str, float] | None = None,
+    ) -> None:
+        """A training round: each site's metrics, bytes each way, wall time, sites that failed or
+        were rejected, and whether the meta-model moved (not when too few updates were acceptable)."""
+        row = self._round(server_round)
+        row["train"] = per_site
+        row["updated"] = updated
+        if privacy is not None:
+            row["privacy"] = privacy  # cumulative (epsilon, delta) after this round
+        row["bytes"] = {"down": bytes_down, "up": bytes_up}
+        row["seconds"] = seconds
+        if errors:
+            row["train_errors"] = errors
+        write_json(self.out_dir / RESULTS, self.results)  # progress for whoever watches the run
+
+    def evaluate(
+        self, server_round: int, per_site: dict[str, dict[str, float]], errors: dict[str, str] | None = None
+    ) -> dict[str, float]:
+        """Record per-site evaluation; returns the pooled held-out / training-site summary."""
+        row = self._round(server_round)
+        row["evaluate"] = per_site
+        if errors:
+            row["evaluate_errors"] = errors
+        row["summary"] = summarize(per_site, self.roles)
+        write_json(self.out_dir / RESULTS, self.results)
+        return {
+            f"{group}-{metric}{suffix}": value
+            for group, metrics in row["summary"].items()
+            for metric, (mean, half, _) in metrics.items()
+            for suffix, value in (("", mean), ("-ci", half))
+        }
+
+    def evaluate_shots(
+        self, shots: int, per_site: dict[str, dict[str, float]], errors: dict[str, str] | None = None
+    ) -> None:
+        """The final meta-model scored with `shots` examples per class (`eval-shots`)."""
+        row: dict = {"evaluate": per_site, "summary": summarize(per_site, self.roles)}
+        if errors:
+            row["evaluate_errors"] = errors
+        self.results.setdefault("shots", {})[str(shots)] = row
+        write_json(self.out_dir / RESULTS, self.results)
+
+    def finish(self, seconds: float) -> dict:
+        evaluated = [r for r in self.results["rounds"] if r["evaluate"]]
+        self.results["seconds"] = seconds
+        self.results["final"] = evaluated[-1] if evaluated else None
+        write_json(self.out_dir / RESULTS, self.results)
+        write_metrics_csv(self.results, self.out_dir / "metrics.csv")
+        plot_run(self.results, self.out_dir)
+        return self.results
+
+
+def summarize(
+    per_site: dict[str, dict[str, float]], roles: dict[str, str]
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Pooled mean and 95% CI over all episodes of the held-out sites and of the training sites."""
+    out = {}
+    for group, role in (("heldout", "heldout"), ("train-sites", "train")):
+        sites = [m for name, m in per_site.items() if roles.get(name) == role]
+        if sites:
+            out[group] = {
+                metric: pooled_mean_ci([(m[metric], m[f"{metric}-ci"], int(m["num-tasks"])) for m in sites])
+                for metric in EVAL_METRICS
+                if metric in sites[0]
+            }
+    return out
+
+
+def write_metrics_csv(results: dict, path: Path) -> None:
+    """Long format: one line per (round, phase, site, metric)."""
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["algorithm", "round", "phase", "site", "role", "metric", "value", "ci95"])
+        roles = {s["name"]: s["role"] for s in results["sites"]}
+        for row in results["rounds"]:
+            for phase in ("train", "evaluate"):
+                for site, metrics in sorted(row[phase].items()):
+                    for metric, value in metrics.items():
+                        if metric.endswith("-ci"):
+                            continue
+                        out.writerow(
+                            [
+                                results["algorithm"],
+                                row["round"],
+                                phase,
+                                site,
+                                roles.get(site, ""),
+                                metric,
+                                value,
+                                metrics.get(f"{metric}-ci", ""),
+                            ]
+                        )
+
+
+def curve(results: dict, group: str = "heldout", metric: str = "acc-after") -> list[tuple[int, float, float]]:
+    """(round, mean, CI half-width) of a pooled summary metric over the evaluated rounds."""
+    return [
+        (r["round"], *r["summary"][group][metric][:2])
+        for r in results["rounds"]
+        if r.get("summary", {}).get(group, {}).get(metric)
+    ]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bands(
+    lines: dict[str, list[tuple[int, float, float]]],
+    ylabel: str,
+    title: str,
+    path: Path,
+    chance: float | None,
+    xlabel: str = "round",
+) -> None:
+    """One line per label over rounds (or shots), with its 95% CI as a band, and the chance level."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in lines.items():
+        if points:
+            xs, ys, cis = zip(*points)
+            ax.plot(xs, ys, marker="o", label=label)
+            ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.2)
+    if chance:
+        ax.axhline(chance, color="grey", linestyle=":", label="chance")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def chance_level(results: dict) -> float | None:
+    ways = results["run_config"].get("ways")
+    return 1 / ways if ways else None
+
+
+def plot_run(results: dict, out_dir: Path) -> None:
+    roles = {s["name"]: s["role"] for s in results["sites"]}
+    evaluated = [r for r in results["rounds"] if r["evaluate"]]
+    if not evaluated:
+        return
+    heldout = sorted(n for n in evaluated[-1]["evaluate"] if roles.get(n) == "heldout")
+    lines = {
+        site: [
+            (r["round"], r["evaluate"][site]["acc-after"], r["evaluate"][site]["acc-after-ci"])
+            for r in evaluated
+            if site in r["evaluate"]
+        ]
+        for site in heldout
+    }
+    plot_bands(
+        lines,
+        "few-shot query accuracy after adaptation",
+        f"{results['algorithm']} on {results['scenario']}: held-out sites (95% CI)",
+        out_dir / "heldout_accuracy.png",
+        chance_level(results),
+    )
+
+    plt = _pyplot()
+    final = evaluated[-1]["evaluate"]
+    names = sorted(final, key=lambda n: (roles.get(n) != "heldout", n))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
+    xs = range(len(names))
+    for offset, metric, label in ((-0.2, "acc-before", "before adaptation"), (0.2, "acc-after", "after adaptation")):
+        ax.bar(
+            [x + offset for x in xs],
+            [final[n][metric] for n in names],
+            width=0.4,
+            yerr=[final[n].get(f"{metric}-ci", 0) for n in names],
+            capsize=3,
+            label=label,
+        )
+    if chance_level(results):
+        ax.axhline(chance_level(results), color="grey", linestyle=":", label="chance")
+    ax.set_xticks(list(xs), [f"{n}\n({roles.get(n, '?')})" for n in names], fontsize=8)
+    ax.set_ylabel("query accuracy")
+    ax.set_title(f"{results['algorithm']}: per site, round {evaluated[-1]['round']} (95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "sites_final.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,39 @@
+"""When the coordinator trains and evaluates: rounds 1..N (or from a resumed round on), every
+site evaluating every `eval_every` rounds and after the last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.tasks import site_seed
+
+
+@dataclass(frozen=True)
+class Schedule:
+    num_rounds: int = 1
+    eval_every: int = 1
+
+    def rounds(self, start: int = 1) -> range:
+        """The rounds still to run: Flower's own `Strategy.start` always begins at round 1, a
+        resumed run must not."""
+        return range(start, self.num_rounds + 1)
+
+    def evaluates(self, server_round: int) -> bool:
+        return server_round % self.eval_every == 0 or server_round == self.num_rounds
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which training sites train in a round: `fraction` of them (at least one), drawn with the
+    run's seed and the round, so a rerun (or a resumed run) picks the same sites."""
+
+    fraction: float = 1.0
+    seed: int = 0
+
+    def choose(self, pool: list[int], server_round: int) -> list[int]:
+        count = min(len(pool), max(1, round(len(pool) * self.fraction)))
+        rng = np.random.default_rng(site_seed(self.seed, 0, server_round))
+        # draw positions, not ids: node ids are 64-bit and numpy would round them through float
+        return sorted(pool[i] for i in rng.choice(len(pool), size=count, replace=False))
