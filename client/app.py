@@ -30,10 +30,11 @@ from flwr.supercore import log
 from client import secure
 from client.records import one
 from common.algorithms import MetaAlgorithm, build_algorithm
+from common.backbones import build_model
 from common.config import MetaConfig
 from common.data.dataset import DataError
 from common.device import describe_device, resolve_device
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.native import resolve_kernels
 from common.privacy import add_noise, clip, site_noise_std
 from common.protocol import evaluate_site, evaluation_tasks, site_tasks

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from common.algorithms import build_algorithm
+from common.backbones import build_model
 from common.config import EpisodeConfig, MetaConfig
 from common.functional import Params, forward, tensor_sum
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.native import KERNELS, resolve_kernels
 from common.tasks import EpisodeSampler, TaskBatch, site_generator
 

@@ -18,7 +18,7 @@ ProtoNet rely on.
 
 Adding a backbone: one file in `common/backbones/` with a `MetaNet` subclass that builds its
 parameters from MONAI blocks and defines `features` (and `prepare` if it caches anything), and
-its name in `common/backbones/__init__.py`. Nothing else changes.
+its name in `common/backbones/__init__.py` (`build_model` finds it there). Nothing else changes.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ Params = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class ModelConfig:
     """A backbone's shape: `depth` stages of `width` channels, each halving the spatial size.
-    `backbone` names the architecture (`common/backbones/`)."""
+    `backbone` names the architecture (`common/backbones/`, which checks the name)."""
 
     spatial_dims: int = 2
     in_channels: int = 1
@@ -54,10 +54,6 @@ class ModelConfig:
     backbone: str = "conv"
 
     def __post_init__(self) -> None:
-        from common.backbones import BACKBONES
-
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"model={self.backbone!r}: choose one of {', '.join(BACKBONES)}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims={self.spatial_dims}: use 2 (images) or 3 (volumes)")
         if self.norm not in NORMS:
@@ -125,12 +121,6 @@ class MetaNet(nn.Module):
         """MONAI's blocks in order (`body` then `head`, sharing this model's parameters and their
         names): the same function computed the library's way."""
         return nn.Sequential(OrderedDict(body=self.body, head=self.head))
-
-
-def build_model(config: ModelConfig) -> MetaNet:
-    from common.backbones import BACKBONES
-
-    return BACKBONES[config.backbone](config)
 
 
 def init_params(model: nn.Module) -> dict[str, torch.Tensor]:

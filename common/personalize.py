@@ -11,12 +11,13 @@ import torch
 
 from common.algorithms import build_algorithm
 from common.algorithms.metasgd import PREFIX
+from common.backbones import build_model
 from common.config import EpisodeConfig, MetaConfig
 from common.data import LabelledImages
 from common.export import load_meta_model, save_meta_model
 from common.functional import Params, cross_entropy
 from common.metrics import Z95, auc
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.native import resolve_kernels
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from common.backbones import check_backbone
 from common.config import EpisodeConfig, MetaConfig
 from common.models import ModelConfig
 
@@ -180,6 +181,7 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
         kwargs[section][field] = value
     episode = EpisodeConfig(**kwargs["episode"])
     model = ModelConfig(num_classes=episode.ways, **kwargs["model"])
+    check_backbone(model.backbone)
     return RunConfig(
         episode, MetaConfig(**kwargs["meta"]), model, TrainConfig(**kwargs["train"]), DataConfig(**kwargs["data"])
     )

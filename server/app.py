@@ -12,8 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from common.algorithms import MetaAlgorithm, build_algorithm
+from common.backbones import build_model
 from common.export import save_meta_model
-from common.models import build_model
 from common.runconfig import RunConfig, parse_run_config
 from common.scenario import load_scenario
 from server.aggregation import Aggregation

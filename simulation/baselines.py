@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from common.algorithms import build_algorithm
+from common.backbones import build_model
 from common.config import EpisodeConfig
 from common.data.dataset import LabelledImages, pool
 from common.export import save_meta_model
-from common.models import build_model
 from common.native import resolve_kernels
 from common.protocol import evaluate_site, evaluation_tasks
 from common.runconfig import RunConfig, flat_run_config

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
+from common.backbones import build_model
 from common.data import medmnist
 from common.data.dataset import LabelledImages
 from common.device import resolve_device
 from common.files import write_json
 from common.functional import Params, accuracy, cross_entropy, forward, tensor_sum
 from common.metrics import auc
-from common.models import ModelConfig, build_model, init_params
+from common.models import ModelConfig, init_params
 from common.tasks import site_generator
 
 # Test accuracy of ResNet-18 at 28 px: Yang et al., "MedMNIST v2 - A large-scale lightweight

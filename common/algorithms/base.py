@@ -15,27 +15,18 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from common.algorithms import execution
+from common.algorithms.execution import MetaStep
 from common.config import MetaConfig
 from common.functional import GradFn, Params, accuracy, cross_entropy
 from common.metrics import auc
 from common.models import MetaNet, init_params
 from common.native.build import NativeKernels
 from common.tasks import TaskBatch
-
-
-@dataclass(frozen=True)
-class MetaStep:
-    """Result of one meta-batch: mean query loss, mean meta-gradient per meta-parameter."""
-
-    loss: float
-    grads: Params
-    metrics: dict[str, float]
-    num_tasks: int
 
 
 class MetaAlgorithm(ABC):
@@ -101,14 +92,10 @@ class MetaAlgorithm(ABC):
     # -- meta-training --------------------------------------------------------------------
     def meta_gradient(self, meta: Params, batch: TaskBatch) -> MetaStep:
         """Mean query loss over the batch's tasks and its gradient for every meta-parameter."""
-        from common.algorithms.execution import meta_gradient
-
-        return meta_gradient(self, meta, batch)
+        return execution.meta_gradient(self, meta, batch)
 
     def execution_mode(self, device: torch.device) -> str:
-        from common.algorithms.execution import execution_mode
-
-        return execution_mode(self.config.execution, device)
+        return execution.execution_mode(self.config.execution, device)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, meta: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:

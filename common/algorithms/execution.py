@@ -10,13 +10,38 @@ under `vmap`, which cannot run the C kernels and so uses the algorithm without t
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.func import grad, vmap
 
-from common.algorithms.base import MetaAlgorithm, MetaStep
-from common.functional import Params, accuracy, autograd_grad, func_grad
+from common.config import MetaConfig
+from common.functional import GradFn, Params, accuracy, autograd_grad, func_grad
 from common.tasks import Episode, TaskBatch
+
+
+@dataclass(frozen=True)
+class MetaStep:
+    """Result of one meta-batch: mean query loss, mean meta-gradient per meta-parameter."""
+
+    loss: float
+    grads: Params
+    metrics: dict[str, float]
+    num_tasks: int
+
+
+class MetaAlgorithm(Protocol):
+    """What running a meta-batch needs of an algorithm (`common.algorithms.base`)."""
+
+    config: MetaConfig
+
+    def task_loss(
+        self, meta: Params, episode: tuple[torch.Tensor, ...], grad_fn: GradFn
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def without_kernels(self) -> MetaAlgorithm: ...
+
 
 TaskResult = tuple[Params, torch.Tensor, torch.Tensor]  # gradients, query loss, query accuracy
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from common.algorithms.base import MetaStep
+from common.algorithms.execution import MetaStep
 from common.algorithms.maml import MAML
 from common.functional import Params, accuracy, cross_entropy
 from common.tasks import TaskBatch

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from common.algorithms import build_algorithm
-from common.models import build_model
+from common.backbones import build_model
 from common.protocol import site_tasks
 from common.runconfig import parse_run_config
 from common.scenario import load_scenario, load_site

@@ -161,7 +161,7 @@ def bench_federation(
 
 def _model_bytes(cfg) -> int:
     from common.algorithms import build_algorithm
-    from common.models import build_model
+    from common.backbones import build_model
     from common.scenario import load_scenario
 
     model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))

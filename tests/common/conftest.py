@@ -3,8 +3,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from common.backbones import build_model
 from common.config import EpisodeConfig, MetaConfig
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.tasks import EpisodeSampler, site_generator
 
 TINY = ModelConfig(in_channels=1, image_size=4, num_classes=3, width=4, depth=1, num_groups=2)

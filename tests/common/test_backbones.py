@@ -5,11 +5,11 @@ MONAI blocks), with the backbone chosen by name only."""
 import pytest
 
 from common.algorithms import build_algorithm
-from common.backbones import BACKBONES
+from common.backbones import BACKBONES, build_model
 from common.bench import BenchConfig, run_maml_bench
 from common.config import EpisodeConfig, MetaConfig
 from common.export import load_meta_model, save_meta_model
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.personalize import personalize
 from tests.common.test_personalize import data
 

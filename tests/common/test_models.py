@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from common.backbones import BACKBONES
-from common.models import ModelConfig, build_model
+from common.backbones import BACKBONES, build_model
+from common.models import ModelConfig
 
 
 @pytest.mark.parametrize("dims", [2, 3])

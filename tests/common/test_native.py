@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from common.algorithms import build_algorithm
+from common.backbones import build_model
 from common.config import MetaConfig
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.native import build, ops, resolve_kernels
 from common.native.build import NativeKernelsUnavailable, library_path, load_kernels
 from tests.common.conftest import labelled_set

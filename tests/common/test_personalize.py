@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from common.algorithms import build_algorithm
+from common.backbones import build_model
 from common.config import EpisodeConfig, MetaConfig
 from common.data import LabelledImages
 from common.export import load_meta_model, save_meta_model
-from common.models import ModelConfig, build_model
+from common.models import ModelConfig
 from common.personalize import personalize, resize_head, split_support
 
 

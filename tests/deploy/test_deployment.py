@@ -325,7 +325,7 @@ def test_bad_metrics_are_rejected_by_name_and_the_run_completes(deployment):
 
 def test_only_meta_gradients_and_scalar_metrics_leave_the_sites(deployment):
     from common.algorithms import build_algorithm
-    from common.models import build_model
+    from common.backbones import build_model
     from common.runconfig import parse_run_config
     from common.scenario import load_scenario
     from deploy.config import load_coordinator_config

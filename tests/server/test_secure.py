@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from common import secagg
 from common.algorithms import build_algorithm
-from common.models import build_model
+from common.backbones import build_model
 from common.runconfig import flat_run_config, parse_run_config
 from common.scenario import load_scenario
 from server.fedmeta import FedMeta
