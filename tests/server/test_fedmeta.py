@@ -122,3 +122,18 @@ def test_aggregate_train_is_the_task_weighted_mean_then_one_sgd_step(wire):
     sent = arrays.to_torch_state_dict()["w"]
     assert sent.dtype == wire and torch.equal(sent.float(), expected.to(wire).float())
     assert metrics["meta-loss"] == pytest.approx(1.75)  # task-weighted: (1 * 1.0 + 3 * 2.0) / 4
+
+
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive():
+    """Float sums are not associative: summing in arrival order made two runs of one seed differ.
+    Replies are combined in site-name order, so any arrival order gives the same bits."""
+    p0 = {"w": torch.zeros(2)}
+    roster = sites(["train", "train", "train"])
+    nodes = sorted(roster)
+    values = [torch.tensor([1.0, 3.0]), torch.tensor([1e16, -1e16]), torch.tensor([-1e16, 1e16])]
+    results = []
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        strategy = strategy_for(roster, {k: v.clone() for k, v in p0.items()}, "sgd", 1.0)
+        strategy.aggregate_train(1, [reply(nodes[i], {"w": values[i]}, 1) for i in order])
+        results.append(strategy.params["w"].clone())
+    assert all(torch.equal(r, results[0]) for r in results)
