@@ -204,6 +204,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = site.cfg
     config = msg.content.config_records["config"]
     episode = replace(cfg.episode, shots=int(one(config, "eval-shots"))) if "eval-shots" in config else cfg.episode
-    tasks = evaluation_tasks(site.data, episode, cfg.train.seed, site.index, cfg.train.eval_tasks)
+    tasks = evaluation_tasks(site.data, episode, cfg.train.eval_seed, site.index, cfg.train.eval_tasks)
     metrics = evaluate_site(site.algorithm, meta, tasks)
     return Message(content=RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)

@@ -13,7 +13,7 @@ from common.config import EpisodeConfig
 from common.functional import Params
 from common.metrics import mean_ci
 from common.scenario import SiteData
-from common.tasks import EpisodeSampler, TaskBatch, site_generator
+from common.tasks import EpisodeSampler, HospitalSampler, TaskBatch, site_generator
 
 SPLIT_STREAM = {"train": 0, "test": 1}
 
@@ -21,8 +21,13 @@ SPLIT_STREAM = {"train": 0, "test": 1}
 def site_tasks(
     site: SiteData, episode: EpisodeConfig, seed: int, index: int, split: str, count: int, stream: int
 ) -> TaskBatch:
-    """`count` episodes from `site`'s `split` over the classes it has enough examples of."""
+    """`count` episodes from `site`'s `split`: N-way episodes over the classes it has enough
+    examples of, or (hospital tasks) the site's own problem over all its classes, global labels."""
     data = getattr(site, split)
+    generator = site_generator(seed, index, stream, SPLIT_STREAM[split])
+    if site.tasks == "hospital":
+        where = f"site {site.spec.name!r}, {split} data"
+        return HospitalSampler.from_data(data, episode, where).sample_batch(count, generator)
     usable = site.usable_classes(episode, split)
     if len(usable) < episode.ways:
         counts = ", ".join(f"{name}: {n}" for name, n in data.counts().items())
@@ -35,7 +40,7 @@ def site_tasks(
         sampler = EpisodeSampler.from_data(data, episode, classes=usable)
     except ValueError as error:
         raise ValueError(f"site {site.spec.name!r}, {split} data: {error}") from error
-    return sampler.sample_batch(count, site_generator(seed, index, stream, SPLIT_STREAM[split]))
+    return sampler.sample_batch(count, generator)
 
 
 def evaluation_tasks(site: SiteData, episode: EpisodeConfig, seed: int, index: int, count: int) -> TaskBatch:

@@ -54,6 +54,7 @@ class TrainConfig:
     secagg_threshold: float = 0.6
     secagg_clip_range: float = 1024.0
     seed: int = 0
+    eval_seed: int = 0  # which evaluation episodes: the same for every method and training seed
 
     def __post_init__(self) -> None:
         if self.outer_optimizer not in OPTIMIZERS:

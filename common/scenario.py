@@ -2,9 +2,14 @@
 
 A scenario names its sites, the data of each (the synthetic generator, a MedMNIST dataset or a
 hospital folder), how sites drawing on one dataset divide it (quantity shares or Dirichlet label
-skew, in `[pools.<name>]`), which classes and how many examples each keeps, each site's scanner
-shift, and which sites are held out of training for meta-testing. Built-ins live in
-`common/scenarios/`; `fedmeta scenario show NAME` prints what each site holds.
+skew, in `[pools.<name>]`; a pool may also join several MedMNIST datasets into one label
+space), which classes and how many examples each keeps, each site's scanner shift (given, or
+drawn per site with `shift = "draw"`), and each site's role: it trains, it is a validation site
+(evaluated, never trained on; for choosing hyperparameters), or it is held out for the reported
+meta-test. `tasks` says what a task is: `episodes` (N-way K-shot, classes relabelled 0..N-1) or
+`hospital` (a site's own diagnostic problem: every class it has, K labelled images each, global
+labels, as in personalization). Built-ins live in `common/scenarios/`; `fedmeta scenario show
+NAME` prints what each site holds.
 
 Parsing reads no data. `load_site` builds one site's data and is only called inside that
 site's client (or by `scenario show` on a researcher's machine): the coordinator never does.
@@ -31,9 +36,10 @@ from common.models import ModelConfig
 from common.runconfig import parse_run_config
 from common.tasks import site_generator, site_seed
 
-ROLES = ("train", "heldout")
+ROLES = ("train", "validation", "heldout")  # heldout: the reported meta-test sites
 SOURCES = ("synthetic", "medmnist", "folder")
 SPLITS = ("train", "test")
+TASKS = ("episodes", "hospital")
 
 
 @dataclass(frozen=True)
@@ -56,14 +62,17 @@ class SiteSpec:
     per_class: int = 30  # synthetic: train examples per class
     test_per_class: int = 20  # synthetic: test examples per class
     shift: SiteShift | None = None
+    draw_shift: bool = False  # `shift = "draw"`: a scanner drawn from (seed, site), as synthetic sites get
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"site {self.name!r}: source={self.source!r}, use one of {SOURCES}")
         if self.role not in ROLES:
             raise ValueError(f"site {self.name!r}: role={self.role!r}, use one of {ROLES}")
-        if self.source == "medmnist":
+        if self.source == "medmnist" and self.dataset:
             medmnist.info(self.dataset).file(self.size)  # unknown dataset or size: clear error now
+        if self.source == "medmnist" and not self.dataset and not self.pool:
+            raise ValueError(f'site {self.name!r}: a medmnist site needs dataset = "<flag>" or a pool with datasets')
         if self.source == "folder" and not self.path:
             raise ValueError(f'site {self.name!r}: a folder site needs path = "<folder under the data directory>"')
         if self.share <= 0 or self.max_per_class < 0:
@@ -78,19 +87,30 @@ class SiteSpec:
             return f"synthetic, {self.num_classes} classes"
         if self.source == "folder":
             return f"folder {self.path}"
-        return f"{self.dataset} ({self.size}), pool {self.pool_name}"
+        return f"{self.dataset or 'pool'} ({self.size}), pool {self.pool_name}"
 
 
 @dataclass(frozen=True)
 class PoolSpec:
-    """How the sites of one pool divide its dataset: by their `share`s or by Dirichlet(alpha)."""
+    """How the sites of one pool divide its data: by their `share`s (within each class, among the
+    sites that keep the class), or by Dirichlet(alpha) label skew scaled by their shares
+    (quantity skew). `datasets` joins several MedMNIST datasets into one label space (labels
+    offset in the order given, class names prefixed with the dataset); else the pool is its
+    sites' own `dataset`."""
 
     method: str = "shares"
     alpha: float = 0.5
+    datasets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in ("shares", "dirichlet") or self.alpha <= 0:
             raise ValueError(f"pool method={self.method!r}, alpha={self.alpha}: use shares or dirichlet with alpha > 0")
+        for flag in self.datasets:
+            medmnist.info(flag)  # unknown dataset: a clear error now
+
+    def labels(self) -> tuple[str, ...]:
+        """The joined label space's class names (no data is read)."""
+        return tuple(f"{flag}:{name}" for flag in self.datasets for name in medmnist.info(flag).labels)
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,7 @@ class Scenario:
     seed: int = 0
     pools: dict[str, PoolSpec] = field(default_factory=dict)
     run_config: dict[str, object] = field(default_factory=dict)  # recommended run-config values
+    tasks: str = "episodes"
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sites]
@@ -115,6 +136,31 @@ class Scenario:
         unknown = sorted(set(self.pools) - {s.pool_name for s in self.sites if s.source == "medmnist"})
         if unknown:
             raise ValueError(f"scenario {self.name!r}: [pools] {unknown} are used by no medmnist site")
+        for site in self.sites:
+            joined = self.pools.get(site.pool_name, PoolSpec()).datasets
+            if site.source == "medmnist" and bool(site.dataset) == bool(joined):
+                raise ValueError(f"site {site.name!r}: give dataset = ... or a pool with datasets = [...], not both")
+        if self.tasks not in TASKS:
+            raise ValueError(f"scenario {self.name!r}: tasks = {self.tasks!r}, use one of {TASKS}")
+        if self.tasks == "hospital" and len({self.label_space(s) for s in self.sites}) != 1:
+            raise ValueError(
+                f"scenario {self.name!r}: hospital tasks keep global labels, so every site needs the same "
+                "label space (one dataset, or one pool)"
+            )
+
+    def label_space(self, site: SiteSpec) -> tuple[str, ...]:
+        """The class names a site's labels index (no data is read)."""
+        if site.source == "medmnist":
+            joined = self.pools.get(site.pool_name, PoolSpec())
+            return joined.labels() if joined.datasets else medmnist.info(site.dataset).labels
+        if site.source == "synthetic":
+            return tuple(str(c) for c in range(site.num_classes))
+        return ()  # a folder's classes are known only from its labels.csv
+
+    @property
+    def num_labels(self) -> int:
+        """The model's output count for hospital tasks: the size of the shared label space."""
+        return len(self.label_space(self.sites[0]))
 
     def site_index(self, name: str) -> int:
         for index, site in enumerate(self.sites):
@@ -123,8 +169,10 @@ class Scenario:
         raise ValueError(f"scenario {self.name!r} has no site {name!r}; its sites are {[s.name for s in self.sites]}")
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        """`base` with the input shape of this scenario's images."""
-        return replace(base, spatial_dims=self.spatial_dims, in_channels=self.channels, image_size=self.image_size)
+        """`base` with the input shape of this scenario's images (and, for hospital tasks, one
+        output per class of the shared label space: labels are global)."""
+        shaped = replace(base, spatial_dims=self.spatial_dims, in_channels=self.channels, image_size=self.image_size)
+        return replace(shaped, num_classes=self.num_labels) if self.tasks == "hospital" else shaped
 
     @property
     def training_sites(self) -> list[int]:
@@ -133,6 +181,10 @@ class Scenario:
     @property
     def heldout_sites(self) -> list[int]:
         return [i for i, s in enumerate(self.sites) if s.role == "heldout"]
+
+    @property
+    def validation_sites(self) -> list[int]:
+        return [i for i, s in enumerate(self.sites) if s.role == "validation"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +195,7 @@ class SiteData:
     train: LabelledImages
     test: LabelledImages
     shift: SiteShift
+    tasks: str = "episodes"  # the scenario's kind of task (see TASKS)
 
     def usable_classes(self, episode: EpisodeConfig, split: str = "train") -> list[int]:
         """Classes with enough examples for an episode (shots + queries) in `split`."""
@@ -182,7 +235,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         raise ValueError(f"{origin}: {error}") from error
 
 
-_SITE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(SiteSpec)} | {"count": "count"}
+_SITE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(SiteSpec) if f.name != "draw_shift"} | {"count": "count"}
 _TOP_KEYS = {
     "name",
     "description",
@@ -194,6 +247,7 @@ _TOP_KEYS = {
     "sites",
     "pools",
     "run-config",
+    "tasks",
 }
 
 
@@ -203,8 +257,8 @@ def parse_scenario(doc: dict) -> Scenario:
     _reject_unknown("[episodes]", episode, {"ways", "shots", "queries"})
     pools = {}
     for name, spec in doc.get("pools", {}).items():
-        _reject_unknown(f"[pools.{name}]", spec, {"method", "alpha"})
-        pools[name] = PoolSpec(**spec)
+        _reject_unknown(f"[pools.{name}]", spec, {"method", "alpha", "datasets"})
+        pools[name] = PoolSpec(**{**spec, "datasets": tuple(spec.get("datasets", ()))})
     recommended = doc.get("run-config", {})
     parse_run_config(recommended)  # unknown keys and bad values: an error now, naming the key
     sites = []
@@ -223,6 +277,7 @@ def parse_scenario(doc: dict) -> Scenario:
         seed=doc.get("seed", 0),
         pools=pools,
         run_config=recommended,
+        tasks=doc.get("tasks", "episodes"),
     )
 
 
@@ -231,7 +286,9 @@ def _parse_sites(entry: dict) -> list[SiteSpec]:
     _reject_unknown(where, entry, set(_SITE_KEYS))
     values = {_SITE_KEYS[k]: v for k, v in entry.items()}
     count = values.pop("count", 1)
-    if "shift" in values:
+    if values.get("shift") == "draw":
+        values["shift"], values["draw_shift"] = None, True
+    elif "shift" in values:
         values["shift"] = SiteShift.from_mapping(values["shift"])
     if "classes" in values:
         values["classes"] = tuple(values["classes"])
@@ -270,13 +327,38 @@ def load_site(
         parts = _folder_parts(scenario, spec, Path(data_dir) / spec.path, index)
     else:
         _check_pool(scenario, index)
-        pool = medmnist.load_splits(spec.dataset, SPLITS, Path(data_dir), spec.size, download)
+        pool = _pool_splits(scenario, spec, Path(data_dir), download)
         parts = tuple(_medmnist_part(scenario, index, split, pool[split]) for split in SPLITS)
-    shift = spec.shift or (site_shift(seed, index) if spec.source == "synthetic" else SiteShift())
+    drawn = spec.source == "synthetic" or spec.draw_shift
+    shift = spec.shift or (site_shift(seed, index) if drawn else SiteShift())
     train, test = (
         _finish(_select(part, spec, seed, index), scenario, spec, shift, index, k) for k, part in enumerate(parts)
     )
-    return SiteData(spec, train, test, shift)
+    return SiteData(spec, train, test, shift, scenario.tasks)
+
+
+def _pool_splits(scenario: Scenario, spec: SiteSpec, data_dir: Path, download: bool) -> dict[str, LabelledImages]:
+    """The train and test splits a medmnist site's pool divides: its dataset's, or the pool's
+    datasets joined into one label space (each in the scenario's input shape first, since their
+    channels may differ)."""
+    joined = scenario.pools.get(spec.pool_name, PoolSpec()).datasets
+    if not joined:
+        return medmnist.load_splits(spec.dataset, SPLITS, data_dir, spec.size, download)
+    parts = {flag: medmnist.load_splits(flag, SPLITS, data_dir, spec.size, download) for flag in joined}
+    out = {}
+    for split in SPLITS:
+        images: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        ids: list[str] = []
+        classes: list[str] = []
+        for flag, splits in parts.items():
+            data = splits[split]
+            images.append(to_model_input(data.images, scenario.channels, scenario.image_size, where=flag))
+            labels.append(data.labels + len(classes))
+            ids.extend(data.ids)
+            classes.extend(f"{flag}:{name}" for name in data.classes)
+        out[split] = LabelledImages(torch.cat(images), torch.cat(labels), tuple(classes), tuple(ids))
+    return out
 
 
 def load_hospital_site(scenario: Scenario, name: str, root: str | Path, test_fraction: float = 0.3) -> SiteData:
@@ -303,12 +385,14 @@ def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) ->
 
 
 def _check_pool(scenario: Scenario, index: int) -> None:
-    """The site's dataset has the scenario's dimensionality, and its pool divides one file."""
+    """The site's datasets have the scenario's dimensionality, and its pool divides one file (or
+    one joined set of files)."""
     spec = scenario.sites[index]
-    if medmnist.info(spec.dataset).spatial_dims != scenario.spatial_dims:
-        raise ValueError(
-            f"site {spec.name!r}: {spec.dataset} is not {scenario.spatial_dims}D like scenario {scenario.name!r}"
-        )
+    for flag in scenario.pools.get(spec.pool_name, PoolSpec()).datasets or (spec.dataset,):
+        if medmnist.info(flag).spatial_dims != scenario.spatial_dims:
+            raise ValueError(
+                f"site {spec.name!r}: {flag} is not {scenario.spatial_dims}D like scenario {scenario.name!r}"
+            )
     members = [s for s in scenario.sites if s.source == "medmnist" and s.pool_name == spec.pool_name]
     files = {(s.dataset, s.size) for s in members}
     if len(files) > 1:
@@ -321,13 +405,27 @@ def _medmnist_part(scenario: Scenario, index: int, split: str, data: LabelledIma
     members = [i for i, s in enumerate(scenario.sites) if s.source == "medmnist" and s.pool_name == spec.pool_name]
     pool = scenario.pools.get(spec.pool_name, PoolSpec())
     rng = np.random.default_rng(site_seed(scenario.seed, zlib.crc32(spec.pool_name.encode()), SPLITS.index(split)))
+    shares = np.array([scenario.sites[i].share for i in members])
+    keeps = np.array(
+        [
+            [s.classes is None or c in s.classes for s in (scenario.sites[i] for i in members)]
+            for c in range(len(data.classes))
+        ],
+        dtype=float,
+    )  # (classes, sites)
     if pool.method == "dirichlet":
         # the proportions come from a generator that ignores the split: train and test share them
         mix = np.random.default_rng(site_seed(scenario.seed, zlib.crc32(spec.pool_name.encode()), 9))
-        proportions = dirichlet_proportions(len(data.classes), len(members), pool.alpha, mix)
-        parts = split_by_proportions(data.labels.numpy(), proportions, rng)
-    else:
-        parts = split_by_shares(len(data), [scenario.sites[i].share for i in members], rng)
+        proportions = dirichlet_proportions(len(data.classes), len(members), pool.alpha, mix) * shares * keeps
+    elif keeps.all():
+        parts = split_by_shares(len(data), list(shares), rng)
+        return data.subset(torch.from_numpy(parts[members.index(index)]))
+    else:  # sites keep different classes: each class is divided among the sites that keep it
+        proportions = shares * keeps
+    if not (keeps.all() and (shares == 1).all()):  # rows of plain Dirichlet draws already sum to 1
+        totals = proportions.sum(axis=1, keepdims=True)
+        proportions = np.divide(proportions, totals, out=np.zeros_like(proportions), where=totals > 0)
+    parts = split_by_proportions(data.labels.numpy(), proportions, rng)
     return data.subset(torch.from_numpy(parts[members.index(index)]))
 
 

@@ -176,6 +176,76 @@ class EpisodeSampler:
         return TaskBatch.stack([self.sample(generator) for _ in range(num_tasks)])
 
 
+class HospitalSampler:
+    """A hospital's own diagnostic problem as a task: every class it has enough of (at least
+    `shots` + 1 examples), K labelled support images of each, the others as queries (at most
+    `queries` per class, fewer where the class is small; fixed per hospital, so its tasks stack).
+    Labels stay global: label `c` means the same organ or cell type at every hospital, and the
+    model has one output per class of the shared label space. With patient ids, a query never
+    shares a patient with the support set of its episode."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        shots: int,
+        queries: int,
+        groups: torch.Tensor | None = None,
+        where: str = "site",
+        min_classes: int = 2,
+    ) -> None:
+        labels = torch.as_tensor(labels).reshape(-1).long()
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels; they must match one to one")
+        self.images, self.shots = images, shots
+        self.groups = None if groups is None else torch.as_tensor(groups).reshape(-1)
+        self.index: dict[int, torch.Tensor] = {}
+        self.queries: dict[int, int] = {}
+        for c in sorted(torch.unique(labels).tolist()):
+            idx = torch.nonzero(labels == c).flatten()
+            spare = len(idx) - shots
+            if self.groups is not None:  # worst case: the support lands on the class's largest patients
+                sizes = torch.unique(self.groups[idx], return_counts=True)[1].sort(descending=True).values
+                spare = len(idx) - int(sizes[:shots].sum())
+            if spare >= 1:
+                self.index[c], self.queries[c] = idx, min(queries, spare)
+        if len(self.index) < min_classes:
+            counts = {c: int((labels == c).sum()) for c in torch.unique(labels).tolist()}
+            raise ValueError(
+                f"{where}: a hospital task needs {min_classes} classes with at least shots + 1 = {shots + 1} examples, "
+                f"but only {len(self.index)} have that many (examples per class: {counts}); lower shots or add examples"
+            )
+        self.classes = torch.tensor(sorted(self.index))
+
+    @classmethod
+    def from_data(cls, data, episode: EpisodeConfig, where: str = "site") -> HospitalSampler:
+        groups = None if data.patients is None else data.patient_groups()
+        return cls(data.images, data.labels, episode.shots, episode.queries, groups, where)
+
+    def sample(self, generator: torch.Generator) -> Episode:
+        support, query = [], []
+        for c in self.classes.tolist():
+            idx = self.index[c]
+            order = idx[torch.randperm(len(idx), generator=generator)]
+            shots, rest = order[: self.shots], order[self.shots :]
+            if self.groups is not None:
+                rest = rest[~torch.isin(self.groups[rest], self.groups[shots])]
+            support.append(shots)
+            query.append(rest[: self.queries[c]])
+        support_idx, query_idx = torch.cat(support), torch.cat(query)
+        counts = torch.tensor([self.queries[c] for c in self.classes.tolist()])
+        return Episode(
+            support_x=self.images[support_idx],
+            support_y=self.classes.repeat_interleave(self.shots),
+            query_x=self.images[query_idx],
+            query_y=self.classes.repeat_interleave(counts),
+            classes=self.classes,
+        )
+
+    def sample_batch(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
+        return TaskBatch.stack([self.sample(generator) for _ in range(num_tasks)])
+
+
 def site_seed(seed: int, site_id: int = 0, *stream: int) -> int:
     """A 63-bit seed for (run seed, site, optional stream such as round and purpose).
 

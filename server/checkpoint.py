@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from common.runconfig import RUN_CONFIG_KEYS
+from common.runconfig import RUN_CONFIG_KEYS, flat_run_config, parse_run_config
+
+RUN_CONFIG_DEFAULTS = flat_run_config(parse_run_config({}))
 
 CHECKPOINT = "checkpoint.safetensors"
 # keys that may change between a run and its resumption: how long, where, how patiently, who
@@ -36,8 +38,10 @@ RESUMABLE_CHANGES = frozenset(
 def _compared(run_config: Mapping[str, object]) -> dict[str, object]:
     """The keys that must match for a run to continue another: every run-config key but
     RESUMABLE_CHANGES. Keys the run config no longer has (a checkpoint written before `kernels`
-    became a per-machine setting) cannot matter and are left out."""
-    return {k: run_config[k] for k in sorted(run_config) if k in RUN_CONFIG_KEYS and k not in RESUMABLE_CHANGES}
+    became a per-machine setting) cannot matter and are left out; keys it did not have yet are
+    compared at their defaults."""
+    values = {**RUN_CONFIG_DEFAULTS, **run_config}  # a key added since the checkpoint had its default then
+    return {k: values[k] for k in sorted(values) if k in RUN_CONFIG_KEYS and k not in RESUMABLE_CHANGES}
 
 
 def config_hash(run_config: Mapping[str, object]) -> str:

@@ -19,8 +19,8 @@ import torch
 from flwr.app import RecordDict
 
 from common.privacy import l2_norm
+from common.scenario import ROLES
 
-ROLES = ("train", "heldout")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_TEXT = 128  # a site's name or device description is short; longer text is not a description
 KEY_BYTES = 32  # an X25519 public key, raw

@@ -110,9 +110,10 @@ class Recorder:
 def summarize(
     per_site: dict[str, dict[str, float]], roles: dict[str, str]
 ) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Pooled mean and 95% CI over all episodes of the held-out sites and of the training sites."""
+    """Pooled mean and 95% CI over all episodes of the held-out (test) sites, of the validation
+    sites (for choosing hyperparameters) and of the training sites."""
     out = {}
-    for group, role in (("heldout", "heldout"), ("train-sites", "train")):
+    for group, role in (("heldout", "heldout"), ("validation", "validation"), ("train-sites", "train")):
         sites = [m for name, m in per_site.items() if roles.get(name) == role]
         if sites:
             out[group] = {

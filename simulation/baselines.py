@@ -114,7 +114,7 @@ def _evaluate(
         meta = {k: v.detach() for k, v in state[name][0].items()}
         for i in evaluated:
             try:
-                tasks = evaluation_tasks(sites[i], episode, cfg.train.seed, i, cfg.train.eval_tasks)
+                tasks = evaluation_tasks(sites[i], episode, cfg.train.eval_seed, i, cfg.train.eval_tasks)
             except ValueError as error:
                 errors[sites[i].spec.name] = str(error)
                 continue

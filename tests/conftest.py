@@ -25,3 +25,9 @@ def medmnist_2d() -> Path:
 @pytest.fixture
 def medmnist_3d() -> Path:
     return medmnist_dir("adrenalmnist3d.npz", "adrenalmnist3d_64.npz", "vesselmnist3d.npz")
+
+
+@pytest.fixture
+def medmnist_multiclass() -> Path:
+    """OrganAMNIST and BloodMNIST: the few-shot benchmark's datasets (issue 15)."""
+    return medmnist_dir("organamnist.npz", "bloodmnist.npz")

@@ -13,11 +13,17 @@ from common.algorithms.base import MetaAlgorithm
 from common.functional import cross_entropy
 
 
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """Class means (ways, D) of support embeddings (S, D) with labels in 0..ways-1."""
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (ways, D) of support embeddings (S, D) with labels in 0..ways-1, and which
+    classes the support holds (ways,): with global labels (hospital tasks) a site has some of the
+    label space only, and an absent class has no prototype."""
     classes = torch.arange(ways, device=labels.device)
     onehot = (labels.unsqueeze(1) == classes).to(embeddings.dtype)  # one_hot() does not vmap
-    return (onehot.T @ embeddings) / onehot.sum(0).unsqueeze(1)
+    counts = onehot.sum(0)
+    return (onehot.T @ embeddings) / counts.clamp(min=1).unsqueeze(1), counts > 0
+
+
+ABSENT = -1e9  # the head bias of a class the support set does not hold
 
 
 def proto_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
@@ -32,12 +38,14 @@ class ProtoNet(MetaAlgorithm):
     def task_loss(self, meta, episode, grad_fn):  # noqa: ARG002 -- MetaAlgorithm's signature; no inner loop
         support_x, support_y, query_x, query_y = episode
         ways = self.model.config.num_classes
-        protos = prototypes(self.embed(meta, support_x), support_y, ways)
-        logits = proto_logits(self.embed(meta, query_x), protos)
+        protos, present = prototypes(self.embed(meta, support_x), support_y, ways)
+        logits = proto_logits(self.embed(meta, query_x), protos).masked_fill(~present, float("-inf"))
         return cross_entropy(logits, query_y), logits
 
     def adapt(self, meta, support_x, support_y, steps=None):  # noqa: ARG002 -- prototypes take no steps
         with torch.no_grad():
-            protos = prototypes(self.embed(meta, support_x), support_y, self.model.config.num_classes)
-        head = {"head.weight": 2 * protos, "head.bias": -(protos * protos).sum(-1)}
+            protos, present = prototypes(self.embed(meta, support_x), support_y, self.model.config.num_classes)
+        # a class the support does not hold is never predicted (a finite bias, so fine-tuning still works)
+        bias = (-(protos * protos).sum(-1)).masked_fill(~present, ABSENT)
+        head = {"head.weight": 2 * protos, "head.bias": bias}
         return {**self.model_params(meta), **head}

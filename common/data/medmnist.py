@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -133,10 +134,12 @@ def load(flag: str, split: str, data_dir: Path, size: int = 28, download: bool =
     return load_splits(flag, (split,), data_dir, size, download)[split]
 
 
+@lru_cache(maxsize=4)
 def load_splits(
     flag: str, splits: tuple[str, ...], data_dir: Path, size: int = 28, download: bool = False
 ) -> dict[str, LabelledImages]:
-    """Several splits from one MD5 check and one read of the archive."""
+    """Several splits from one MD5 check and one read of the archive. Kept for the process's next
+    few calls: a worker that hosts several sites of one pool reads the file once."""
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"split={unknown[0]!r}: use one of {SPLITS}")

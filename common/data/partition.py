@@ -29,10 +29,13 @@ def dirichlet_proportions(num_classes: int, sites: int, alpha: float, rng: np.ra
 
 
 def split_by_proportions(labels: np.ndarray, proportions: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Disjoint index sets, one per site, class `c` divided as `proportions[c]`."""
-    parts: list[list[np.ndarray]] = [[] for _ in range(proportions.shape[1])]
+    """Disjoint index sets, one per site, class `c` divided as `proportions[c]` (a row of zeros:
+    the class goes to no site)."""
+    parts: list[list[np.ndarray]] = [[np.zeros(0, dtype=np.int64)] for _ in range(proportions.shape[1])]
     for label in range(proportions.shape[0]):
         index = rng.permutation(np.flatnonzero(labels == label))
+        if not proportions[label].sum() > 0:  # no site keeps this class: nobody gets its examples
+            continue
         cuts = (np.cumsum(proportions[label]) * len(index)).round().astype(int)[:-1]
         for site, chunk in enumerate(np.split(index, cuts)):
             parts[site].append(chunk)

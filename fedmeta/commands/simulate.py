@@ -93,7 +93,8 @@ def simulate(
     for method, cfg in configs.items():
         console.print(
             f"[bold]{method}[/bold] on [bold]{sc.name}[/bold]: {len(sc.training_sites)} training + "
-            f"{len(sc.heldout_sites)} held-out sites, {cfg.train.num_server_rounds} rounds -> {cfg.train.out_dir}"
+            + (f"{len(sc.validation_sites)} validation + " if sc.validation_sites else "")
+            + f"{len(sc.heldout_sites)} held-out sites, {cfg.train.num_server_rounds} rounds -> {cfg.train.out_dir}"
         )
         try:
             runs[method] = _run_with_progress(method, cfg, resources, verbose, console)

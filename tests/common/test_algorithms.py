@@ -32,7 +32,8 @@ def test_protonet_logits_are_negative_squared_distances():
     g = torch.Generator().manual_seed(0)
     support, queries = torch.randn(6, 5, generator=g), torch.randn(4, 5, generator=g)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    protos = prototypes(support, labels, 3)
+    protos, present = prototypes(support, labels, 3)
+    assert present.all()
     expected_protos = torch.stack([support[labels == c].mean(0) for c in range(3)])
     expected = torch.tensor([[-((q - c) ** 2).sum().item() for c in expected_protos] for q in queries])
     torch.testing.assert_close(protos, expected_protos)
@@ -70,3 +71,30 @@ def test_same_seed_same_tasks_and_gradients(tiny_model, algorithm):
     assert not torch.equal(a.support_x, other_site.support_x)
     ga, gb = algo.meta_gradient(meta, a).grads, algo.meta_gradient(meta, b).grads
     assert all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "meta-sgd", "anil", "protonet", "fedavg"])
+def test_every_algorithm_takes_hospital_tasks_with_global_labels(algorithm):
+    """A hospital holds 3 of an 8-class label space (labels 1, 4, 6): losses and meta-gradients
+    stay finite, and nothing predicts a class the hospital's support set does not hold."""
+    from common.backbones import build_model
+    from common.config import MetaConfig
+    from common.models import ModelConfig
+    from common.tasks import HospitalSampler, site_generator
+    from tests.common.conftest import labelled_set
+
+    images, labels = labelled_set(num_classes=3, per_class=10, size=8)
+    labels = torch.tensor([1, 4, 6])[labels]
+    batch = HospitalSampler(images, labels, shots=2, queries=4).sample_batch(2, site_generator(0))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(image_size=8, num_classes=8, width=4, depth=2, num_groups=2)).double()
+    algo = build_algorithm(model, MetaConfig(algorithm, inner_steps=2, inner_lr=0.3, eval_inner_steps=3))
+    meta = algo.init_meta_params()
+    step = algo.meta_gradient(meta, batch)
+    assert all(torch.isfinite(g).all() for g in step.grads.values()) and step.loss == step.loss
+    rows = algo.evaluate(meta, batch)
+    assert all(torch.isfinite(v).all() for k, v in rows.items() if k != "auc_after")
+    if algorithm == "protonet":
+        adapted = algo.adapt(meta, batch[0].support_x, batch[0].support_y)
+        predicted = algo.predict(adapted, batch[0].query_x).argmax(1)
+        assert set(predicted.tolist()) <= {1, 4, 6}

@@ -11,7 +11,15 @@ from tests.common.data.hospital import write_site
 
 
 def test_builtins_parse_and_match_the_issue():
-    assert builtin_scenarios() == ["medmnist-2d", "medmnist-3d", "medmnist-dirichlet", "synthetic"]
+    assert builtin_scenarios() == [
+        "medmnist-2d",
+        "medmnist-3d",
+        "medmnist-dirichlet",
+        "new-classes",
+        "new-hospital",
+        "new-hospital-blood",
+        "synthetic",
+    ]
     sc = load_scenario("medmnist-2d")
     assert [s.name for s in sc.sites] == ["pneumonia-a", "pneumonia-b", "retina", "breast"]
     assert sc.heldout_sites == [3] and sc.training_sites == [0, 1, 2]

@@ -63,3 +63,35 @@ def test_unknown_class_subset_is_reported():
     images, labels = labelled_set(num_classes=3, per_class=8)
     with pytest.raises(ValueError, match=r"classes \[7\] have no examples"):
         EpisodeSampler(images, labels, EpisodeConfig(2, 1, 1), classes=[0, 7])
+
+
+def test_a_hospital_task_is_every_class_the_site_has_with_global_labels():
+    from common.tasks import HospitalSampler
+
+    # classes 2, 5 and 7 of an 8-class label space; class 7 has 7 examples: 2 shots leave 5 queries
+    labels = torch.tensor([2] * 30 + [5] * 20 + [7] * 7 + [1] * 2)  # class 1: too few for 2 shots + 1 query
+    images = torch.arange(len(labels), dtype=torch.float32).reshape(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    sampler = HospitalSampler(images, labels, shots=2, queries=10)
+    assert sampler.classes.tolist() == [2, 5, 7] and sampler.queries == {2: 10, 5: 10, 7: 5}
+    batch = sampler.sample_batch(3, site_generator(0, 1))
+    assert batch.support_y[0].tolist() == [2, 2, 5, 5, 7, 7]
+    assert batch.query_y.shape == (3, 25) and torch.bincount(batch.query_y[0]).tolist() == [0, 0, 10, 0, 0, 10, 0, 5]
+    for episode in batch:  # queries never repeat a support image, and carry their true global label
+        support, query = episode.support_x[:, 0, 0, 0].long(), episode.query_x[:, 0, 0, 0].long()
+        assert not set(support.tolist()) & set(query.tolist())
+        assert torch.equal(labels[query], episode.query_y) and torch.equal(labels[support], episode.support_y)
+
+
+def test_a_hospital_task_keeps_each_patient_on_one_side_and_refuses_too_few_classes():
+    from common.tasks import HospitalSampler
+
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7])
+    images = torch.arange(16, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    sampler = HospitalSampler(images, labels, shots=2, queries=10, groups=groups)
+    assert sampler.queries == {0: 4, 1: 4}  # worst case: 2 shots from 2 patients leave 2 patients' 4 images
+    for episode in sampler.sample_batch(5, site_generator(3)):
+        support, query = episode.support_x.flatten().long(), episode.query_x.flatten().long()
+        assert not set(groups[support].tolist()) & set(groups[query].tolist())
+    with pytest.raises(ValueError, match=r"clinic: a hospital task needs 2 classes with at least shots \+ 1 = 6"):
+        HospitalSampler(images, labels, shots=5, queries=10, groups=groups, where="clinic")

@@ -104,5 +104,5 @@ def test_a_forced_resume_with_another_model_names_the_parameters_and_settings(tm
         prepare_resume(path, {**CONFIG, "model-width": 8}, resume=True, force=True, template=wider)
     message = str(refusal.value)
     assert "conv.weight is (4, 1, 3, 3) there, (8, 1, 3, 3) here" in message and "extra.bias is missing" in message
-    assert "'model-width': (None, 8)" in message and "start a new run" in message
+    assert "'model-width': (64, 8)" in message and "start a new run" in message
     assert prepare_resume(path, CONFIG, resume=True, template=params()).round == 2  # the same model resumes
