@@ -7,6 +7,7 @@ import typer
 
 from fedmeta.commands.adapt import adapt
 from fedmeta.commands.bench import bench_app
+from fedmeta.commands.benchmark import benchmark_app
 from fedmeta.commands.coordinator import coordinator
 from fedmeta.commands.data import data_app
 from fedmeta.commands.provision import provision_app
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(data_app, name="data")
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(provision_app, name="provision")

@@ -159,7 +159,7 @@ def curve(results: dict, group: str = "heldout", metric: str = "acc-after") -> l
     ]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -177,7 +177,7 @@ def plot_bands(
     xlabel: str = "round",
 ) -> None:
     """One line per label over rounds (or shots), with its 95% CI as a band, and the chance level."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, points in lines.items():
         if points:
@@ -222,7 +222,7 @@ def plot_run(results: dict, out_dir: Path) -> None:
         chance_level(results),
     )
 
-    plt = _pyplot()
+    plt = pyplot()
     final = evaluated[-1]["evaluate"]
     names = sorted(final, key=lambda n: (roles.get(n) != "heldout", n))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))

@@ -34,6 +34,9 @@ def fedmeta(*args: str) -> subprocess.CompletedProcess:
         ["provision", "revoke-site"],
         ["bench", "federation"],
         ["coordinator"],
+        ["benchmark"],
+        ["benchmark", "tune"],
+        ["benchmark", "evaluate"],
         ["site"],
     ],
 )

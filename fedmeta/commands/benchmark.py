@@ -1,0 +1,161 @@
+"""`fedmeta benchmark`: the headline protocol. `tune` chooses the baselines' adaptation settings
+on the validation sites; `evaluate` scores trained models and the baselines on the same fixed
+episodes of the held-out sites and writes headline.json, tables and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedmeta.errors import fail
+
+benchmark_app = typer.Typer(
+    help="The headline benchmark: identical episodes, paired comparisons.", no_args_is_help=True
+)
+
+# what `tune` tries for each baseline's adaptation (the same order of tries as the meta-learners' sweeps)
+GRIDS: dict[str, dict[str, list]] = {
+    "finetune": {"steps": [10, 25, 50, 100], "lr": [1e-4, 3e-4, 1e-3]},
+    "linear-probe": {"steps": [50, 200], "lr": [1e-2, 1e-1], "weight_decay": [1e-4, 1e-2]},
+    "local": {"steps": [25, 100], "lr": [1e-3, 3e-3, 1e-2]},
+}
+
+
+def _shots(text: str) -> tuple[int, ...]:
+    try:
+        shots = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        fail(f"--shots {text!r}: give comma-separated counts, e.g. 1,5")
+    return shots
+
+
+def _models(specs: list[str]) -> dict[str, list[Path]]:
+    """`NAME=DIR` options into {name: [dir, ...]} (several dirs of one name: its training seeds)."""
+    out: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not Path(directory, "model.json").is_file():
+            fail(
+                f"--model {spec!r}: give NAME=DIR, DIR a model directory (model.json + model.safetensors), "
+                "e.g. maml=runs/new-hospital/seed0/maml/model"
+            )
+        out.setdefault(name, []).append(Path(directory))
+    return out
+
+
+@benchmark_app.command("tune")
+def tune(
+    scenario: str = typer.Option(..., help="A benchmark scenario with validation sites, e.g. new-hospital."),
+    supervised: Path = typer.Option(..., help="A supervised FedAvg model directory (its fine-tuning is tuned)."),
+    data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files."),
+    shots: str = typer.Option("1,5", help="Shots the settings must do well at (mean accuracy over them)."),
+    queries: int = typer.Option(15, min=1, help="Query images per class, where a class has that many."),
+    episodes: int = typer.Option(100, min=1, help="Validation episodes per shots."),
+    out: Path = typer.Option(Path("tuned.json"), help="The chosen settings and every try's validation score."),
+) -> None:
+    """Choose fine-tuning, linear-probe and local-training settings on the validation sites only."""
+    from common.models import ModelConfig
+    from common.scenario import load_scenario
+    from simulation.adapters import FineTune, LinearProbe, Loaded, Scratch
+    from simulation.benchmark import Protocol
+    from simulation.benchmark import tune as tune_grid
+
+    console = Console()
+    try:
+        protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, role="validation")
+        config: ModelConfig = Loaded.from_dir(supervised).model.config
+        load_scenario(scenario)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+    factories = {
+        "finetune": lambda **p: FineTune(supervised, **p),
+        "linear-probe": lambda **p: LinearProbe(supervised, **p),
+        "local": lambda **p: Scratch(config, **p),
+    }
+    chosen = {}
+    for name, factory in factories.items():
+        console.print(f"tuning {name} on the validation sites: {GRIDS[name]}")
+        try:
+            best, table = tune_grid(factory, GRIDS[name], protocol)
+        except ValueError as error:  # e.g. a validation site too small for the episodes asked for
+            fail(error)
+        chosen[name] = {"best": best, "tries": table}
+        console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
+    out.write_text(
+        json.dumps(
+            {
+                "protocol": {
+                    "scenario": scenario,
+                    "shots": list(protocol.shots),
+                    "episodes": episodes,
+                    "role": "validation",
+                },
+                **chosen,
+            },
+            indent=1,
+        )
+    )
+    console.print(f"settings: {out}")
+
+
+@benchmark_app.command("evaluate")
+def evaluate(
+    scenario: str = typer.Option(..., help="The scenario the models were trained on."),
+    model: list[str] = typer.Option([], help="NAME=DIR of a meta-model; repeat a NAME for its training seeds."),
+    supervised: list[Path] = typer.Option(
+        [],
+        help="Supervised FedAvg model directories (one per seed): "
+        "scored fine-tuned, with a linear probe and with prototypes.",
+    ),
+    tuned: Path = typer.Option(None, help="tuned.json from `fedmeta benchmark tune` (else the defaults)."),
+    local: bool = typer.Option(True, help="Also score local training from scratch at the new site."),
+    data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files."),
+    shots: str = typer.Option("1,5", help="Shots per class at the new site."),
+    queries: int = typer.Option(15, min=1, help="Query images per class, where a class has that many."),
+    episodes: int = typer.Option(600, min=1, help="Test episodes per shots, over the held-out sites."),
+    eval_seed: int = typer.Option(0, help="Which episodes: the same for every method."),
+    out: Path = typer.Option(Path("docs/results"), help="headline.json, headline.md and plots go here."),
+) -> None:
+    """Score every method on the same episodes of the held-out sites; paired CIs against FedAvg + fine-tune."""
+    from common.scenario import load_scenario
+    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch
+    from simulation.benchmark import Protocol, draw_episodes, headline_rows, score, write_scores
+    from simulation.headline import write_headline
+
+    console = Console()
+    try:
+        protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, eval_seed)
+        sc = load_scenario(scenario)
+        settings = json.loads(tuned.read_text()) if tuned else {}
+        models = _models(model)
+        if not supervised:
+            raise ValueError("--supervised: the reference method (FedAvg + fine-tune) needs a supervised model")
+        episodes_ = draw_episodes(protocol)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+
+    def best(name: str) -> dict:
+        return settings.get(name, {}).get("best", {})
+
+    adapters: dict[str, list] = {name: [MetaLearned(d, name=name) for d in dirs] for name, dirs in models.items()}
+    adapters["fedavg+finetune"] = [FineTune(d, **best("finetune")) for d in supervised]
+    adapters["fedavg+linear-probe"] = [LinearProbe(d, **best("linear-probe")) for d in supervised]
+    adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]
+    if local:
+        config = Loaded.from_dir(supervised[0]).model.config
+        adapters["local"] = [Scratch(config, seed=s, **best("local")) for s in range(len(supervised))]
+    methods: dict[str, list] = {}
+    for name, runs in adapters.items():
+        methods[name] = []
+        for seed, adapter in enumerate(runs):
+            adapter.name = name
+            scores = score(adapter, episodes_, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+            write_scores(out / "scores" / sc.name / f"{name}-{seed}.json", scores)
+            methods[name].append(scores)
+    rows = headline_rows(sc.name, methods)
+    chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways
+    write_headline(rows, out, {sc.name: chance} if chance else None)
+    console.print((out / "headline.md").read_text(), highlight=False)

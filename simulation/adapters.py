@@ -1,0 +1,197 @@
+"""How each method meets a new site: given an episode's labelled support set, produce the query
+set's logits. One adapter per way of adapting, all behind one call, so the benchmark scores every
+method on the same episodes in the same way.
+
+- `MetaLearned`: a meta-model adapts with its own algorithm's inner loop (MAML, Meta-SGD, ANIL)
+  or prototypes (ProtoNet).
+- `FineTune`: a supervised model (FedAvg with global labels) fine-tunes every weight on the
+  support set; where its head does not fit the episode's classes, a new head starts from the
+  support set's class means (Chen et al.'s Baseline, with a warm head).
+- `LinearProbe`: the supervised model's features stay frozen; a linear head is fit on them.
+- `Prototypes`: the supervised model's features stay frozen; the nearest class mean (cosine)
+  predicts (Chen et al.'s Baseline++ at test time).
+- `Scratch`: what the new site could do alone: a freshly initialized model trained on the
+  support set.
+
+Every adapter is deterministic given its seed; its hyperparameters (steps, learning rate) are
+chosen on the validation sites (`simulation.benchmark.tune`), never on the test sites.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common.algorithms import build_algorithm
+from common.backbones import build_model
+from common.export import load_meta_model
+from common.functional import Params
+from common.models import MetaNet, ModelConfig
+from common.native import resolve_kernels
+from common.tasks import Episode
+
+
+class Adapter(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        """(queries, num_classes) logits after adapting to `episode`'s support set; labels index
+        `num_classes` (the episode's ways, or the label space for hospital tasks)."""
+
+
+def _head_from_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Params:
+    """A linear head that ranks classes as the nearest support class mean does (weight 2c, bias
+    -|c|^2); a class the support does not hold is never predicted."""
+    onehot = F.one_hot(labels, num_classes).to(features.dtype)
+    counts = onehot.sum(0)
+    means = (onehot.T @ features) / counts.clamp(min=1).unsqueeze(1)
+    bias = (-(means * means).sum(1)).masked_fill(counts == 0, -1e9)
+    return {"head.weight": 2 * means, "head.bias": bias}
+
+
+def _fit(params: Params, trainable: list[str], loss_fn, steps: int, lr: float) -> Params:
+    """`steps` of Adam on `loss_fn(params)` over the `trainable` entries (the rest stay fixed)."""
+    leaves = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in params.items()}
+    optimizer = torch.optim.Adam([leaves[k] for k in trainable], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss_fn(leaves).backward()
+            optimizer.step()
+    return {k: v.detach() for k, v in leaves.items()}
+
+
+@dataclass
+class Loaded:
+    """A trained model from its directory (`common.export`)."""
+
+    model: MetaNet
+    params: Params
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> Loaded:
+        params, model_config, _, _, _ = load_meta_model(model_dir)
+        return cls(build_model(model_config), {k: v for k, v in params.items() if not k.startswith("inner_lr.")})
+
+    def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(params, self.model.prepare(x))
+
+
+class MetaLearned(Adapter):
+    """A meta-model adapted with its own algorithm (the steps it was meta-trained with for
+    evaluation, `eval-inner-steps`, unless `steps` says otherwise)."""
+
+    def __init__(self, model_dir: Path, steps: int | None = None, kernels: str = "auto", name: str = "") -> None:
+        meta, model_config, meta_config, _, _ = load_meta_model(model_dir)
+        self.meta, self.steps = meta, steps
+        self.algorithm = build_algorithm(build_model(model_config), meta_config, resolve_kernels(kernels))
+        self.name = name or meta_config.algorithm
+
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        if self.algorithm.model.config.num_classes != num_classes:
+            raise ValueError(
+                f"{self.name}: the meta-model has {self.algorithm.model.config.num_classes} outputs, "
+                f"the episodes {num_classes} classes: meta-train with ways = {num_classes}"
+            )
+        adapted = self.algorithm.adapt(self.meta, episode.support_x, episode.support_y, self.steps)
+        with torch.no_grad():
+            return self.algorithm.predict(adapted, episode.query_x)
+
+
+class FineTune(Adapter):
+    def __init__(self, model_dir: Path, steps: int = 50, lr: float = 1e-3, name: str = "fedavg+finetune") -> None:
+        self.loaded, self.steps, self.lr, self.name = Loaded.from_dir(model_dir), steps, lr, name
+
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        params = dict(self.loaded.params)
+        model = self.loaded.model
+        if model.config.num_classes != num_classes:  # new classes: a new head from the support's class means
+            with torch.no_grad():
+                params |= _head_from_means(
+                    self.loaded.features(params, episode.support_x), episode.support_y, num_classes
+                )
+        support = model.prepare(episode.support_x)
+
+        def loss(p: Params) -> torch.Tensor:
+            return F.cross_entropy(model.logits(p, support), episode.support_y)
+
+        tuned = _fit(params, list(params), loss, self.steps, self.lr)
+        with torch.no_grad():
+            return model.logits(tuned, model.prepare(episode.query_x))
+
+
+class LinearProbe(Adapter):
+    def __init__(
+        self,
+        model_dir: Path,
+        steps: int = 100,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-3,
+        name: str = "fedavg+linear-probe",
+    ) -> None:
+        self.loaded, self.steps, self.lr, self.weight_decay, self.name = (
+            Loaded.from_dir(model_dir),
+            steps,
+            lr,
+            weight_decay,
+            name,
+        )
+
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        with torch.no_grad():
+            support = self.loaded.features(self.loaded.params, episode.support_x)
+            query = self.loaded.features(self.loaded.params, episode.query_x)
+        scale = support.norm(dim=1).mean().clamp(min=1e-6)  # features on a unit scale: one lr fits all
+        support, query = support / scale, query / scale
+        present = torch.zeros(num_classes, dtype=torch.bool)
+        present[episode.support_y.unique()] = True
+        head = {"w": torch.zeros(num_classes, support.shape[1]), "b": torch.zeros(num_classes)}
+
+        def loss(p: Params) -> torch.Tensor:
+            logits = (support @ p["w"].T + p["b"]).masked_fill(~present, float("-inf"))
+            return F.cross_entropy(logits, episode.support_y) + self.weight_decay * p["w"].pow(2).sum()
+
+        fitted = _fit(head, ["w", "b"], loss, self.steps, self.lr)
+        return (query @ fitted["w"].T + fitted["b"]).masked_fill(~present, float("-inf"))
+
+
+class Prototypes(Adapter):
+    def __init__(self, model_dir: Path, name: str = "fedavg+prototypes") -> None:
+        self.loaded, self.name = Loaded.from_dir(model_dir), name
+
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        with torch.no_grad():
+            support = F.normalize(self.loaded.features(self.loaded.params, episode.support_x), dim=1)
+            query = F.normalize(self.loaded.features(self.loaded.params, episode.query_x), dim=1)
+            onehot = F.one_hot(episode.support_y, num_classes).to(support.dtype)
+            counts = onehot.sum(0)
+            means = F.normalize((onehot.T @ support) / counts.clamp(min=1).unsqueeze(1), dim=1)
+            return (10.0 * query @ means.T).masked_fill(counts == 0, float("-inf"))  # cosine, temperature 0.1
+
+
+class Scratch(Adapter):
+    """A new model, initialized from `seed`, trained on the support set alone."""
+
+    def __init__(
+        self, model_config: ModelConfig, steps: int = 100, lr: float = 1e-3, seed: int = 0, name: str = "local"
+    ) -> None:
+        self.config, self.steps, self.lr, self.seed, self.name = model_config, steps, lr, seed, name
+
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        with torch.random.fork_rng():  # the same initialization for every episode: only the data differs
+            torch.manual_seed(self.seed)
+            model = build_model(replace(self.config, num_classes=num_classes))
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        support = model.prepare(episode.support_x)
+
+        def loss(p: Params) -> torch.Tensor:
+            return F.cross_entropy(model.logits(p, support), episode.support_y)
+
+        trained = _fit(params, list(params), loss, self.steps, self.lr)
+        with torch.no_grad():
+            return model.logits(trained, model.prepare(episode.query_x))

@@ -1,0 +1,196 @@
+"""The benchmark's protocol: every method scored on the same episodes, compared in pairs.
+
+For a scenario and a number of shots K, the episodes are drawn once from the sites of one role
+(the held-out sites for the reported figures, the validation sites while choosing
+hyperparameters), from `eval_seed` alone: the same bytes for every method and every training
+seed (`episodes_hash` says so in the results). Each method's adapter meets every episode; its
+per-episode accuracy and AUROC are kept, so a method's difference to the reference method (FedAvg
++ fine-tune) is a paired comparison over identical episodes, with a t interval.
+
+`tune` picks an adapter's hyperparameters on the validation sites; it never reads a held-out
+site (tested).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import EpisodeConfig
+from common.functional import accuracy
+from common.metrics import auc
+from common.protocol import site_tasks
+from common.scenario import Scenario, load_scenario, load_site
+from common.stats import Interval, episodes_hash, paired_interval, t_interval
+from common.tasks import TaskBatch
+from simulation.adapters import Adapter
+
+REFERENCE = "fedavg+finetune"  # the method every other one is compared with
+ROLES = ("heldout", "validation")
+STREAM = 100  # generator streams STREAM + K: the benchmark's episodes
+
+
+@dataclass(frozen=True)
+class Protocol:
+    scenario: str
+    data_dir: str = ""
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 15
+    episodes: int = 600  # per number of shots, divided evenly among the role's sites
+    eval_seed: int = 0
+    role: str = "heldout"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role={self.role!r}: episodes come from the held-out or the validation sites")
+        if self.episodes < 1 or min(self.shots) < 1 or self.queries < 1:
+            raise ValueError("episodes, shots and queries must all be >= 1")
+
+
+@dataclass
+class Episodes:
+    """The fixed episodes of one protocol: per shots, per site, a task batch and its digest."""
+
+    scenario: Scenario
+    batches: dict[int, dict[str, TaskBatch]] = field(default_factory=dict)
+    digests: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def num_classes(self) -> int:
+        return self.scenario.num_labels if self.scenario.tasks == "hospital" else self.scenario.episode.ways
+
+
+def draw_episodes(protocol: Protocol) -> Episodes:
+    """Load only the protocol role's sites and draw their episodes (never any other site's)."""
+    scenario = load_scenario(protocol.scenario)
+    indices = scenario.heldout_sites if protocol.role == "heldout" else scenario.validation_sites
+    if not indices:
+        raise ValueError(f"scenario {scenario.name!r} has no {protocol.role} sites")
+    sites = {i: load_site(scenario, i, protocol.data_dir or None) for i in indices}
+    per_site = math.ceil(protocol.episodes / len(indices))
+    out = Episodes(scenario)
+    for shots in protocol.shots:
+        episode = EpisodeConfig(ways=scenario.episode.ways, shots=shots, queries=protocol.queries)
+        out.batches[shots], out.digests[shots] = {}, {}
+        for i, site in sites.items():
+            # a stream of their own, per K: apart from training tasks and the in-run evaluation's
+            batch = site_tasks(site, episode, protocol.eval_seed, i, "test", per_site, stream=STREAM + shots)
+            out.batches[shots][site.spec.name] = batch
+            out.digests[shots][site.spec.name] = episodes_hash(*batch.tensors(), batch.classes)
+    return out
+
+
+@dataclass
+class Scores:
+    """One method's per-episode results over a protocol's episodes (sites in name order)."""
+
+    method: str
+    acc: dict[int, np.ndarray] = field(default_factory=dict)  # shots -> (episodes,)
+    auc: dict[int, np.ndarray] = field(default_factory=dict)
+    digests: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
+    out = Scores(adapter.name)
+    classes = episodes.num_classes()
+    for shots, by_site in episodes.batches.items():
+        accs, aucs = [], []
+        for name in sorted(by_site):
+            for episode in by_site[name]:
+                logits = adapter.logits(episode, classes)
+                accs.append(accuracy(logits, episode.query_y).item())
+                aucs.append(auc(logits.masked_fill(torch.isinf(logits), -1e9), episode.query_y).item())
+            progress(f"{adapter.name}: {shots}-shot, {name} done")
+        out.acc[shots], out.auc[shots] = np.array(accs), np.array(aucs)
+        out.digests[shots] = dict(episodes.digests[shots])
+    return out
+
+
+def tune(factory: Callable[..., Adapter], grid: Mapping[str, Iterable], protocol: Protocol) -> tuple[dict, dict]:
+    """The grid point whose adapter has the best mean accuracy on the validation sites, over all
+    the protocol's shots; and every point's score. Refuses any other role: the held-out sites are
+    for the reported figures only."""
+    if protocol.role != "validation":
+        raise ValueError("hyperparameters are chosen on the validation sites: use role='validation'")
+    episodes = draw_episodes(protocol)
+    names = list(grid)
+    results = {}
+    for values in itertools.product(*(list(grid[k]) for k in names)):
+        point = dict(zip(names, values))
+        scores = score(factory(**point), episodes)
+        results[json.dumps(point, sort_keys=True)] = float(np.mean([scores.acc[k].mean() for k in scores.acc]))
+    best = max(results, key=lambda k: results[k])
+    return json.loads(best), results
+
+
+def _mean_over_seeds(runs: list[Scores], shots: int, metric: str) -> np.ndarray:
+    """Per-episode values averaged over a method's training seeds (every run on the same episodes)."""
+    digests = {json.dumps(r.digests[shots], sort_keys=True) for r in runs}
+    if len(digests) != 1:
+        raise ValueError(f"{runs[0].method}: its runs were scored on different episodes ({shots}-shot)")
+    return np.mean([getattr(r, metric)[shots] for r in runs], axis=0)
+
+
+def headline_rows(scenario: str, methods: dict[str, list[Scores]], reference: str = REFERENCE) -> list[dict]:
+    """One row per (shots, method): mean accuracy over seeds and episodes with its t interval, and
+    the paired difference to `reference` over the same episodes (seed-averaged per episode)."""
+    if reference not in methods:
+        raise ValueError(f"the comparison needs the reference method {reference!r}; have {sorted(methods)}")
+    rows = []
+    for shots in sorted(methods[reference][0].acc):
+        base = _mean_over_seeds(methods[reference], shots, "acc")
+        base_digest = methods[reference][0].digests[shots]
+        for name, runs in methods.items():
+            if runs[0].digests[shots] != base_digest:
+                raise ValueError(f"{name} and {reference} were scored on different {shots}-shot episodes")
+            acc = _mean_over_seeds(runs, shots, "acc")
+            acc_ci: Interval = t_interval(acc)
+            diff = paired_interval(acc, base)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "shots": shots,
+                    "method": name,
+                    "acc": acc_ci.mean,
+                    "acc_ci": acc_ci.half_width,
+                    "auc": float(np.nanmean(_mean_over_seeds(runs, shots, "auc"))),
+                    "diff_vs_fedavg_ft": diff.mean,
+                    "diff_ci_low": diff.low,
+                    "diff_ci_high": diff.high,
+                    "seeds": len(runs),
+                    "episodes": len(acc),
+                }
+            )
+    return rows
+
+
+def write_scores(path: Path, scores: Scores) -> None:
+    """Per-episode results, for combining seeds and methods later (no site data: numbers only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "method": scores.method,
+        "digests": {str(k): v for k, v in scores.digests.items()},
+        "acc": {str(k): v.tolist() for k, v in scores.acc.items()},
+        "auc": {str(k): v.tolist() for k, v in scores.auc.items()},
+    }
+    path.write_text(json.dumps(data))
+
+
+def read_scores(path: Path) -> Scores:
+    data = json.loads(Path(path).read_text())
+    return Scores(
+        data["method"],
+        {int(k): np.array(v) for k, v in data["acc"].items()},
+        {int(k): np.array(v) for k, v in data["auc"].items()},
+        {int(k): v for k, v in data["digests"].items()},
+    )
+
+
+def protocol_dict(protocol: Protocol) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(protocol).items()}

@@ -1,0 +1,226 @@
+"""The benchmark protocol: byte-identical episodes for every method, paired differences against
+a hand computation, tuning that never reads a held-out site, and every adapter on real models."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.algorithms import build_algorithm
+from common.backbones import build_model
+from common.config import EpisodeConfig, MetaConfig
+from common.export import save_meta_model
+from common.models import ModelConfig
+from simulation import benchmark
+from simulation.adapters import FineTune, LinearProbe, MetaLearned, Prototypes, Scratch
+from simulation.benchmark import Protocol, Scores, draw_episodes, headline_rows, score, tune
+
+SCENARIO = """
+name = "tiny-roles"
+image-size = 8
+seed = 0
+[episodes]
+ways = 3
+shots = 2
+queries = 3
+[[sites]]
+name = "train"
+count = 2
+source = "synthetic"
+num-classes = 4
+per-class = 8
+test-per-class = 8
+[[sites]]
+name = "validation"
+count = 2
+role = "validation"
+source = "synthetic"
+num-classes = 4
+per-class = 8
+test-per-class = 8
+[[sites]]
+name = "new"
+count = 2
+role = "heldout"
+source = "synthetic"
+num-classes = 4
+per-class = 8
+test-per-class = 8
+"""
+MODEL = ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2)
+
+
+@pytest.fixture
+def scenario(tmp_path) -> str:
+    path = tmp_path / "tiny-roles.toml"
+    path.write_text(SCENARIO)
+    return str(path)
+
+
+def saved(tmp_path: Path, algorithm: str, num_classes: int = 3) -> Path:
+    torch.manual_seed(0)
+    config = MODEL if num_classes == 3 else ModelConfig(**{**MODEL.__dict__, "num_classes": num_classes})
+    algo = build_algorithm(build_model(config), MetaConfig(algorithm, eval_inner_steps=2))
+    return save_meta_model(
+        tmp_path / f"{algorithm}-{num_classes}", algo.init_meta_params(), config, algo.config, EpisodeConfig(ways=3)
+    )
+
+
+def test_every_method_meets_byte_identical_episodes(scenario, tmp_path):
+    protocol = Protocol(scenario, shots=(1, 2), queries=3, episodes=6)
+    first, again = draw_episodes(protocol), draw_episodes(protocol)
+    assert first.digests == again.digests and set(first.digests[1]) == {"new-0", "new-1"}
+    assert first.digests[1] != first.digests[2]  # K has its own stream
+    adapters = [
+        MetaLearned(saved(tmp_path, "maml")),
+        FineTune(saved(tmp_path, "fedavg"), steps=2),
+        Scratch(MODEL, steps=2),
+    ]
+    scored = [score(a, first) for a in adapters]
+    assert all(s.digests == first.digests for s in scored)  # every method: the same bytes
+    assert all(len(s.acc[1]) == 6 and np.all((s.acc[1] >= 0) & (s.acc[1] <= 1)) for s in scored)
+
+
+def test_headline_rows_are_paired_differences_over_seeds(tmp_path):
+    digests = {1: {"a": "x"}}
+    ref = [Scores("fedavg+finetune", {1: np.array([0.5, 0.5, 0.5, 0.7, 0.3])}, {1: np.ones(5)}, digests)]
+    # two seeds of a method: per-episode means 0.6, 0.7, 0.5, 0.8, 0.4 -> differences 0.1, 0.2, 0, 0.1, 0.1
+    maml = [
+        Scores("maml", {1: np.array([0.5, 0.8, 0.4, 0.8, 0.3])}, {1: np.ones(5)}, digests),
+        Scores("maml", {1: np.array([0.7, 0.6, 0.6, 0.8, 0.5])}, {1: np.ones(5)}, digests),
+    ]
+    rows = {r["method"]: r for r in headline_rows("tiny", {"fedavg+finetune": ref, "maml": maml})}
+    row = rows["maml"]
+    assert row["acc"] == pytest.approx(0.6) and row["seeds"] == 2 and row["episodes"] == 5
+    half = 2.776445 * 0.0707107 / math.sqrt(5)
+    assert row["diff_vs_fedavg_ft"] == pytest.approx(0.1)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((0.1 - half, 0.1 + half), rel=1e-5)
+    assert rows["fedavg+finetune"]["diff_vs_fedavg_ft"] == 0
+    other = [Scores("maml", {1: np.zeros(5)}, {1: np.ones(5)}, {1: {"a": "y"}})]
+    with pytest.raises(ValueError, match="different 1-shot episodes"):
+        headline_rows("tiny", {"fedavg+finetune": ref, "maml": other})
+
+
+def test_tuning_reads_the_validation_sites_only(scenario, tmp_path, monkeypatch):
+    read = []
+    real = benchmark.load_site
+
+    def spy(sc, index, *args, **kwargs):
+        read.append(sc.sites[index].role)
+        return real(sc, index, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "load_site", spy)
+    model = saved(tmp_path, "fedavg")
+    best, table = tune(
+        lambda steps: FineTune(model, steps=steps),
+        {"steps": [0, 3]},
+        Protocol(scenario, shots=(2,), queries=3, episodes=4, role="validation"),
+    )
+    assert set(read) == {"validation"} and len(table) == 2 and best["steps"] in (0, 3)
+    with pytest.raises(ValueError, match="chosen on the validation sites"):
+        tune(lambda steps: FineTune(model, steps=steps), {"steps": [1]}, Protocol(scenario, role="heldout"))
+
+
+def test_adapters_for_a_supervised_model_handle_new_and_absent_classes(scenario, tmp_path):
+    """A 5-class supervised model meets 3-way episodes (new classes: a head from class means),
+    and a linear probe or prototypes never predict a class the support set does not hold."""
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2))
+    episode = next(iter(episodes.batches[2].values()))[0]
+    model = saved(tmp_path, "fedavg", num_classes=5)
+    for adapter in (FineTune(model, steps=3), LinearProbe(model, steps=5), Prototypes(model)):
+        logits = adapter.logits(episode, 3)
+        assert logits.shape == (len(episode.query_y), 3) and torch.isfinite(logits).all()
+    partial = episode.support_y != 2  # the support holds classes 0 and 1 only
+    from common.tasks import Episode
+
+    two = Episode(
+        episode.support_x[partial], episode.support_y[partial], episode.query_x, episode.query_y, episode.classes
+    )
+    for adapter in (LinearProbe(model, steps=5), Prototypes(model)):
+        assert set(adapter.logits(two, 3).argmax(1).tolist()) <= {0, 1}
+
+
+def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path):
+    """`fedmeta benchmark tune` then `evaluate` in real subprocesses: every method's row, the
+    paired differences, the plots, and headline.json rows in the shape the docs are built from."""
+    import json
+    import subprocess
+    import sys
+
+    supervised = [saved(tmp_path / f"s{seed}", "fedavg") for seed in (0, 1)]
+    maml = saved(tmp_path, "maml")
+
+    def fedmeta(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
+        )
+
+    tuned = fedmeta(
+        "tune",
+        "--scenario",
+        scenario,
+        "--supervised",
+        str(supervised[0]),
+        "--shots",
+        "2",
+        "--queries",
+        "3",
+        "--episodes",
+        "2",
+        "--out",
+        str(tmp_path / "tuned.json"),
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    settings = json.loads((tmp_path / "tuned.json").read_text())
+    assert set(settings) >= {"finetune", "linear-probe", "local"} and settings["protocol"]["role"] == "validation"
+    out = tmp_path / "results"
+    done = fedmeta(
+        "evaluate",
+        "--scenario",
+        scenario,
+        "--model",
+        f"maml={maml}",
+        "--supervised",
+        str(supervised[0]),
+        "--supervised",
+        str(supervised[1]),
+        "--tuned",
+        str(tmp_path / "tuned.json"),
+        "--shots",
+        "1,2",
+        "--queries",
+        "3",
+        "--episodes",
+        "4",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((out / "headline.json").read_text())
+    keys = {
+        "scenario",
+        "shots",
+        "method",
+        "acc",
+        "acc_ci",
+        "diff_vs_fedavg_ft",
+        "diff_ci_low",
+        "diff_ci_high",
+        "seeds",
+        "episodes",
+    }
+    assert all(keys <= set(r) for r in rows) and len(rows) == 2 * 5
+    assert {r["method"] for r in rows} == {
+        "maml",
+        "fedavg+finetune",
+        "fedavg+linear-probe",
+        "fedavg+prototypes",
+        "local",
+    }
+    assert all(r["episodes"] == 4 for r in rows) and {r["seeds"] for r in rows} == {1, 2}
+    for name in ("tiny-roles-by-shots.png", "tiny-roles-forest.png", "headline.md"):
+        assert (out / name).stat().st_size > 0
+    bad = fedmeta("evaluate", "--scenario", scenario, "--model", "maml=/nowhere", "--supervised", str(supervised[0]))
+    assert bad.returncode == 2 and "give NAME=DIR" in bad.stderr
