@@ -63,8 +63,8 @@ class Site:
 # A worker process serves many rounds (and, in simulation, many sites): read each site's data
 # and build each algorithm once, not per message.
 @lru_cache(maxsize=16)
-def _site_data(scenario_ref: str, site: int | str, data_dir: str | None) -> tuple[int, SiteData]:
-    scenario = load_scenario(scenario_ref)
+def _site_data(scenario_ref: str, tasks: str, site: int | str, data_dir: str | None) -> tuple[int, SiteData]:
+    scenario = load_scenario(scenario_ref, tasks)
     names = [s.name for s in scenario.sites]
     if isinstance(site, int) or site in names:
         index = site if isinstance(site, int) else names.index(site)
@@ -92,17 +92,18 @@ def _site(context: Context) -> Site:
     node = context.node_config
     site = str(node["site-name"]) if "site-name" in node else int(node.get("partition-id", 0))
     data_dir = str(node.get("data-dir", "")) or cfg.data.data_dir or None
-    index, data = _site_data(cfg.data.scenario, site, data_dir)
+    index, data = _site_data(cfg.data.scenario, cfg.data.tasks, site, data_dir)
     device = resolve_device(str(node.get("device", cfg.train.device)))
     kernels = str(node.get("kernels", "auto"))  # this machine's choice, not the federation's
-    return Site(cfg, index, data, _algorithm(cfg.data.scenario, cfg.model, cfg.meta, device, kernels), device)
+    algorithm = _algorithm(cfg.data.scenario, cfg.data.tasks, cfg.model, cfg.meta, device, kernels)
+    return Site(cfg, index, data, algorithm, device)
 
 
 @lru_cache(maxsize=4)
 def _algorithm(
-    scenario_ref: str, model: ModelConfig, meta: MetaConfig, device: torch.device, kernels: str
+    scenario_ref: str, tasks: str, model: ModelConfig, meta: MetaConfig, device: torch.device, kernels: str
 ) -> MetaAlgorithm:
-    backbone = build_model(load_scenario(scenario_ref).model_config(model)).to(device)
+    backbone = build_model(load_scenario(scenario_ref, tasks).model_config(model)).to(device)
     return build_algorithm(backbone, meta, resolve_kernels(kernels) if device.type == "cpu" else None)
 
 

@@ -124,6 +124,11 @@ class DataConfig:
 
     scenario: str = "synthetic"
     data_dir: str = ""
+    tasks: str = "scenario"  # or episodes | hospital: this run's kind of task in place of the scenario's
+
+    def __post_init__(self) -> None:
+        if self.tasks not in ("scenario", "episodes", "hospital"):
+            raise ValueError(f"tasks={self.tasks!r}: choose scenario (the scenario's own), episodes or hospital")
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ _KEYS = {
     "model-groups": ("model", "num_groups"),
     "scenario": ("data", "scenario"),
     "data-dir": ("data", "data_dir"),
+    "tasks": ("data", "tasks"),
     **{f.name.replace("_", "-"): ("train", f.name) for f in fields(TrainConfig)},
 }
 RUN_CONFIG_KEYS = frozenset(_KEYS)

@@ -214,8 +214,12 @@ def builtin_scenarios() -> list[str]:
     )
 
 
-def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A built-in scenario by name, or a scenario TOML file by path."""
+def load_scenario(name_or_path: str | Path, tasks: str = "scenario") -> Scenario:
+    """A built-in scenario by name, or a scenario TOML file by path. `tasks` other than
+    "scenario" replaces the scenario's kind of task for one run (e.g. supervised FedAvg with global
+    labels, `tasks = "hospital"`, on an episodes scenario)."""
+    if tasks != "scenario" and tasks not in TASKS:
+        raise ValueError(f"tasks={tasks!r}: use scenario (the scenario's own) or one of {TASKS}")
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
@@ -230,7 +234,8 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
             "or a path to a .toml file"
         )
     try:
-        return parse_scenario(tomllib.loads(text))
+        scenario = parse_scenario(tomllib.loads(text))
+        return scenario if tasks == "scenario" else replace(scenario, tasks=tasks)
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
         raise ValueError(f"{origin}: {error}") from error
 

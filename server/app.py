@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     torch.manual_seed(cfg.train.seed)
     # the scenario's description (never its data) fixes the model's input shape
-    scenario = load_scenario(cfg.data.scenario)
+    scenario = load_scenario(cfg.data.scenario, cfg.data.tasks)
     model_config = scenario.model_config(cfg.model)
     algorithm = build_algorithm(build_model(model_config), cfg.meta)
     found = discover_sites(
@@ -124,7 +124,7 @@ def build_strategy(
 def meta_template(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """Meta-parameters of the model a run of `cfg` trains (names and shapes: what a checkpoint
     must fit before a run may resume from it)."""
-    model_config = load_scenario(cfg.data.scenario).model_config(cfg.model)
+    model_config = load_scenario(cfg.data.scenario, cfg.data.tasks).model_config(cfg.model)
     return build_algorithm(build_model(model_config), cfg.meta).init_meta_params()
 
 

@@ -22,11 +22,12 @@ from common.backbones import build_model
 from common.config import EpisodeConfig
 from common.data.dataset import LabelledImages, pool
 from common.export import save_meta_model
+from common.functional import tensor_sum
 from common.native import resolve_kernels
 from common.protocol import evaluate_site, evaluation_tasks
 from common.runconfig import RunConfig, flat_run_config
-from common.scenario import load_scenario, load_site
-from common.tasks import EpisodeSampler, site_generator
+from common.scenario import SiteData, load_scenario, load_site
+from common.tasks import EpisodeSampler, HospitalSampler, site_generator
 from server.report import Recorder
 
 BASELINES = ("centralized", "local")
@@ -36,7 +37,7 @@ POOLED_INDEX = 1_000_000  # the generator stream of the pooled learner, apart fr
 def run_baseline(kind: str, cfg: RunConfig) -> dict:
     if kind not in BASELINES:
         raise ValueError(f"baseline {kind!r}: choose one of {BASELINES}")
-    scenario = load_scenario(cfg.data.scenario)
+    scenario = load_scenario(cfg.data.scenario, cfg.data.tasks)
     if kind == "local" and not scenario.heldout_sites:
         raise ValueError(f"the local baseline trains at the held-out sites, and scenario {scenario.name!r} has none")
     data_dir = cfg.data.data_dir or None
@@ -53,18 +54,11 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     recorder = Recorder(out_dir, flat_run_config(cfg), cfg.data.scenario, f"{kind}-{cfg.meta.algorithm}", rows)
     train_ids = scenario.training_sites
     if kind == "centralized":
-        pooled = pool({sites[i].spec.name: sites[i].train for i in train_ids})
-        learners = {
-            "pooled": (
-                _sampler(pooled, cfg),
-                POOLED_INDEX,
-                list(range(len(sites))),
-                cfg.train.tasks_per_round * len(train_ids),
-            )
-        }
+        sources = _pooled_sources(sites, train_ids, scenario.tasks, cfg)
+        learners = {"pooled": (sources, list(range(len(sites))))}
     else:
         learners = {
-            sites[i].spec.name: (_sampler(sites[i].train, cfg), i, [i], cfg.train.tasks_per_round)
+            sites[i].spec.name: ([(_sampler(sites[i], cfg), i, cfg.train.tasks_per_round)], [i])
             for i in scenario.heldout_sites
         }
     state = {name: _learner(init, cfg) for name in learners}
@@ -72,18 +66,22 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     for server_round in range(1, cfg.train.num_server_rounds + 1):
         round_start = time.monotonic()
         train_metrics = {}
-        for name, (sampler, index, _, count) in learners.items():
+        for name, (sources, _) in learners.items():
             meta, optimizer = state[name]
-            step = algorithm.meta_gradient(
-                meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
-            )
+            steps = [
+                algorithm.meta_gradient(
+                    meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
+                )
+                for sampler, index, count in sources
+            ]
+            tasks = sum(step.num_tasks for step in steps)  # one step on the task-weighted mean, as a round's
             for key, p in meta.items():
-                p.grad = step.grads[key]
+                p.grad = tensor_sum(step.grads[key] * (step.num_tasks / tasks) for step in steps)
             optimizer.step()
             train_metrics[name] = {
-                "meta-loss": step.loss,
-                "query-acc": step.metrics["query_acc"],
-                "num-tasks": step.num_tasks,
+                "meta-loss": sum(step.loss * step.num_tasks for step in steps) / tasks,
+                "query-acc": sum(step.metrics["query_acc"] * step.num_tasks for step in steps) / tasks,
+                "num-tasks": tasks,
             }
         recorder.train(server_round, train_metrics, seconds=time.monotonic() - round_start)
         if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
@@ -110,7 +108,7 @@ def _evaluate(
     """Each learner's current meta-model scored on the sites it stands for, as in the federation:
     a site whose test data cannot make the episodes is reported, and the others still count."""
     per_site, errors = {}, {}
-    for name, (_, _, evaluated, _) in learners.items():
+    for name, (_, evaluated) in learners.items():
         meta = {k: v.detach() for k, v in state[name][0].items()}
         for i in evaluated:
             try:
@@ -122,9 +120,41 @@ def _evaluate(
     return per_site, errors
 
 
-def _sampler(data: LabelledImages, cfg: RunConfig) -> EpisodeSampler:
-    """Episodes over the classes with at least shots + queries examples."""
+def _sampler(site: SiteData, cfg: RunConfig) -> EpisodeSampler | HospitalSampler:
+    """A site's training tasks: episodes over its classes with at least shots + queries examples,
+    or (hospital tasks) its own problem with global labels."""
+    if site.tasks == "hospital":
+        return HospitalSampler.from_data(site.train, cfg.episode, f"site {site.spec.name!r}")
+    data = site.train
     return EpisodeSampler.from_data(data, cfg.episode, classes=data.classes_with(cfg.episode.per_class))
+
+
+def _pooled_sources(sites: list[SiteData], train_ids: list[int], tasks: str, cfg: RunConfig) -> list:
+    """Where the centralized learner's tasks come from, a round's worth per step.
+
+    Hospital tasks are one hospital's problem: each step takes each training site's tasks, as a
+    federated round with every site does (the pooled learner's advantage is then none but the
+    lack of privacy machinery). Episodes come from the training sites' data pooled: with one
+    shared label space a class keeps its label across sites, else a class is (site, class)."""
+    count = cfg.train.tasks_per_round
+    if tasks == "hospital":
+        return [(_sampler(sites[i], cfg), i, count) for i in train_ids]
+    parts = {sites[i].spec.name: sites[i].train for i in train_ids}
+    shared = len({d.classes for d in parts.values()}) == 1
+    pooled = _concatenated(list(parts.values())) if shared else pool(parts)
+    sampler = EpisodeSampler.from_data(pooled, cfg.episode, classes=pooled.classes_with(cfg.episode.per_class))
+    return [(sampler, POOLED_INDEX, count * len(train_ids))]
+
+
+def _concatenated(parts: list[LabelledImages]) -> LabelledImages:
+    """Sites of one label space pooled: labels unchanged, patients kept apart by site."""
+    return LabelledImages(
+        torch.cat([d.images for d in parts]),
+        torch.cat([d.labels for d in parts]),
+        parts[0].classes,
+        tuple(i for d in parts for i in d.ids),
+        tuple(f"{k}/{p}" for k, d in enumerate(parts) for p in (d.patients or d.ids)),
+    )
 
 
 def _learner(init: dict[str, torch.Tensor], cfg: RunConfig) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:

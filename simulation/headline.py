@@ -52,7 +52,7 @@ def markdown(rows: list[dict]) -> str:
         for r in sorted((r for r in rows if r["scenario"] == scenario), key=lambda r: (r["shots"], -r["acc"])):
             diff = (
                 f"{100 * r['diff_vs_fedavg_ft']:+.1f} ({100 * r['diff_ci_low']:+.1f} to {100 * r['diff_ci_high']:+.1f})"
-                if not math.isnan(r["diff_ci_low"])
+                if r["method"] != REFERENCE and not math.isnan(r["diff_ci_low"])
                 else "reference"
             )
             lines.append(

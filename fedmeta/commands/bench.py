@@ -164,7 +164,7 @@ def _model_bytes(cfg) -> int:
     from common.backbones import build_model
     from common.scenario import load_scenario
 
-    model = build_model(load_scenario(cfg.data.scenario).model_config(cfg.model))
+    model = build_model(load_scenario(cfg.data.scenario, cfg.data.tasks).model_config(cfg.model))
     return sum(v.numel() * 4 for v in build_algorithm(model, cfg.meta).init_meta_params().values())
 
 

@@ -151,3 +151,19 @@ def test_a_deployed_hospital_not_in_the_scenario_reads_its_own_folder(tmp_path):
     again = load_hospital_site(load_scenario("synthetic"), "st-mary", root)
     assert site.train.ids == again.train.ids and not set(site.train.patients) & set(site.test.patients)
     assert site.train.images.shape[1:] == (1, 28, 28)
+
+
+def test_a_run_can_take_hospital_tasks_on_an_episodes_scenario():
+    """Supervised FedAvg trains with global labels on any scenario: `tasks = "hospital"` in the
+    run config gives every site its own problem and the model one output per class."""
+    from common.runconfig import parse_run_config
+
+    sc = load_scenario("synthetic", "hospital")
+    assert sc.tasks == "hospital" and sc.model_config(ModelConfig()).num_classes == sc.num_labels == 10
+    site = load_site(sc, 0)
+    assert site.tasks == "hospital"
+    assert load_scenario("synthetic").model_config(ModelConfig(num_classes=5)).num_classes == 5
+    with pytest.raises(ValueError, match="tasks='pile': choose scenario"):
+        parse_run_config({"tasks": "pile"})
+    with pytest.raises(ValueError, match="tasks='pile': use scenario"):
+        load_scenario("synthetic", "pile")

@@ -222,5 +222,9 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert all(r["episodes"] == 4 for r in rows) and {r["seeds"] for r in rows} == {1, 2}
     for name in ("tiny-roles-by-shots.png", "tiny-roles-forest.png", "headline.md"):
         assert (out / name).stat().st_size > 0
+    table = (out / "headline.md").read_text()
+    assert table.count("| fedavg+finetune |") == 2 and all(
+        line.split("|")[5].strip() == "reference" for line in table.splitlines() if "| fedavg+finetune |" in line
+    )
     bad = fedmeta("evaluate", "--scenario", scenario, "--model", "maml=/nowhere", "--supervised", str(supervised[0]))
     assert bad.returncode == 2 and "give NAME=DIR" in bad.stderr

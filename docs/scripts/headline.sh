@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The headline benchmark (issue 15): on each scenario, every method trained with each seed, the
+# baselines' adaptation tuned on the validation sites, then everything scored on the same fixed
+# episodes of the held-out (new) sites, with paired 95% CIs against FedAvg + fine-tune.
+#
+#   docs/scripts/headline.sh [DATA_DIR] [OUT_DIR]       # defaults: ../shared/data/medmnist runs/headline
+#
+#   SCENARIOS   default "new-hospital new-hospital-blood new-classes"
+#   SEEDS       default "0 1 2"
+#   METHODS     federated meta-learners, default "maml,fomaml,meta-sgd,anil,protonet"
+#   RUN         extra run-config for every training run (e.g. "num-server-rounds=60"); each
+#               scenario's file recommends its own (its [run-config] table)
+#   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
+#
+# Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
+# and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
+set -euo pipefail
+DATA=${1:-../shared/data/medmnist}
+OUT=${2:-runs/headline}
+FEDMETA=${FEDMETA:-.venv/bin/fedmeta}
+SCENARIOS=${SCENARIOS:-new-hospital new-hospital-blood new-classes}
+SEEDS=${SEEDS:-0 1 2}
+METHODS=${METHODS:-maml,fomaml,meta-sgd,anil,protonet}
+RUN=${RUN:-}
+SHOTS=${SHOTS:-1,5}
+EPISODES=${EPISODES:-600}
+RESULTS_DIR=${RESULTS_DIR:-docs/results}
+start=$(date +%s)
+for scenario in $SCENARIOS; do
+    models=()
+    supervised=()
+    for seed in $SEEDS; do
+        dir="$OUT/$scenario/seed-$seed"
+        t=$(date +%s)
+        # the federated meta-learners, and the centralized (pooled-data) MAML as their upper bound
+        "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
+            --compare "$METHODS,centralized" --run-config "$RUN" --out "$dir"
+        # FedAvg as a consortium would pre-train without meta-learning: supervised, global labels
+        "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
+            --run-config "tasks='hospital' $RUN" --out "$dir/fedavg-supervised"
+        echo "$scenario seed $seed: trained in $(($(date +%s) - t)) s"
+        for method in ${METHODS//,/ } centralized; do
+            models+=(--model "$method=$dir/$method/model")
+        done
+        supervised+=(--supervised "$dir/fedavg-supervised/model")
+    done
+    first_seed=${SEEDS%% *}
+    "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" \
+        --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json"
+    "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
+        "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR"
+done
+echo "headline: $(($(date +%s) - start)) s; $RESULTS_DIR/headline.md"
