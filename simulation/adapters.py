@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from common.algorithms import build_algorithm
+from common.algorithms.protonet import prototype_head, prototypes
 from common.backbones import build_model
 from common.export import load_meta_model
 from common.functional import Params
-from common.models import MetaNet, ModelConfig
+from common.models import MetaNet, ModelConfig, init_params
 from common.native import resolve_kernels
 from common.tasks import Episode
 
@@ -44,16 +45,6 @@ class Adapter(ABC):
         `num_classes` (the episode's ways, or the label space for hospital tasks)."""
 
 
-def _head_from_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Params:
-    """A linear head that ranks classes as the nearest support class mean does (weight 2c, bias
-    -|c|^2); a class the support does not hold is never predicted."""
-    onehot = F.one_hot(labels, num_classes).to(features.dtype)
-    counts = onehot.sum(0)
-    means = (onehot.T @ features) / counts.clamp(min=1).unsqueeze(1)
-    bias = (-(means * means).sum(1)).masked_fill(counts == 0, -1e9)
-    return {"head.weight": 2 * means, "head.bias": bias}
-
-
 def _fit(params: Params, trainable: list[str], loss_fn, steps: int, lr: float) -> Params:
     """`steps` of Adam on `loss_fn(params)` over the `trainable` entries (the rest stay fixed)."""
     leaves = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in params.items()}
@@ -64,6 +55,18 @@ def _fit(params: Params, trainable: list[str], loss_fn, steps: int, lr: float) -
             loss_fn(leaves).backward()
             optimizer.step()
     return {k: v.detach() for k, v in leaves.items()}
+
+
+def _trained_logits(model: MetaNet, params: Params, episode: Episode, steps: int, lr: float) -> torch.Tensor:
+    """Query logits after `steps` of Adam on every weight, on the support set's cross-entropy."""
+    support = model.prepare(episode.support_x)
+
+    def loss(p: Params) -> torch.Tensor:
+        return F.cross_entropy(model.logits(p, support), episode.support_y)
+
+    trained = _fit(params, list(params), loss, steps, lr)
+    with torch.no_grad():
+        return model.logits(trained, model.prepare(episode.query_x))
 
 
 @dataclass
@@ -109,20 +112,11 @@ class FineTune(Adapter):
 
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
         params = dict(self.loaded.params)
-        model = self.loaded.model
-        if model.config.num_classes != num_classes:  # new classes: a new head from the support's class means
+        if self.loaded.model.config.num_classes != num_classes:  # new classes: a head from the support's class means
             with torch.no_grad():
-                params |= _head_from_means(
-                    self.loaded.features(params, episode.support_x), episode.support_y, num_classes
-                )
-        support = model.prepare(episode.support_x)
-
-        def loss(p: Params) -> torch.Tensor:
-            return F.cross_entropy(model.logits(p, support), episode.support_y)
-
-        tuned = _fit(params, list(params), loss, self.steps, self.lr)
-        with torch.no_grad():
-            return model.logits(tuned, model.prepare(episode.query_x))
+                features = self.loaded.features(params, episode.support_x)
+                params |= prototype_head(features, episode.support_y, num_classes)
+        return _trained_logits(self.loaded.model, params, episode, self.steps, self.lr)
 
 
 class LinearProbe(Adapter):
@@ -134,13 +128,8 @@ class LinearProbe(Adapter):
         weight_decay: float = 1e-3,
         name: str = "fedavg+linear-probe",
     ) -> None:
-        self.loaded, self.steps, self.lr, self.weight_decay, self.name = (
-            Loaded.from_dir(model_dir),
-            steps,
-            lr,
-            weight_decay,
-            name,
-        )
+        self.loaded, self.name = Loaded.from_dir(model_dir), name
+        self.steps, self.lr, self.weight_decay = steps, lr, weight_decay
 
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
         with torch.no_grad():
@@ -168,10 +157,8 @@ class Prototypes(Adapter):
         with torch.no_grad():
             support = F.normalize(self.loaded.features(self.loaded.params, episode.support_x), dim=1)
             query = F.normalize(self.loaded.features(self.loaded.params, episode.query_x), dim=1)
-            onehot = F.one_hot(episode.support_y, num_classes).to(support.dtype)
-            counts = onehot.sum(0)
-            means = F.normalize((onehot.T @ support) / counts.clamp(min=1).unsqueeze(1), dim=1)
-            return (10.0 * query @ means.T).masked_fill(counts == 0, float("-inf"))  # cosine, temperature 0.1
+            means, present = prototypes(support, episode.support_y, num_classes)
+            return (10.0 * query @ F.normalize(means, dim=1).T).masked_fill(~present, float("-inf"))  # cosine, T 0.1
 
 
 class Scratch(Adapter):
@@ -181,17 +168,13 @@ class Scratch(Adapter):
         self, model_config: ModelConfig, steps: int = 100, lr: float = 1e-3, seed: int = 0, name: str = "local"
     ) -> None:
         self.config, self.steps, self.lr, self.seed, self.name = model_config, steps, lr, seed, name
+        self._initial: dict[int, tuple[MetaNet, Params]] = {}  # per class count: built once, not per episode
 
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
-        with torch.random.fork_rng():  # the same initialization for every episode: only the data differs
-            torch.manual_seed(self.seed)
-            model = build_model(replace(self.config, num_classes=num_classes))
-        params = {k: v.detach().clone() for k, v in model.named_parameters()}
-        support = model.prepare(episode.support_x)
-
-        def loss(p: Params) -> torch.Tensor:
-            return F.cross_entropy(model.logits(p, support), episode.support_y)
-
-        trained = _fit(params, list(params), loss, self.steps, self.lr)
-        with torch.no_grad():
-            return model.logits(trained, model.prepare(episode.query_x))
+        if num_classes not in self._initial:
+            with torch.random.fork_rng():  # the same initialization for every episode: only the data differs
+                torch.manual_seed(self.seed)
+                model = build_model(replace(self.config, num_classes=num_classes))
+            self._initial[num_classes] = model, init_params(model)
+        model, params = self._initial[num_classes]
+        return _trained_logits(model, params, episode, self.steps, self.lr)

@@ -26,6 +26,15 @@ def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> tup
 ABSENT = -1e9  # the head bias of a class the support set does not hold
 
 
+def prototype_head(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+    """The linear head that ranks classes as the nearest prototype does (weight 2c, bias
+    -|c|^2). A class the support does not hold is never predicted (a finite bias, so the head
+    can still be fine-tuned)."""
+    protos, present = prototypes(embeddings, labels, ways)
+    bias = (-(protos * protos).sum(-1)).masked_fill(~present, ABSENT)
+    return {"head.weight": 2 * protos, "head.bias": bias}
+
+
 def proto_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """-|q - c|^2 for every query q (Q, D) and prototype c (N, D)."""
     sq = (queries * queries).sum(-1, keepdim=True) - 2 * queries @ protos.T + (protos * protos).sum(-1)
@@ -44,8 +53,5 @@ class ProtoNet(MetaAlgorithm):
 
     def adapt(self, meta, support_x, support_y, steps=None):  # noqa: ARG002 -- prototypes take no steps
         with torch.no_grad():
-            protos, present = prototypes(self.embed(meta, support_x), support_y, self.model.config.num_classes)
-        # a class the support does not hold is never predicted (a finite bias, so fine-tuning still works)
-        bias = (-(protos * protos).sum(-1)).masked_fill(~present, ABSENT)
-        head = {"head.weight": 2 * protos, "head.bias": bias}
+            head = prototype_head(self.embed(meta, support_x), support_y, self.model.config.num_classes)
         return {**self.model_params(meta), **head}
