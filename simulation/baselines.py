@@ -20,7 +20,7 @@ import torch
 from common.algorithms import build_algorithm
 from common.backbones import build_model
 from common.config import EpisodeConfig
-from common.data.dataset import LabelledImages, pool
+from common.data.dataset import pool
 from common.export import save_meta_model
 from common.functional import tensor_sum
 from common.native import resolve_kernels
@@ -139,22 +139,9 @@ def _pooled_sources(sites: list[SiteData], train_ids: list[int], tasks: str, cfg
     count = cfg.train.tasks_per_round
     if tasks == "hospital":
         return [(_sampler(sites[i], cfg), i, count) for i in train_ids]
-    parts = {sites[i].spec.name: sites[i].train for i in train_ids}
-    shared = len({d.classes for d in parts.values()}) == 1
-    pooled = _concatenated(list(parts.values())) if shared else pool(parts)
+    pooled = pool({sites[i].spec.name: sites[i].train for i in train_ids})
     sampler = EpisodeSampler.from_data(pooled, cfg.episode, classes=pooled.classes_with(cfg.episode.per_class))
     return [(sampler, POOLED_INDEX, count * len(train_ids))]
-
-
-def _concatenated(parts: list[LabelledImages]) -> LabelledImages:
-    """Sites of one label space pooled: labels unchanged, patients kept apart by site."""
-    return LabelledImages(
-        torch.cat([d.images for d in parts]),
-        torch.cat([d.labels for d in parts]),
-        parts[0].classes,
-        tuple(i for d in parts for i in d.ids),
-        tuple(f"{k}/{p}" for k, d in enumerate(parts) for p in (d.patients or d.ids)),
-    )
 
 
 def _learner(init: dict[str, torch.Tensor], cfg: RunConfig) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:

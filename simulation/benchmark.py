@@ -59,6 +59,7 @@ class Episodes:
     """The fixed episodes of one protocol: per shots, per site, a task batch and its digest."""
 
     scenario: Scenario
+    role: str
     batches: dict[int, dict[str, TaskBatch]] = field(default_factory=dict)
     digests: dict[int, dict[str, str]] = field(default_factory=dict)
 
@@ -74,7 +75,7 @@ def draw_episodes(protocol: Protocol) -> Episodes:
         raise ValueError(f"scenario {scenario.name!r} has no {protocol.role} sites")
     sites = {i: load_site(scenario, i, protocol.data_dir or None) for i in indices}
     per_site = math.ceil(protocol.episodes / len(indices))
-    out = Episodes(scenario)
+    out = Episodes(scenario, protocol.role)
     for shots in protocol.shots:
         episode = EpisodeConfig(ways=scenario.episode.ways, shots=shots, queries=protocol.queries)
         out.batches[shots], out.digests[shots] = {}, {}
@@ -112,13 +113,16 @@ def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] 
     return out
 
 
-def tune(factory: Callable[..., Adapter], grid: Mapping[str, Iterable], protocol: Protocol) -> tuple[dict, dict]:
+def tune(
+    factory: Callable[..., Adapter], grid: Mapping[str, Iterable], source: Protocol | Episodes
+) -> tuple[dict, dict]:
     """The grid point whose adapter has the best mean accuracy on the validation sites, over all
-    the protocol's shots; and every point's score. Refuses any other role: the held-out sites are
+    the protocol's shots; and every point's score. `source`: a protocol, or its episodes already
+    drawn (to tune several adapters on one draw). Refuses any other role: the held-out sites are
     for the reported figures only."""
-    if protocol.role != "validation":
+    if source.role != "validation":
         raise ValueError("hyperparameters are chosen on the validation sites: use role='validation'")
-    episodes = draw_episodes(protocol)
+    episodes = draw_episodes(source) if isinstance(source, Protocol) else source
     names = list(grid)
     results = {}
     for values in itertools.product(*(list(grid[k]) for k in names)):

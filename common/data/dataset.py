@@ -91,16 +91,21 @@ class LabelledImages:
 
 
 def pool(parts: dict[str, LabelledImages]) -> LabelledImages:
-    """One set from several sites' sets; a class is (site, class name), so labels never merge
-    across sites whose scanners or label definitions differ. Ids and patients are prefixed."""
-    classes: list[str] = []
+    """One set from several sites' sets. Sites of one label space (the same class names) keep
+    their labels; otherwise a class is (site, class name), so labels never merge across sites
+    whose scanners or label definitions differ. Ids and patients are prefixed with the site."""
+    shared = len({data.classes for data in parts.values()}) == 1
+    classes: list[str] = list(next(iter(parts.values())).classes) if shared else []
     images: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     ids: list[str] = []
     patients: list[str] = []
     for site, data in parts.items():
-        labels.append(data.labels + len(classes))
-        classes.extend(f"{site}/{name}" for name in data.classes)
+        if shared:
+            labels.append(data.labels)
+        else:
+            labels.append(data.labels + len(classes))
+            classes.extend(f"{site}/{name}" for name in data.classes)
         images.append(data.images)
         ids.extend(f"{site}/{i}" for i in data.ids)
         patients.extend(f"{site}/{p}" for p in (data.patients or data.ids))

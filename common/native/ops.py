@@ -35,6 +35,8 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
 
 
 def _call(kernels: NativeKernels, name: str, dtype: torch.dtype, *args) -> None:
+    """Call a C kernel: tensors (and None, for NULL) go as pointers, numbers as they are."""
+    args = tuple(_ptr(a) if a is None or isinstance(a, torch.Tensor) else a for a in args)
     if kernels.fn(name, SUFFIX[dtype])(*args):
         raise MemoryError(f"native kernel {name} could not allocate its work space")
 
@@ -53,23 +55,7 @@ class _NormPool(torch.autograd.Function):
         shape = (n, c, *(s // 2 for s in x.shape[2:]))
         y, win = torch.empty(shape, dtype=x.dtype), torch.empty(shape, dtype=torch.uint8)
         mean, rstd = torch.empty(n, groups, dtype=x.dtype), torch.empty(n, groups, dtype=x.dtype)
-        _call(
-            kernels,
-            "gnpool_forward",
-            x.dtype,
-            _ptr(x),
-            _ptr(weight),
-            _ptr(bias),
-            _ptr(y),
-            _ptr(win),
-            _ptr(mean),
-            _ptr(rstd),
-            n,
-            c,
-            groups,
-            eps,
-            *_spatial(x),
-        )
+        _call(kernels, "gnpool_forward", x.dtype, x, weight, bias, y, win, mean, rstd, n, c, groups, eps, *_spatial(x))
         ctx.save_for_backward(x, weight)
         ctx.mark_non_differentiable(win)
         ctx.rest, ctx.groups, ctx.kernels = (win, mean, rstd), groups, kernels
@@ -92,22 +78,7 @@ class _NormPoolBackward(torch.autograd.Function):
         gx = torch.empty_like(x)
         gw, gb = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
         _call(
-            kernels,
-            "gnpool_backward",
-            x.dtype,
-            _ptr(x),
-            _ptr(gy),
-            _ptr(win),
-            _ptr(weight),
-            _ptr(mean),
-            _ptr(rstd),
-            _ptr(gx),
-            _ptr(gw),
-            _ptr(gb),
-            n,
-            c,
-            groups,
-            *_spatial(x),
+            kernels, "gnpool_backward", x.dtype, x, gy, win, weight, mean, rstd, gx, gw, gb, n, c, groups, *_spatial(x)
         )
         ctx.save_for_backward(gy, x, weight)
         ctx.rest, ctx.groups, ctx.kernels = (win, mean, rstd), groups, kernels
@@ -121,26 +92,9 @@ class _NormPoolBackward(torch.autograd.Function):
         n, c = x.shape[:2]
         ggy, gx2, gw2 = torch.empty_like(gy), torch.empty_like(x), torch.empty(c, dtype=x.dtype)
         u, ugw, ugb = _contiguous(u), _contiguous(ugw), _contiguous(ugb)
+        inputs, upstream, outputs = (x, gy, win, weight, mean, rstd), (u, ugw, ugb), (ggy, gx2, gw2)
         _call(
-            ctx.kernels,
-            "gnpool_double_backward",
-            x.dtype,
-            _ptr(x),
-            _ptr(gy),
-            _ptr(win),
-            _ptr(weight),
-            _ptr(mean),
-            _ptr(rstd),
-            _ptr(u),
-            _ptr(ugw),
-            _ptr(ugb),
-            _ptr(ggy),
-            _ptr(gx2),
-            _ptr(gw2),
-            n,
-            c,
-            ctx.groups,
-            *_spatial(x),
+            ctx.kernels, "gnpool_double_backward", x.dtype, *inputs, *upstream, *outputs, n, c, ctx.groups, *_spatial(x)
         )
         return ggy, gx2, gw2 if weight is not None else None, None, None, None, None, None
 

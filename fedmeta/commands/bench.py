@@ -160,12 +160,9 @@ def bench_federation(
 
 
 def _model_bytes(cfg) -> int:
-    from common.algorithms import build_algorithm
-    from common.backbones import build_model
-    from common.scenario import load_scenario
+    from server.app import meta_template
 
-    model = build_model(load_scenario(cfg.data.scenario, cfg.data.tasks).model_config(cfg.model))
-    return sum(v.numel() * 4 for v in build_algorithm(model, cfg.meta).init_meta_params().values())
+    return sum(v.numel() * 4 for v in meta_template(cfg).values())
 
 
 @bench_app.command("sanity")

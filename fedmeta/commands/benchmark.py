@@ -58,17 +58,16 @@ def tune(
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings on the validation sites only."""
     from common.models import ModelConfig
-    from common.scenario import load_scenario
     from simulation.adapters import FineTune, LinearProbe, Loaded, Scratch
-    from simulation.benchmark import Protocol
+    from simulation.benchmark import Protocol, draw_episodes
     from simulation.benchmark import tune as tune_grid
 
     console = Console()
     try:
         protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, role="validation")
         config: ModelConfig = Loaded.from_dir(supervised).model.config
-        load_scenario(scenario)
-    except (ValueError, FileNotFoundError) as error:
+        drawn = draw_episodes(protocol)  # one draw of the validation episodes, for every adapter
+    except (ValueError, FileNotFoundError) as error:  # e.g. a validation site too small for the episodes
         fail(error)
     factories = {
         "finetune": lambda **p: FineTune(supervised, **p),
@@ -78,10 +77,7 @@ def tune(
     chosen = {}
     for name, factory in factories.items():
         console.print(f"tuning {name} on the validation sites: {GRIDS[name]}")
-        try:
-            best, table = tune_grid(factory, GRIDS[name], protocol)
-        except ValueError as error:  # e.g. a validation site too small for the episodes asked for
-            fail(error)
+        best, table = tune_grid(factory, GRIDS[name], drawn)
         chosen[name] = {"best": best, "tries": table}
         console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
     out.write_text(
