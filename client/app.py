@@ -137,7 +137,7 @@ def _private_meta_gradient(site: Site, msg: Message) -> tuple[dict[str, torch.Te
         site.data, cfg.episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round
     )
     start = time.perf_counter()
-    step = site.algorithm.meta_gradient(meta, tasks)
+    step = site.algorithm.for_round(server_round).meta_gradient(meta, tasks)
     metrics = {
         "meta-loss": step.loss,
         "query-acc": step.metrics["query_acc"],

@@ -46,8 +46,11 @@ class MetaConfig:
     chunk_size: int = 8
     execution: str = "auto"
     local_lr: float = 0.05
+    first_order_rounds: int = 0  # MAML / Meta-SGD / ANIL: first-order meta-gradients up to this round (warm start)
 
     def __post_init__(self) -> None:
+        if self.first_order_rounds < 0:
+            raise ValueError(f"first_order_rounds={self.first_order_rounds}: must be >= 0")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if self.execution not in EXECUTIONS:

@@ -6,6 +6,7 @@ Parsed once, at the edge; everything below takes the dataclasses. Unknown keys a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,6 +24,19 @@ AGGREGATORS = (
 )  # server.robust implements them  # what meta-parameters and meta-gradients travel as
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def outer_lr_factor(schedule: str, warmup: int, server_round: int, num_rounds: int) -> float:
+    """See `TrainConfig.outer_lr_factor`."""
+    if server_round <= warmup:
+        return server_round / (warmup + 1)
+    if schedule == "constant" or num_rounds <= warmup + 1:
+        return 1.0
+    progress = (server_round - warmup - 1) / (num_rounds - warmup - 1)  # 0 at the first full round, 1 at the last
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What the coordinator does with the sites' meta-gradients."""
@@ -31,6 +45,8 @@ class TrainConfig:
     tasks_per_round: int = 8
     outer_optimizer: str = "adam"
     outer_lr: float = 0.001
+    outer_lr_schedule: str = "constant"  # or cosine: decays to outer_lr / 100 at the last round
+    outer_lr_warmup: int = 0  # rounds of linear warm-up to outer_lr (any schedule)
     fraction_train: float = 1.0
     eval_every: int = 5
     eval_tasks: int = 50
@@ -59,6 +75,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.outer_optimizer not in OPTIMIZERS:
             raise ValueError(f"outer-optimizer={self.outer_optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.outer_lr_schedule not in LR_SCHEDULES or self.outer_lr_warmup < 0:
+            raise ValueError(
+                f"outer-lr-schedule={self.outer_lr_schedule!r}, outer-lr-warmup={self.outer_lr_warmup}: "
+                f"choose one of {', '.join(LR_SCHEDULES)} and a warm-up of >= 0 rounds"
+            )
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
         if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:
@@ -111,6 +132,11 @@ class TrainConfig:
         if not self.round_timeout > 0:
             raise ValueError(f"round-timeout={self.round_timeout}: must be a positive number of seconds")
 
+    def outer_lr_factor(self, server_round: int) -> float:
+        """The outer learning rate in round `server_round` (1-based), as a fraction of outer-lr:
+        a linear warm-up over `outer-lr-warmup` rounds, then constant or a cosine decay to 1%."""
+        return outer_lr_factor(self.outer_lr_schedule, self.outer_lr_warmup, server_round, self.num_server_rounds)
+
     def final_shots(self) -> tuple[int, ...]:
         """The extra shot counts of `eval-shots`, in order, without repeats."""
         return tuple(dict.fromkeys(int(k) for k in self.eval_shots.replace(" ", "").split(",") if k))
@@ -151,6 +177,7 @@ _KEYS = {
     "eval-inner-steps": ("meta", "eval_inner_steps"),
     "chunk-size": ("meta", "chunk_size"),
     "local-lr": ("meta", "local_lr"),
+    "first-order-rounds": ("meta", "first_order_rounds"),
     "execution": ("meta", "execution"),
     "model": ("model", "backbone"),
     "model-width": ("model", "width"),

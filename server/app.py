@@ -111,7 +111,13 @@ def build_strategy(
     return FedMeta(
         OuterOptimizer(algorithm.init_meta_params(), kind, lr),
         sites,
-        Schedule(train.num_server_rounds, train.eval_every),
+        # FedAvg's outer step (SGD at rate 1: the model average) is not a learning rate to schedule
+        Schedule(
+            train.num_server_rounds,
+            train.eval_every,
+            train.outer_lr_schedule if algorithm.outer_step is None else "constant",
+            train.outer_lr_warmup if algorithm.outer_step is None else 0,
+        ),
         sampling=Sampling(train.fraction_train, train.seed),
         aggregation=Aggregation(train.aggregator, train.trim_fraction, train.min_train_sites, privacy),
         limits=ReplyLimits(train.tasks_per_round, train.eval_tasks, train.max_update_norm),

@@ -188,7 +188,8 @@ class FedMeta(Strategy):
         )
         if result.grads is None:
             return None, None
-        return self.wire(self.optimizer.step(result.grads)), weighted_means([r.metrics for r in accepted.values()])
+        step = self.optimizer.step(result.grads, self.schedule.lr_factor(server_round))
+        return self.wire(step), weighted_means([r.metrics for r in accepted.values()])
 
     def secure_train(
         self, server_round: int, grid: Grid, train: list[Message], arrays: ArrayRecord, timeout: float
@@ -232,7 +233,7 @@ class FedMeta(Strategy):
         )
         if aggregate is None or aggregate.grads is None:  # i.e. not `updated`
             return None
-        return self.wire(self.optimizer.step(aggregate.grads))
+        return self.wire(self.optimizer.step(aggregate.grads, self.schedule.lr_factor(server_round)))
 
     def _record_train(
         self,

@@ -21,17 +21,21 @@ class OuterOptimizer:
             raise ValueError(f"outer-optimizer={kind!r}: choose one of {', '.join(OPTIMIZERS)}")
         self._params = {k: v.detach().clone().float() for k, v in params.items()}
         self._optimizer = OPTIMIZERS[kind](self._params.values(), lr=lr)
+        self._lr = lr
 
     @property
     def params(self) -> Params:
         """The current meta-parameters (the optimizer's own tensors: do not modify)."""
         return self._params
 
-    def step(self, grads: Params) -> Params:
-        """One step with the averaged meta-gradient; returns a copy of the new meta-parameters."""
+    def step(self, grads: Params, lr_factor: float = 1.0) -> Params:
+        """One step with the averaged meta-gradient, at `lr_factor` times the learning rate (the
+        round's place in the schedule); returns a copy of the new meta-parameters."""
         missing = self._params.keys() ^ grads.keys()
         if missing:
             raise ValueError(f"meta-gradient keys differ from the meta-parameters: {sorted(missing)}")
+        for group in self._optimizer.param_groups:
+            group["lr"] = self._lr * lr_factor
         for name, p in self._params.items():
             p.grad = grads[name].to(p.dtype)
         self._optimizer.step()

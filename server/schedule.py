@@ -1,5 +1,6 @@
 """When the coordinator trains and evaluates: rounds 1..N (or from a resumed round on), every
-site evaluating every `eval_every` rounds and after the last."""
+site evaluating every `eval_every` rounds and after the last; and the outer learning rate of
+each round (a fraction of outer-lr: warm-up, then constant or cosine)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.runconfig import outer_lr_factor
 from common.tasks import site_seed
 
 
@@ -14,6 +16,8 @@ from common.tasks import site_seed
 class Schedule:
     num_rounds: int = 1
     eval_every: int = 1
+    lr_schedule: str = "constant"
+    lr_warmup: int = 0
 
     def rounds(self, start: int = 1) -> range:
         """The rounds still to run: Flower's own `Strategy.start` always begins at round 1, a
@@ -22,6 +26,10 @@ class Schedule:
 
     def evaluates(self, server_round: int) -> bool:
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
+
+    def lr_factor(self, server_round: int) -> float:
+        """A pure function of the round, so a resumed run continues the same schedule."""
+        return outer_lr_factor(self.lr_schedule, self.lr_warmup, server_round, self.num_rounds)
 
 
 @dataclass(frozen=True)

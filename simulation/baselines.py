@@ -1,9 +1,10 @@
 """Baselines outside the federation, scored with the same protocol on the same sites:
 
-- `centralized`: the non-private upper bound. The training sites' data pooled on one machine
+- `centralized` (or `centralized-<algorithm>`, e.g. `centralized-protonet`): the non-private
+  upper bound. The training sites' data pooled on one machine
   (a class is a (site, class) pair, so cross-site tasks occur) and meta-trained with the run's
   algorithm, meta-batches as large as a federated round's, the same outer optimizer.
-- `local`: what a held-out site could do alone. Each held-out site meta-trains the run's
+- `local` (or `local-<algorithm>`): what a held-out site could do alone. Each held-out site meta-trains the run's
   algorithm on its own train split only, for as many steps as the federation has rounds.
 
 Both write results in the federated format (results.json, metrics.csv, plots).
@@ -19,7 +20,7 @@ import torch
 
 from common.algorithms import build_algorithm
 from common.backbones import build_model
-from common.config import EpisodeConfig
+from common.config import ALGORITHMS, EpisodeConfig
 from common.data.dataset import pool
 from common.export import save_meta_model
 from common.functional import tensor_sum
@@ -32,6 +33,25 @@ from server.report import Recorder
 
 BASELINES = ("centralized", "local")
 POOLED_INDEX = 1_000_000  # the generator stream of the pooled learner, apart from every site's
+
+
+def split_method(method: str, default: str = "maml") -> tuple[str | None, str]:
+    """A method name as `--compare` takes it, to (baseline kind or None, algorithm): `maml` is
+    (None, "maml"); `centralized-protonet` is ("centralized", "protonet"); a bare `centralized`
+    or `local` meta-trains `default`."""
+    kind, _, algorithm = method.partition("-")
+    if kind not in BASELINES:
+        if method not in ALGORITHMS:
+            raise ValueError(f"method {method!r}: choose one of {', '.join(ALGORITHMS)}, or a baseline {_FORMS}")
+        return None, method
+    algorithm = algorithm or default
+    if algorithm not in META_LEARNERS:
+        raise ValueError(f"method {method!r}: a baseline meta-trains one of {', '.join(META_LEARNERS)} {_FORMS}")
+    return kind, algorithm
+
+
+META_LEARNERS = tuple(a for a in ALGORITHMS if a != "fedavg")
+_FORMS = "(centralized, local, or e.g. centralized-protonet)"
 
 
 def run_baseline(kind: str, cfg: RunConfig) -> dict:
@@ -69,7 +89,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         for name, (sources, _) in learners.items():
             meta, optimizer = state[name]
             steps = [
-                algorithm.meta_gradient(
+                algorithm.for_round(server_round).meta_gradient(
                     meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
                 )
                 for sampler, index, count in sources
@@ -77,6 +97,8 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
             tasks = sum(step.num_tasks for step in steps)  # one step on the task-weighted mean, as a round's
             for key, p in meta.items():
                 p.grad = tensor_sum(step.grads[key] * (step.num_tasks / tasks) for step in steps)
+            for group in optimizer.param_groups:  # the coordinator's schedule, round by round
+                group["lr"] = cfg.train.outer_lr * cfg.train.outer_lr_factor(server_round)
             optimizer.step()
             train_metrics[name] = {
                 "meta-loss": sum(step.loss * step.num_tasks for step in steps) / tasks,

@@ -141,9 +141,12 @@ def _mean_over_seeds(runs: list[Scores], shots: int, metric: str) -> np.ndarray:
     return np.mean([getattr(r, metric)[shots] for r in runs], axis=0)
 
 
-def headline_rows(scenario: str, methods: dict[str, list[Scores]], reference: str = REFERENCE) -> list[dict]:
+def headline_rows(
+    scenario: str, methods: dict[str, list[Scores]], reference: str = REFERENCE, sites: str = "heldout"
+) -> list[dict]:
     """One row per (shots, method): mean accuracy over seeds and episodes with its t interval, and
-    the paired difference to `reference` over the same episodes (seed-averaged per episode)."""
+    the paired difference to `reference` over the same episodes (seed-averaged per episode).
+    `sites`: the role the episodes came from (validation rows are for choosing settings only)."""
     if reference not in methods:
         raise ValueError(f"the comparison needs the reference method {reference!r}; have {sorted(methods)}")
     rows = []
@@ -169,6 +172,7 @@ def headline_rows(scenario: str, methods: dict[str, list[Scores]], reference: st
                     "diff_ci_high": diff.high,
                     "seeds": len(runs),
                     "episodes": len(acc),
+                    "sites": sites,
                 }
             )
     return rows

@@ -16,21 +16,28 @@ HEADLINE = "headline.json"
 
 
 def write_headline(rows: list[dict], out_dir: Path, chance: dict[str, float] | None = None) -> list[dict]:
-    """Merge `rows` into `out_dir`/headline.json (replacing the rows of their scenarios, keeping
-    the others'), regenerate headline.md from all of them, and plot `rows`' scenarios
-    (`<scenario>-by-shots.png`, `<scenario>-forest.png`). Returns every row."""
+    """Merge `rows` into `out_dir`/headline.json (replacing the rows of their scenarios and sites,
+    keeping the others'), regenerate headline.md from all of them, and plot `rows`' scenarios
+    (`<scenario>-by-shots.png`, `<scenario>-forest.png`; `<scenario>-validation-...` for rows of
+    validation sites). Returns every row."""
     out_dir = Path(out_dir)
     path = out_dir / HEADLINE
-    scenarios = {r["scenario"] for r in rows}
-    kept = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["scenario"] not in scenarios]
+    tables = {_table(r) for r in rows}
+    kept = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if _table(r) not in tables]
     every = kept + rows
     write_json(path, every)
     (out_dir / "headline.md").write_text(markdown(every))
-    for scenario in sorted(scenarios):
-        mine = [r for r in rows if r["scenario"] == scenario]
-        plot_by_shots(mine, out_dir / f"{scenario}-by-shots.png", (chance or {}).get(scenario))
-        plot_forest(mine, out_dir / f"{scenario}-forest.png")
+    for scenario, sites in sorted(tables):
+        mine = [r for r in rows if _table(r) == (scenario, sites)]
+        stem = scenario if sites == "heldout" else f"{scenario}-{sites}"
+        plot_by_shots(mine, out_dir / f"{stem}-by-shots.png", (chance or {}).get(scenario))
+        plot_forest(mine, out_dir / f"{stem}-forest.png")
     return every
+
+
+def _table(row: dict) -> tuple[str, str]:
+    """Which table a row belongs to: its scenario and the role of the sites it was scored on."""
+    return row["scenario"], row.get("sites", "heldout")
 
 
 def _pct(value: float) -> str:
@@ -41,15 +48,16 @@ def markdown(rows: list[dict]) -> str:
     """One table per scenario: accuracy (%) ± 95% CI, AUROC, and the paired difference to
     FedAvg + fine-tune in points with its 95% CI, per shots."""
     lines: list[str] = []
-    for scenario in sorted({r["scenario"] for r in rows}):
+    for scenario, sites in sorted({_table(r) for r in rows}):
+        title = scenario if sites == "heldout" else f"{scenario}, {sites} sites (for choosing settings only)"
         lines += [
-            f"### {scenario}",
+            f"### {title}",
             "",
             "| shots | method | accuracy % (95% CI) | AUROC | vs FedAvg + fine-tune, points (95% CI) "
             "| seeds | episodes |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for r in sorted((r for r in rows if r["scenario"] == scenario), key=lambda r: (r["shots"], -r["acc"])):
+        for r in sorted((r for r in rows if _table(r) == (scenario, sites)), key=lambda r: (r["shots"], -r["acc"])):
             diff = (
                 f"{100 * r['diff_vs_fedavg_ft']:+.1f} ({100 * r['diff_ci_low']:+.1f} to {100 * r['diff_ci_high']:+.1f})"
                 if r["method"] != REFERENCE and not math.isnan(r["diff_ci_low"])

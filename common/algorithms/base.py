@@ -57,6 +57,15 @@ class MetaAlgorithm(ABC):
         twin.kernels = None
         return twin
 
+    def for_round(self, server_round: int) -> MetaAlgorithm:
+        """What computes round `server_round`'s meta-gradient: this algorithm, or during a
+        first-order warm start (rounds <= `first_order_rounds`) its first-order twin."""
+        return self.first_order_twin() if server_round <= self.config.first_order_rounds else self
+
+    def first_order_twin(self) -> MetaAlgorithm:
+        """This algorithm without second-order terms (itself when it has none)."""
+        return self
+
     # -- what each algorithm defines ------------------------------------------------------
     @abstractmethod
     def task_loss(

@@ -6,6 +6,7 @@ Hessian terms that a copy-and-step implementation silently drops.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -17,6 +18,15 @@ from common.functional import GradFn, Params, autograd_grad, cross_entropy
 class MAML(MetaAlgorithm):
     name = "maml"
     first_order = False
+
+    def first_order_twin(self) -> MAML:
+        """The same algorithm (Meta-SGD's rates, ANIL's frozen body included) with first-order
+        meta-gradients: the inner-loop gradients treated as constants."""
+        if self.first_order:
+            return self
+        twin = copy.copy(self)
+        twin.first_order = True
+        return twin
 
     # Hooks that FOMAML, Meta-SGD and ANIL override; MAML adapts every weight of the model.
     def features(self, meta: Params, x: torch.Tensor) -> Any:  # noqa: ARG002 -- hook: ANIL reads meta

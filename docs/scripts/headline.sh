@@ -32,14 +32,15 @@ for scenario in $SCENARIOS; do
     for seed in $SEEDS; do
         dir="$OUT/$scenario/seed-$seed"
         t=$(date +%s)
-        # the federated meta-learners, and the centralized (pooled-data) MAML as their upper bound
+        # the federated meta-learners, and each one's centralized (pooled-data) version as its upper bound
+        centralized=$(echo "$METHODS" | sed 's/\([^,]*\)/centralized-\1/g')
         "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
-            --compare "$METHODS,centralized" --run-config "$RUN" --out "$dir"
+            --compare "$METHODS,$centralized" --run-config "$RUN" --out "$dir"
         # FedAvg as a consortium would pre-train without meta-learning: supervised, global labels
         "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
             --run-config "tasks='hospital' $RUN" --out "$dir/fedavg-supervised"
         echo "$scenario seed $seed: trained in $(($(date +%s) - t)) s"
-        for method in ${METHODS//,/ } centralized; do
+        for method in ${METHODS//,/ } ${centralized//,/ }; do
             models+=(--model "$method=$dir/$method/model")
         done
         supervised+=(--supervised "$dir/fedavg-supervised/model")

@@ -113,9 +113,18 @@ def evaluate(
     queries: int = typer.Option(15, min=1, help="Query images per class, where a class has that many."),
     episodes: int = typer.Option(600, min=1, help="Test episodes per shots, over the held-out sites."),
     eval_seed: int = typer.Option(0, help="Which episodes: the same for every method."),
-    out: Path = typer.Option(Path("docs/results"), help="headline.json, headline.md and plots go here."),
+    sites: str = typer.Option(
+        "heldout",
+        help="heldout: the reported figures (touch once). validation: compare training settings "
+        "(a recipe sweep) on the validation sites, against the same baselines.",
+    ),
+    out: Path = typer.Option(
+        None,
+        help="headline.json, headline.md and plots go here (default: docs/results; runs/validation for validation).",
+    ),
 ) -> None:
-    """Score every method on the same episodes of the held-out sites; paired CIs against FedAvg + fine-tune."""
+    """Score every method on the same episodes of the held-out (or validation) sites; paired CIs
+    against FedAvg + fine-tune."""
     from common.scenario import load_scenario
     from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch
     from simulation.benchmark import Protocol, draw_episodes, headline_rows, score, write_scores
@@ -123,7 +132,8 @@ def evaluate(
 
     console = Console()
     try:
-        protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, eval_seed)
+        protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, eval_seed, sites)
+        out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
         models = _models(model)
@@ -149,9 +159,9 @@ def evaluate(
         for seed, adapter in enumerate(runs):
             adapter.name = name
             scores = score(adapter, episodes_, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
-            write_scores(out / "scores" / sc.name / f"{name}-{seed}.json", scores)
+            write_scores(out / "scores" / sc.name / sites / f"{name}-{seed}.json", scores)
             methods[name].append(scores)
-    rows = headline_rows(sc.name, methods)
+    rows = headline_rows(sc.name, methods, sites=sites)
     chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways
     write_headline(rows, out, {sc.name: chance} if chance else None)
     console.print((out / "headline.md").read_text(), highlight=False)

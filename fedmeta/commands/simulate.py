@@ -21,12 +21,14 @@ from fedmeta.errors import fail, report
 def simulate(
     scenario: str = typer.Option("synthetic", help="Built-in scenario (fedmeta scenario list) or a scenario .toml."),
     algorithm: str = typer.Option(
-        "maml", help="maml, fomaml, meta-sgd, anil, protonet, fedavg; or centralized / local baselines."
+        "maml",
+        help="maml, fomaml, meta-sgd, anil, protonet, fedavg; or a baseline: centralized / local "
+        "(meta-training maml), or centralized-<algorithm> / local-<algorithm>.",
     ),
     compare: str = typer.Option(
         "",
         help="Comma-separated methods to run on identical scenario and seeds, "
-        "e.g. maml,protonet,fedavg,centralized,local.",
+        "e.g. maml,protonet,fedavg,centralized-maml,centralized-protonet,local.",
     ),
     rounds: int = typer.Option(
         None, help="Federated rounds (default: the scenario's recommendation, else num-server-rounds)."
@@ -51,7 +53,7 @@ def simulate(
     """Run federated meta-training with N virtual sites; write results.json, metrics.csv and plots."""
     from common.runconfig import parse_overrides, parse_run_config
     from common.scenario import load_scenario
-    from simulation.baselines import BASELINES
+    from simulation.baselines import split_method
     from simulation.compare import compare as write_comparison
     from simulation.run import Resources
 
@@ -73,12 +75,13 @@ def simulate(
             raise ValueError("--resume continues a run: give its directory with --out")
         values.update({"resume": resume or force_resume, "force-resume": force_resume})
         out = out or Path("runs") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        learner = "maml" if algorithm in BASELINES else algorithm  # what the baselines meta-train
+        # a bare `centralized` / `local` meta-trains --algorithm (maml when that is itself a baseline)
+        learner = "maml" if split_method(algorithm)[0] else algorithm
         configs = {
             m: parse_run_config(
                 {
                     **values,
-                    "algorithm": learner if m in BASELINES else m,
+                    "algorithm": split_method(m, learner)[1],
                     "out-dir": str(out / m if len(methods) > 1 else out),
                 }
             )
@@ -132,7 +135,7 @@ def _exit(code: int) -> None:
 
 def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Console) -> dict:
     from server.report import RESULTS
-    from simulation.baselines import BASELINES, run_baseline
+    from simulation.baselines import run_baseline, split_method
     from simulation.run import simulate as run_simulation
 
     results_path = Path(cfg.train.out_dir) / RESULTS
@@ -165,7 +168,8 @@ def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Cons
         watcher.start()
         start = time.monotonic()
         try:
-            results = run_baseline(method, cfg) if method in BASELINES else run_simulation(cfg, resources, verbose)
+            kind = split_method(method, cfg.meta.algorithm)[0]
+            results = run_baseline(kind, cfg) if kind else run_simulation(cfg, resources, verbose)
         finally:
             done.set()
             watcher.join()

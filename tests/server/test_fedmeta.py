@@ -137,3 +137,16 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive():
         strategy.aggregate_train(1, [reply(nodes[i], {"w": values[i]}, 1) for i in order])
         results.append(strategy.params["w"].clone())
     assert all(torch.equal(r, results[0]) for r in results)
+
+
+def test_each_round_steps_at_its_scheduled_learning_rate():
+    """Warm-up over 1 round then cosine: round 1 steps at half the rate, round 2 at the full rate."""
+    p0 = {"w": torch.zeros(2)}
+    schedule = Schedule(num_rounds=4, eval_every=4, lr_schedule="cosine", lr_warmup=1)
+    strategy = strategy_for(sites(["train"]), p0, "sgd", 0.5, schedule=schedule)
+    node = next(iter(strategy.sites))
+    one = torch.ones(2)
+    strategy.aggregate_train(1, [reply(node, {"w": one}, 1)])
+    assert torch.equal(strategy.params["w"], -0.25 * one)
+    strategy.aggregate_train(2, [reply(node, {"w": one}, 1)])
+    assert torch.equal(strategy.params["w"], -0.75 * one)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from common.export import load_meta_model
 from common.runconfig import parse_run_config
-from simulation.baselines import run_baseline
+from simulation.baselines import run_baseline, split_method
 
 TINY = {
     "num-server-rounds": 2,
@@ -40,3 +41,32 @@ def test_baseline_writes_results_for_the_right_sites(tmp_path, kind):
 def test_unknown_baseline_is_refused(tmp_path):
     with pytest.raises(ValueError, match="choose one of"):
         run_baseline("pooled", parse_run_config({"out-dir": str(tmp_path)}))
+
+
+@pytest.mark.parametrize(
+    ("method", "parts"),
+    [
+        ("maml", (None, "maml")),
+        ("meta-sgd", (None, "meta-sgd")),
+        ("centralized", ("centralized", "maml")),
+        ("centralized-meta-sgd", ("centralized", "meta-sgd")),
+        ("local-protonet", ("local", "protonet")),
+    ],
+)
+def test_method_names_split_into_baseline_and_algorithm(method, parts):
+    assert split_method(method) == parts
+
+
+@pytest.mark.parametrize("method", ["centralized-fedavg", "centralised", "local-reptile"])
+def test_a_method_that_is_not_one_is_named(method):
+    with pytest.raises(ValueError, match=f"method '{method}'"):
+        split_method(method)
+
+
+def test_centralized_trains_the_algorithm_it_is_named_for(tmp_path):
+    kind, algorithm = split_method("centralized-protonet")
+    cfg = parse_run_config({**TINY, "num-server-rounds": 1, "algorithm": algorithm, "out-dir": str(tmp_path)})
+    run_baseline(kind, cfg)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["algorithm"] == "centralized-protonet"
+    assert load_meta_model(tmp_path / "model")[2].algorithm == "protonet"

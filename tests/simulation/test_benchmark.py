@@ -228,3 +228,35 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     )
     bad = fedmeta("evaluate", "--scenario", scenario, "--model", "maml=/nowhere", "--supervised", str(supervised[0]))
     assert bad.returncode == 2 and "give NAME=DIR" in bad.stderr
+    # a recipe sweep scores on the validation sites: its rows sit beside the reported ones, never replace them
+    swept = fedmeta(
+        "evaluate",
+        "--scenario",
+        scenario,
+        "--sites",
+        "validation",
+        "--model",
+        f"maml={maml}",
+        "--supervised",
+        str(supervised[0]),
+        "--no-local",
+        "--shots",
+        "2",
+        "--queries",
+        "3",
+        "--episodes",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert swept.returncode == 0, swept.stderr
+    after = json.loads((out / "headline.json").read_text())
+    assert [r for r in after if r["sites"] == "heldout"] == rows
+    assert {(r["method"], r["sites"]) for r in after if r["sites"] != "heldout"} == {
+        ("maml", "validation"),
+        ("fedavg+finetune", "validation"),
+        ("fedavg+linear-probe", "validation"),
+        ("fedavg+prototypes", "validation"),
+    }
+    assert "### tiny-roles, validation sites" in (out / "headline.md").read_text()
+    assert (out / "tiny-roles-validation-forest.png").stat().st_size > 0
