@@ -50,6 +50,7 @@ class TrainConfig:
     fraction_train: float = 1.0
     eval_every: int = 5
     eval_tasks: int = 50
+    eval_heldout: bool = True  # false while choosing settings (a sweep): held-out sites are never scored
     eval_shots: str = ""  # more shot counts for the final evaluation, e.g. "1,10" (the run's own shots always)
     min_sites: int = 1
     round_timeout: float = 3600.0

@@ -117,6 +117,7 @@ def build_strategy(
             train.eval_every,
             train.outer_lr_schedule if algorithm.outer_step is None else "constant",
             train.outer_lr_warmup if algorithm.outer_step is None else 0,
+            train.eval_heldout,
         ),
         sampling=Sampling(train.fraction_train, train.seed),
         aggregation=Aggregation(train.aggregator, train.trim_fraction, train.min_train_sites, privacy),

@@ -267,7 +267,11 @@ class FedMeta(Strategy):
         if not self.schedule.evaluates(server_round):
             return []
         config["server-round"] = server_round
-        return self.messages(sorted(self.sites), arrays, config, MessageType.EVALUATE)
+        return self.messages(self.evaluating_nodes(), arrays, config, MessageType.EVALUATE)
+
+    def evaluating_nodes(self) -> list[int]:
+        """Every site, or (a recipe sweep: `eval-heldout=false`) every site but the held-out ones."""
+        return sorted(n for n, s in self.sites.items() if self.schedule.eval_heldout or s.role != "heldout")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Flower's hook; `run` hands over the whole `Outcome` instead."""
@@ -300,7 +304,9 @@ class FedMeta(Strategy):
         for k in shots:
             log(INFO, "final evaluation with %d shot(s) per class", k)
             config = ConfigRecord({"server-round": self.schedule.num_rounds, "eval-shots": k})
-            outcome = exchange(grid, self.messages(sorted(self.sites), arrays, config, MessageType.EVALUATE), timeout)
+            outcome = exchange(
+                grid, self.messages(self.evaluating_nodes(), arrays, config, MessageType.EVALUATE), timeout
+            )
             self.recorder.evaluate_shots(k, *self._site_metrics(outcome))
 
     # -- the round loop --------------------------------------------------------------------

@@ -18,6 +18,7 @@ class Schedule:
     eval_every: int = 1
     lr_schedule: str = "constant"
     lr_warmup: int = 0
+    eval_heldout: bool = True  # False while choosing settings: the held-out sites are not scored at all
 
     def rounds(self, start: int = 1) -> range:
         """The rounds still to run: Flower's own `Strategy.start` always begins at round 1, a

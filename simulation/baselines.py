@@ -73,9 +73,14 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     out_dir = Path(cfg.train.out_dir)
     recorder = Recorder(out_dir, flat_run_config(cfg), cfg.data.scenario, f"{kind}-{cfg.meta.algorithm}", rows)
     train_ids = scenario.training_sites
+    if kind == "local" and not cfg.train.eval_heldout:
+        raise ValueError(
+            "the local baseline is scored at the held-out sites only: it cannot run with eval-heldout=false"
+        )
     if kind == "centralized":
         sources = _pooled_sources(sites, train_ids, scenario.tasks, cfg)
-        learners = {"pooled": (sources, list(range(len(sites))))}
+        scored = [i for i, s in enumerate(sites) if cfg.train.eval_heldout or s.spec.role != "heldout"]
+        learners = {"pooled": (sources, scored)}
     else:
         learners = {
             sites[i].spec.name: ([(_sampler(sites[i], cfg), i, cfg.train.tasks_per_round)], [i])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A training-recipe sweep on the VALIDATION hospitals/classes only (issue 15): train one model per
 # recipe, then score every recipe and the tuned baselines on the same fixed validation episodes,
-# with paired 95% CIs against FedAvg + fine-tune. The held-out sites are never loaded.
+# with paired 95% CIs against FedAvg + fine-tune. The held-out sites are never scored: training
+# runs get eval-heldout=false, and tuning and scoring load the validation sites only.
 #
 #   docs/scripts/sweep.sh SCENARIO RECIPES [DATA_DIR] [OUT_DIR]
 #
@@ -33,7 +34,7 @@ while IFS='|' read -r name method config; do
     if [[ ! -f "$OUT/$name/results.json" ]] || ! grep -q '"final"' "$OUT/$name/results.json"; then
         t=$(date +%s)
         "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$SEED" --algorithm "$method" \
-            --run-config "$config" --out "$OUT/$name" < /dev/null
+            --run-config "eval-heldout=false $config" --out "$OUT/$name" < /dev/null
         printf '%s\t%s\t%s\t%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" >> "$OUT/times.tsv"
     fi
     [[ "$name" != supervised ]] && models+=(--model "$name=$OUT/$name/model")

@@ -150,3 +150,12 @@ def test_each_round_steps_at_its_scheduled_learning_rate():
     assert torch.equal(strategy.params["w"], -0.25 * one)
     strategy.aggregate_train(2, [reply(node, {"w": one}, 1)])
     assert torch.equal(strategy.params["w"], -0.75 * one)
+
+
+def test_a_sweep_never_scores_the_held_out_sites():
+    from flwr.app import ConfigRecord
+
+    roster = sites(["train", "validation", "heldout"])
+    blind = strategy_for(roster, schedule=Schedule(num_rounds=1, eval_every=1, eval_heldout=False))
+    sent = [m.metadata.dst_node_id for m in blind.configure_evaluate(1, ArrayRecord(params()), ConfigRecord(), None)]
+    assert [roster[n].role for n in sent] == ["train", "validation"]

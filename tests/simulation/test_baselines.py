@@ -70,3 +70,13 @@ def test_centralized_trains_the_algorithm_it_is_named_for(tmp_path):
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["algorithm"] == "centralized-protonet"
     assert load_meta_model(tmp_path / "model")[2].algorithm == "protonet"
+
+
+def test_a_sweep_run_scores_no_held_out_site(tmp_path):
+    cfg = parse_run_config({**TINY, "num-server-rounds": 1, "eval-heldout": False, "out-dir": str(tmp_path)})
+    results = run_baseline("centralized", cfg)
+    assert "heldout" not in results["final"]["summary"] and set(results["final"]["evaluate"]) == {
+        f"site-{i}" for i in range(6)
+    }
+    with pytest.raises(ValueError, match="eval-heldout=false"):
+        run_baseline("local", cfg)
