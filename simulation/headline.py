@@ -1,6 +1,6 @@
 """The benchmark's report: `headline.json` (the rows every table is generated from), a markdown
-table, accuracy by shots, and a forest plot of each method's paired difference to FedAvg +
-fine-tune with its 95% CI."""
+table led by the issue-15 targets (met or missed, measured), accuracy by shots, and a forest plot
+of each method's paired difference to FedAvg + fine-tune with its 95% CI."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from server.report import pyplot
 from simulation.benchmark import REFERENCE
 
 HEADLINE = "headline.json"
+FEDMETA = ("maml", "fomaml", "meta-sgd", "anil", "protonet")  # the federated meta-learners' row names
+MARGIN = {1: 0.05, 5: 0.02}  # points (as fractions) the best FedMeta method must gain over the reference
+CENTRALIZED_GAP = 0.02  # how far below its centralized counterpart a FedMeta method may be
 
 
 def write_headline(rows: list[dict], out_dir: Path, chance: dict[str, float] | None = None) -> list[dict]:
@@ -40,6 +43,68 @@ def _table(row: dict) -> tuple[str, str]:
     return row["scenario"], row.get("sites", "heldout")
 
 
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue-15 targets, checked on the held-out rows of each scenario and shots:
+    - `beats fedavg+finetune`: the best FedMeta method's paired difference to the reference is at
+      least MARGIN[shots] and its 95% CI is above zero;
+    - `near centralized`: every FedMeta method with a `centralized-<name>` row is at most
+      CENTRALIZED_GAP below it;
+    - `beats local`: the best FedMeta method's accuracy is above local training's.
+    One dict per check: scenario, shots, target, measured (text), met (bool)."""
+    out = []
+    for scenario, sites in sorted({_table(r) for r in rows}):
+        if sites != "heldout":
+            continue
+        mine = [r for r in rows if _table(r) == (scenario, sites)]
+        for shots in sorted({r["shots"] for r in mine}):
+            at = {r["method"]: r for r in mine if r["shots"] == shots}
+            fedmeta = [at[m] for m in FEDMETA if m in at]
+            if not fedmeta:
+                continue
+            best = max(fedmeta, key=lambda r: r["acc"])
+            margin = MARGIN.get(shots, MARGIN[5])
+            checks: list[tuple[str, str, bool]] = []  # (target, measured, met)
+            if REFERENCE in at:
+                checks.append(
+                    (
+                        f"best FedMeta >= {_pct(margin)} points above {REFERENCE}, CI above 0",
+                        f"{best['method']}: {_points(best)}",
+                        best["diff_vs_fedavg_ft"] >= margin and best["diff_ci_low"] > 0,
+                    )
+                )
+            gaps = {
+                r["method"]: r["acc"] - at[f"centralized-{r['method']}"]["acc"]
+                for r in fedmeta
+                if f"centralized-{r['method']}" in at
+            }
+            if gaps:
+                checks.append(
+                    (
+                        f"every FedMeta method within {_pct(CENTRALIZED_GAP)} points of its centralized version",
+                        ", ".join(f"{m} {100 * g:+.1f}" for m, g in gaps.items()),
+                        all(g >= -CENTRALIZED_GAP for g in gaps.values()),
+                    )
+                )
+            if "local" in at:
+                checks.append(
+                    (
+                        "best FedMeta above local training",
+                        f"{best['method']} {_pct(best['acc'])} vs local {_pct(at['local']['acc'])}",
+                        best["acc"] > at["local"]["acc"],
+                    )
+                )
+            out += [
+                {"scenario": scenario, "shots": shots, "target": t, "measured": m, "met": bool(ok)}
+                for t, m, ok in checks
+            ]
+    return out
+
+
+def _points(row: dict) -> str:
+    low, high = 100 * row["diff_ci_low"], 100 * row["diff_ci_high"]
+    return f"{100 * row['diff_vs_fedavg_ft']:+.1f} points ({low:+.1f} to {high:+.1f})"
+
+
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
@@ -48,6 +113,21 @@ def markdown(rows: list[dict]) -> str:
     """One table per scenario: accuracy (%) ± 95% CI, AUROC, and the paired difference to
     FedAvg + fine-tune in points with its 95% CI, per shots."""
     lines: list[str] = []
+    checks = targets(rows)
+    if checks:
+        missed = sum(not c["met"] for c in checks)
+        lines += [
+            f"### Targets: {len(checks) - missed} of {len(checks)} met" + (f", {missed} MISSED" if missed else ""),
+            "",
+            "| scenario | shots | target | measured | met |",
+            "| --- | --- | --- | --- | --- |",
+            *(
+                f"| {c['scenario']} | {c['shots']} | {c['target']} | {c['measured']} | "
+                + ("yes |" if c["met"] else "**no** |")
+                for c in checks
+            ),
+            "",
+        ]
     for scenario, sites in sorted({_table(r) for r in rows}):
         title = scenario if sites == "heldout" else f"{scenario}, {sites} sites (for choosing settings only)"
         lines += [

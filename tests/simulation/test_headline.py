@@ -1,0 +1,54 @@
+"""The report's target checks: met and missed, measured from the rows, on held-out rows only."""
+
+from simulation.headline import markdown, targets
+
+
+def row(method, shots, acc, diff=0.0, low=0.0, high=0.0, sites="heldout"):
+    return {
+        "scenario": "s",
+        "shots": shots,
+        "method": method,
+        "acc": acc,
+        "acc_ci": 0.01,
+        "auc": 0.9,
+        "diff_vs_fedavg_ft": diff,
+        "diff_ci_low": low,
+        "diff_ci_high": high,
+        "seeds": 3,
+        "episodes": 600,
+        "sites": sites,
+    }
+
+
+ROWS = [
+    row("fedavg+finetune", 1, 0.50),
+    row("maml", 1, 0.56, 0.06, 0.01, 0.11),  # 6 points, CI above zero: met at 1-shot
+    row("protonet", 1, 0.52, 0.02, 0.00, 0.04),
+    row("centralized-maml", 1, 0.57),
+    row("centralized-protonet", 1, 0.55),  # protonet 3 points below its centralized version: missed
+    row("local", 1, 0.40),
+    row("fedavg+finetune", 5, 0.70),
+    row("maml", 5, 0.715, 0.015, 0.005, 0.025),  # 1.5 points < 2: missed at 5-shot
+    row("local", 5, 0.72),  # local ahead: missed
+    row("maml", 1, 0.99, 0.49, 0.4, 0.5, sites="validation"),  # validation rows are never checked
+]
+
+
+def test_each_target_is_met_or_missed_from_the_rows():
+    checks = {(c["shots"], c["target"].split()[0] + c["target"].split()[-1]): c for c in targets(ROWS)}
+    met = {key: c["met"] for key, c in checks.items()}
+    assert met == {
+        (1, "best0"): True,
+        (1, "everyversion"): False,
+        (1, "besttraining"): True,
+        (5, "best0"): False,
+        (5, "besttraining"): False,
+    }
+    assert checks[(1, "best0")]["measured"] == "maml: +6.0 points (+1.0 to +11.0)"
+    assert checks[(1, "everyversion")]["measured"] == "maml -1.0, protonet -3.0"
+
+
+def test_the_report_leads_with_the_misses():
+    text = markdown(ROWS)
+    assert text.startswith("### Targets: 2 of 5 met, 3 MISSED")
+    assert text.count("**no**") == 3
