@@ -1,12 +1,20 @@
-"""Several methods' runs on the same scenario and seeds, side by side: comparison.csv/.md and plots."""
+"""Several methods' runs on the same scenario and seeds, side by side: comparison.csv/.md and plots;
+and (`paired_comparison`) their final models scored on the same fixed held-out episodes, with
+paired 95% CIs against FedAvg + fine-tune and a forest plot."""
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
+from common.files import write_json
 from server.report import chance_level, curve, plot_bands
+from simulation.adapters import FineTune, MetaLearned
+from simulation.benchmark import REFERENCE, Protocol, draw_episodes, headline_rows, score
+from simulation.headline import markdown as headline_markdown
+from simulation.headline import plot_by_shots, plot_forest
 
 
 def compare(runs: dict[str, dict], out_dir: Path) -> list[dict]:
@@ -100,3 +108,28 @@ def comparison_markdown(rows: list[dict]) -> str:
         cell = lambda row, k: fmt(row, f"heldout acc-after {k}-shot") if f"heldout acc-after {k}-shot" in row else "n/a"
         lines += [f"| {row['algorithm']} | " + " | ".join(cell(row, k) for k in shots) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def paired_comparison(
+    models: dict[str, Path],
+    reference: Path,
+    protocol: Protocol,
+    out_dir: Path,
+    chance: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Every model in `models` adapted with its own algorithm, and the FedAvg model `reference`
+    fine-tuned (default settings: `fedmeta benchmark tune` chooses them on validation sites), on
+    the same episodes of `protocol`; headline-style rows with paired differences to FedAvg +
+    fine-tune. Writes comparison-paired.json/.md, comparison-by-shots.png, comparison-forest.png."""
+    episodes = draw_episodes(protocol)
+    say = progress or (lambda _: None)
+    methods = {name: [score(MetaLearned(path, name=name), episodes, say)] for name, path in models.items()}
+    methods[REFERENCE] = [score(FineTune(reference), episodes, say)]
+    rows = headline_rows(episodes.scenario.name, methods, sites=protocol.role)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "comparison-paired.json", rows)
+    (out_dir / "comparison-paired.md").write_text(headline_markdown(rows))
+    plot_by_shots(rows, out_dir / "comparison-by-shots.png", chance)
+    plot_forest(rows, out_dir / "comparison-forest.png")
+    return rows

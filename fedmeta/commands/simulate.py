@@ -30,6 +30,12 @@ def simulate(
         help="Comma-separated methods to run on identical scenario and seeds, "
         "e.g. maml,protonet,fedavg,centralized-maml,centralized-protonet,local.",
     ),
+    shots: str = typer.Option(
+        "",
+        help="With --compare including fedavg: score every trained model on the same fixed held-out episodes "
+        "at these shots (e.g. 1,5), with paired 95% CIs against FedAvg + fine-tune and a forest plot.",
+    ),
+    episodes: int = typer.Option(600, min=1, help="With --shots: held-out episodes per shots."),
     rounds: int = typer.Option(
         None, help="Federated rounds (default: the scenario's recommendation, else num-server-rounds)."
     ),
@@ -89,6 +95,7 @@ def simulate(
         }
         resources = Resources(cpus_per_site, gpus_per_site, ray_address)
         resources.ray_init_args()  # this machine can host a site: checked before anything starts
+        protocol = _paired_protocol(shots, episodes, methods, scenario, data_dir, values) if shots else None
     except (ValueError, FileNotFoundError) as error:
         fail(error)
 
@@ -121,6 +128,49 @@ def simulate(
             )
         console.print(table)
         console.print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}")
+    if protocol is not None:
+        _paired(protocol, configs, out, sc, console)
+
+
+def _paired_protocol(shots: str, episodes: int, methods: list[str], scenario: str, data_dir, values: dict):
+    """The fixed held-out episodes `--shots` scores on; refused before any training if it cannot run."""
+    from simulation.baselines import split_method
+    from simulation.benchmark import Protocol
+
+    if "fedavg" not in methods:
+        raise ValueError("--shots compares every method with FedAvg + fine-tune: add fedavg to --compare")
+    if all(split_method(m)[0] == "local" for m in methods if m != "fedavg"):
+        raise ValueError("--shots scores the trained models: compare at least one model besides fedavg")
+    try:
+        counts = tuple(int(k) for k in shots.split(","))
+    except ValueError:
+        raise ValueError(f"--shots {shots!r}: give comma-separated counts, e.g. 1,5") from None
+    seed = int(values.get("eval-seed", 0))
+    return Protocol(scenario, str(data_dir or ""), counts, int(values.get("queries", 15)), episodes, seed)
+
+
+def _paired(protocol, configs: dict, out: Path, sc, console: Console) -> None:
+    from simulation.baselines import split_method
+    from simulation.compare import paired_comparison
+
+    models = {
+        m: Path(cfg.train.out_dir) / "model"
+        for m, cfg in configs.items()
+        if m != "fedavg" and split_method(m)[0] != "local"
+    }
+    console.print(f"scoring {', '.join(models)} and fedavg + fine-tune on the same held-out episodes ...")
+    try:
+        paired_comparison(
+            models,
+            Path(configs["fedavg"].train.out_dir) / "model",
+            protocol,
+            out,
+            None if sc.tasks == "hospital" else 1 / sc.episode.ways,
+        )
+    except ValueError as error:  # e.g. a held-out site too small for the shots asked for
+        fail(error)
+    console.print((out / "comparison-paired.md").read_text(), highlight=False)
+    console.print(f"paired comparison: {out / 'comparison-paired.md'}, {out / 'comparison-forest.png'}")
 
 
 def _exit(code: int) -> None:

@@ -30,10 +30,19 @@ def test_simulate_compare_then_adapt(tmp_path):
         "1",
         "--run-config",
         TINY + ' eval-shots="1,4"',
+        "--shots",
+        "1,2",
+        "--episodes",
+        "6",
         "--out",
         str(out),
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # the trained models scored on the same held-out episodes, paired against FedAvg + fine-tune
+    paired = json.loads((out / "comparison-paired.json").read_text())
+    assert {(r["method"], r["shots"]) for r in paired} == {(m, k) for m in ("maml", "fedavg+finetune") for k in (1, 2)}
+    assert all(r["episodes"] == 6 and r["sites"] == "heldout" for r in paired)
+    assert (out / "comparison-forest.png").stat().st_size > 0 and (out / "comparison-by-shots.png").is_file()
     for method in ("maml", "fedavg", "local"):
         results = json.loads((out / method / "results.json").read_text())
         assert [r["round"] for r in results["rounds"]] == [1, 2]
@@ -71,3 +80,13 @@ def test_simulate_compare_then_adapt(tmp_path):
 def test_simulate_reports_a_bad_scenario_clearly(tmp_path):
     result = fedmeta("simulate", "--scenario", "nope", "--out", str(tmp_path))
     assert result.returncode == 2 and "no scenario 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("compare", "message"),
+    [("maml,protonet", "add fedavg to --compare"), ("fedavg,local", "besides fedavg"), ("maml,fedavg", "--shots 'x'")],
+)
+def test_a_paired_comparison_that_cannot_run_is_refused_before_training(tmp_path, compare, message):
+    shots = "x" if "x'" in message else "1,5"
+    result = fedmeta("simulate", "--compare", compare, "--shots", shots, "--out", str(tmp_path), timeout=60)
+    assert result.returncode == 2 and message in result.stderr and not any(tmp_path.iterdir())
