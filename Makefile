@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # where available); a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-slow lint bench venv clean native-source
+.PHONY: demo test test-slow lint bench venv clean native-source results
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ lint: venv
 # after editing common/native/kernels.c: its copy for Flower app bundles (which carry no .c files)
 native-source: venv
 	$(PY) -m common.native.embed
+
+# the headline benchmark (docs/RESULTS.md): every method, 3 seeds, tuned baselines, paired CIs;
+# writes docs/results/headline.json, headline.md and the plots. Hours on 2 cores: see RESULTS.md.
+DATA ?= ../shared/data/medmnist
+results: venv
+	docs/scripts/headline.sh $(DATA) runs/headline
 
 bench: venv
 	$(VENV)/bin/fedmeta bench maml --json

@@ -48,6 +48,36 @@ def load_meta_model(model_dir: Path) -> tuple[Params, ModelConfig, MetaConfig, E
     )
 
 
+def initial_params(init: Params, init_model: str) -> tuple[Params, list[str]]:
+    """A run's starting meta-parameters: the algorithm's own `init`, or with `init-model` set, its
+    warm start (and the names that kept their own initialization)."""
+    return warm_start(init, Path(init_model)) if init_model else (init, [])
+
+
+def warm_start(init: Params, model_dir: Path) -> tuple[Params, list[str]]:
+    """`init` with the model in `model_dir`'s weights: a supervised FedAvg model's body (and its
+    head, when it has the same classes) as the meta-learner's starting point. Returns the
+    parameters and the names kept from `init` (a head of another size, Meta-SGD's rates).
+    The whole body must fit; a head is taken whole or not at all."""
+    saved = load_meta_model(model_dir)[0]
+
+    def fits(name: str) -> bool:
+        return name in saved and saved[name].shape == init[name].shape
+
+    body = [k for k in init if k.startswith("body.")]
+    misfit = [k for k in body if not fits(k)]
+    if misfit:
+        found = tuple(saved[misfit[0]].shape) if misfit[0] in saved else "absent"
+        raise ValueError(
+            f"init-model {model_dir}: its body does not fit this run's model ({misfit[0]}: "
+            f"{found} there, {tuple(init[misfit[0]].shape)} here); backbone, width and depth must match"
+        )
+    head = [k for k in init if k.startswith("head.")]
+    taken = body + (head if all(fits(k) for k in head) else [])
+    out = {k: (saved[k].to(v.dtype).clone() if k in taken else v) for k, v in init.items()}
+    return out, [k for k in init if k not in taken]
+
+
 def _known(cls: type, values: dict) -> dict:
     """The entries of `values` that are fields of `cls`: a model exported before a setting moved
     out of the run config (e.g. `kernels`, now chosen per machine) still loads."""

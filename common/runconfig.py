@@ -47,6 +47,7 @@ class TrainConfig:
     outer_lr: float = 0.001
     outer_lr_schedule: str = "constant"  # or cosine: decays to outer_lr / 100 at the last round
     outer_lr_warmup: int = 0  # rounds of linear warm-up to outer_lr (any schedule)
+    init_model: str = ""  # a model directory whose fitting weights start meta-training (the coordinator reads it)
     fraction_train: float = 1.0
     eval_every: int = 5
     eval_tasks: int = 50

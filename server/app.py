@@ -13,7 +13,7 @@ from flwr.supercore import log
 
 from common.algorithms import MetaAlgorithm, build_algorithm
 from common.backbones import build_model
-from common.export import save_meta_model
+from common.export import initial_params, save_meta_model
 from common.runconfig import RunConfig, parse_run_config
 from common.scenario import load_scenario
 from server.aggregation import Aggregation
@@ -103,13 +103,16 @@ def build_strategy(
             train.dp_noise,
             population=sum(s.role == "train" for s in sites.values()),
         )
+    init, kept = initial_params(algorithm.init_meta_params(), train.init_model)
+    if train.init_model:
+        log(INFO, "meta-training starts from %s; own initialization kept for: %s", train.init_model, kept or "none")
     secure = None
     if train.secure_aggregation:
         secure = SecureAggregation(
             train.secagg_threshold, train.secagg_clip_range, weight_scale=float(train.tasks_per_round)
         )
     return FedMeta(
-        OuterOptimizer(algorithm.init_meta_params(), kind, lr),
+        OuterOptimizer(init, kind, lr),
         sites,
         # FedAvg's outer step (SGD at rate 1: the model average) is not a learning rate to schedule
         Schedule(

@@ -22,7 +22,7 @@ from common.algorithms import build_algorithm
 from common.backbones import build_model
 from common.config import ALGORITHMS, EpisodeConfig
 from common.data.dataset import pool
-from common.export import save_meta_model
+from common.export import initial_params, save_meta_model
 from common.functional import tensor_sum
 from common.native import resolve_kernels
 from common.protocol import evaluate_site, evaluation_tasks
@@ -65,7 +65,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     model_config = scenario.model_config(cfg.model)
     algorithm = build_algorithm(build_model(model_config), cfg.meta, resolve_kernels("auto"))
     torch.manual_seed(cfg.train.seed)
-    init = algorithm.init_meta_params()
+    init, _ = initial_params(algorithm.init_meta_params(), cfg.train.init_model)
     rows = [
         {"node_id": None, "name": s.spec.name, "role": s.spec.role, "num_train": len(s.train), "num_test": len(s.test)}
         for s in sites

@@ -57,6 +57,7 @@ def simulate(
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's logs on the console."),
 ) -> None:
     """Run federated meta-training with N virtual sites; write results.json, metrics.csv and plots."""
+    from common.export import load_meta_model
     from common.runconfig import parse_overrides, parse_run_config
     from common.scenario import load_scenario
     from simulation.baselines import split_method
@@ -93,6 +94,9 @@ def simulate(
             )
             for m in methods
         }
+        for cfg in configs.values():  # a warm start's model is read before anything starts
+            if cfg.train.init_model:
+                load_meta_model(Path(cfg.train.init_model))
         resources = Resources(cpus_per_site, gpus_per_site, ray_address)
         resources.ray_init_args()  # this machine can host a site: checked before anything starts
         protocol = _paired_protocol(shots, episodes, methods, scenario, data_dir, values) if shots else None

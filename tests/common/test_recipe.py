@@ -55,3 +55,48 @@ def test_first_order_warm_start_then_second_order(tiny_model, tiny_batch, algori
 def test_protonet_has_no_second_order_to_drop(tiny_model):
     protonet = build_algorithm(tiny_model, meta_config("protonet", first_order_rounds=5))
     assert protonet.for_round(1) is protonet
+
+
+def _saved(tmp_path, model, algorithm="fedavg"):
+    from common.config import EpisodeConfig
+    from common.export import save_meta_model
+
+    algo = build_algorithm(model, meta_config(algorithm))
+    params = {k: v + 1.0 for k, v in algo.init_meta_params().items()}  # anything but the fresh initialization
+    return save_meta_model(tmp_path / "supervised", params, model.config, algo.config, EpisodeConfig(ways=3)), params
+
+
+def test_a_warm_start_takes_every_weight_that_fits(tmp_path, tiny_model):
+    from common.export import warm_start
+
+    model_dir, saved = _saved(tmp_path, tiny_model)
+    init = build_algorithm(tiny_model, meta_config("meta-sgd")).init_meta_params()
+    start, kept = warm_start(init, model_dir)
+    assert set(kept) == {k for k in init if k.startswith("inner_lr.")}  # Meta-SGD's rates keep their own start
+    assert all(torch.equal(start[k], saved[k].to(start[k].dtype)) for k in saved)
+
+
+def test_a_warm_start_from_another_architecture_is_refused(tmp_path, tiny_model):
+    from dataclasses import replace
+
+    from common.backbones import build_model
+    from common.export import warm_start
+
+    model_dir, _ = _saved(tmp_path, tiny_model)
+    wider = build_model(replace(tiny_model.config, width=tiny_model.config.width * 2))
+    with pytest.raises(ValueError, match="its body does not fit"):
+        warm_start(build_algorithm(wider, meta_config("maml")).init_meta_params(), model_dir)
+
+
+def test_a_head_of_another_size_keeps_its_own_start(tmp_path, tiny_model):
+    from dataclasses import replace
+
+    from common.backbones import build_model
+    from common.export import warm_start
+
+    model_dir, saved = _saved(tmp_path, tiny_model)
+    five_way = build_model(replace(tiny_model.config, num_classes=5)).double()
+    init = build_algorithm(five_way, meta_config("maml")).init_meta_params()
+    start, kept = warm_start(init, model_dir)
+    assert kept == ["head.weight", "head.bias"] and torch.equal(start["head.bias"], init["head.bias"])
+    assert all(torch.equal(start[k], saved[k].to(start[k].dtype)) for k in saved if k.startswith("body."))
