@@ -46,6 +46,7 @@ class Protocol:
     episodes: int = 600  # per number of shots, divided evenly among the role's sites
     eval_seed: int = 0
     role: str = "heldout"
+    ways: int = 0  # classes per episode: 0 is the scenario's (a run that overrides `ways` gives its own)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -60,11 +61,12 @@ class Episodes:
 
     scenario: Scenario
     role: str
+    ways: int
     batches: dict[int, dict[str, TaskBatch]] = field(default_factory=dict)
     digests: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def num_classes(self) -> int:
-        return self.scenario.num_labels if self.scenario.tasks == "hospital" else self.scenario.episode.ways
+        return self.scenario.num_labels if self.scenario.tasks == "hospital" else self.ways
 
 
 def draw_episodes(protocol: Protocol) -> Episodes:
@@ -75,9 +77,9 @@ def draw_episodes(protocol: Protocol) -> Episodes:
         raise ValueError(f"scenario {scenario.name!r} has no {protocol.role} sites")
     sites = {i: load_site(scenario, i, protocol.data_dir or None) for i in indices}
     per_site = math.ceil(protocol.episodes / len(indices))
-    out = Episodes(scenario, protocol.role)
+    out = Episodes(scenario, protocol.role, protocol.ways or scenario.episode.ways)
     for shots in protocol.shots:
-        episode = EpisodeConfig(ways=scenario.episode.ways, shots=shots, queries=protocol.queries)
+        episode = EpisodeConfig(ways=out.ways, shots=shots, queries=protocol.queries)
         out.batches[shots], out.digests[shots] = {}, {}
         for i, site in sites.items():
             # a stream of their own, per K: apart from training tasks and the in-run evaluation's

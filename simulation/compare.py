@@ -129,7 +129,7 @@ def paired_comparison(
     rows = headline_rows(episodes.scenario.name, methods, sites=protocol.role)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "comparison-paired.json", rows)
-    (out_dir / "comparison-paired.md").write_text(headline_markdown(rows))
+    (out_dir / "comparison-paired.md").write_text(headline_markdown(rows, with_targets=False))
     plot_by_shots(rows, out_dir / "comparison-by-shots.png", chance)
     plot_forest(rows, out_dir / "comparison-forest.png")
     return rows

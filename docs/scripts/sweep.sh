@@ -9,8 +9,10 @@
 # RECIPES is a file of lines `name | method | run-config` (# comments allowed), e.g.
 #   maml-lr0.1   | maml     | inner-lr=0.1 num-server-rounds=100
 #   supervised   | fedavg   | tasks='hospital' num-server-rounds=200
-# One line must be named `supervised`: the FedAvg model the baselines (fine-tune, linear probe,
-# prototypes) start from; its adaptation is tuned on the same validation sites first.
+# One line must be named `supervised`, before the lines that use it: the FedAvg model the
+# baselines (fine-tune, linear probe, prototypes) start from; its adaptation is tuned on the same
+# validation sites first. `@supervised` in a run-config stands for its model directory (for
+# init-model, a warm start from it).
 #   SEED default 0; SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
 # Writes OUT_DIR/<name>/ per recipe, OUT_DIR/tuned.json, OUT_DIR/times.tsv and the validation
 # table OUT_DIR/headline.md (+ headline.json, plots).
@@ -31,6 +33,7 @@ while IFS='|' read -r name method config; do
     [[ -z "$name" || "$name" == \#* ]] && continue
     method=$(trim "$method")
     config=$(trim "$config")
+    config=${config//@supervised/\'$OUT/supervised/model\'}
     if [[ ! -f "$OUT/$name/results.json" ]] || ! grep -q '"final"' "$OUT/$name/results.json"; then
         t=$(date +%s)
         "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$SEED" --algorithm "$method" \

@@ -150,7 +150,8 @@ def _paired_protocol(shots: str, episodes: int, methods: list[str], scenario: st
     except ValueError:
         raise ValueError(f"--shots {shots!r}: give comma-separated counts, e.g. 1,5") from None
     seed = int(values.get("eval-seed", 0))
-    return Protocol(scenario, str(data_dir or ""), counts, int(values.get("queries", 15)), episodes, seed)
+    queries, ways = int(values.get("queries", 15)), int(values.get("ways", 0))
+    return Protocol(scenario, str(data_dir or ""), counts, queries, episodes, seed, ways=ways)
 
 
 def _paired(protocol, configs: dict, out: Path, sc, console: Console) -> None:
