@@ -170,7 +170,7 @@ def _paired(protocol, configs: dict, out: Path, sc, console: Console) -> None:
             Path(configs["fedavg"].train.out_dir) / "model",
             protocol,
             out,
-            None if sc.tasks == "hospital" else 1 / sc.episode.ways,
+            None if sc.tasks == "hospital" else 1 / (protocol.ways or sc.episode.ways),
         )
     except ValueError as error:  # e.g. a held-out site too small for the shots asked for
         fail(error)
