@@ -78,6 +78,8 @@ def simulate(
             "seed": seed,
             **({"data-dir": str(data_dir)} if data_dir else {}),
         }
+        if values.get("init-model"):  # the coordinator may run elsewhere (Ray, another directory)
+            values["init-model"] = str(Path(str(values["init-model"])).resolve())
         if (resume or force_resume) and out is None:
             raise ValueError("--resume continues a run: give its directory with --out")
         values.update({"resume": resume or force_resume, "force-resume": force_resume})
