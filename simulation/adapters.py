@@ -20,6 +20,7 @@ chosen on the validation sites (`simulation.benchmark.tune`), never on the test 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,28 +46,50 @@ class Adapter(ABC):
         `num_classes` (the episode's ways, or the label space for hospital tasks)."""
 
 
-def _fit(params: Params, trainable: list[str], loss_fn, steps: int, lr: float) -> Params:
-    """`steps` of Adam on `loss_fn(params)` over the `trainable` entries (the rest stay fixed)."""
+class Trained(Adapter):
+    """An adapter that trains for `steps` on the support set: `logits_at` gives the logits after
+    several step counts from one run, so tuning `steps` costs one trajectory, not one per count."""
+
+    steps: int
+
+    @abstractmethod
+    def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
+        """Query logits after each number of `steps`."""
+
+    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        return self.logits_at(episode, num_classes, [self.steps])[self.steps]
+
+
+def _fit(params: Params, trainable: list[str], loss_fn, steps: Iterable[int], lr: float) -> dict[int, Params]:
+    """Adam on `loss_fn(params)` over the `trainable` entries (the rest stay fixed): the parameters
+    after each number of `steps`, from one trajectory (a 10-step fit is the first 10 of 100)."""
+    wanted = sorted(set(steps))
     leaves = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in params.items()}
     optimizer = torch.optim.Adam([leaves[k] for k in trainable], lr=lr)
+    out = {0: {k: v.detach().clone() for k, v in leaves.items()}} if wanted[0] == 0 else {}
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(1, wanted[-1] + 1):
             optimizer.zero_grad()
             loss_fn(leaves).backward()
             optimizer.step()
-    return {k: v.detach() for k, v in leaves.items()}
+            if step in wanted:
+                out[step] = {k: v.detach().clone() for k, v in leaves.items()}
+    return out
 
 
-def _trained_logits(model: MetaNet, params: Params, episode: Episode, steps: int, lr: float) -> torch.Tensor:
-    """Query logits after `steps` of Adam on every weight, on the support set's cross-entropy."""
+def _trained_logits(
+    model: MetaNet, params: Params, episode: Episode, steps: Iterable[int], lr: float
+) -> dict[int, torch.Tensor]:
+    """Query logits after each number of `steps` of Adam on every weight, on the support set's
+    cross-entropy."""
     support = model.prepare(episode.support_x)
 
     def loss(p: Params) -> torch.Tensor:
         return F.cross_entropy(model.logits(p, support), episode.support_y)
 
-    trained = _fit(params, list(params), loss, steps, lr)
+    query = model.prepare(episode.query_x)
     with torch.no_grad():
-        return model.logits(trained, model.prepare(episode.query_x))
+        return {k: model.logits(trained, query) for k, trained in _fit(params, list(params), loss, steps, lr).items()}
 
 
 @dataclass
@@ -106,20 +129,20 @@ class MetaLearned(Adapter):
             return self.algorithm.predict(adapted, episode.query_x)
 
 
-class FineTune(Adapter):
+class FineTune(Trained):
     def __init__(self, model_dir: Path, steps: int = 50, lr: float = 1e-3, name: str = "fedavg+finetune") -> None:
         self.loaded, self.steps, self.lr, self.name = Loaded.from_dir(model_dir), steps, lr, name
 
-    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+    def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         params = dict(self.loaded.params)
         if self.loaded.model.config.num_classes != num_classes:  # new classes: a head from the support's class means
             with torch.no_grad():
                 features = self.loaded.features(params, episode.support_x)
                 params |= prototype_head(features, episode.support_y, num_classes)
-        return _trained_logits(self.loaded.model, params, episode, self.steps, self.lr)
+        return _trained_logits(self.loaded.model, params, episode, steps, self.lr)
 
 
-class LinearProbe(Adapter):
+class LinearProbe(Trained):
     def __init__(
         self,
         model_dir: Path,
@@ -131,7 +154,7 @@ class LinearProbe(Adapter):
         self.loaded, self.name = Loaded.from_dir(model_dir), name
         self.steps, self.lr, self.weight_decay = steps, lr, weight_decay
 
-    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+    def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         with torch.no_grad():
             support = self.loaded.features(self.loaded.params, episode.support_x)
             query = self.loaded.features(self.loaded.params, episode.query_x)
@@ -145,8 +168,10 @@ class LinearProbe(Adapter):
             logits = (support @ p["w"].T + p["b"]).masked_fill(~present, float("-inf"))
             return F.cross_entropy(logits, episode.support_y) + self.weight_decay * p["w"].pow(2).sum()
 
-        fitted = _fit(head, ["w", "b"], loss, self.steps, self.lr)
-        return (query @ fitted["w"].T + fitted["b"]).masked_fill(~present, float("-inf"))
+        return {
+            k: (query @ fitted["w"].T + fitted["b"]).masked_fill(~present, float("-inf"))
+            for k, fitted in _fit(head, ["w", "b"], loss, steps, self.lr).items()
+        }
 
 
 class Prototypes(Adapter):
@@ -161,7 +186,7 @@ class Prototypes(Adapter):
             return (10.0 * query @ F.normalize(means, dim=1).T).masked_fill(~present, float("-inf"))  # cosine, T 0.1
 
 
-class Scratch(Adapter):
+class Scratch(Trained):
     """A new model, initialized from `seed`, trained on the support set alone."""
 
     def __init__(
@@ -170,11 +195,11 @@ class Scratch(Adapter):
         self.config, self.steps, self.lr, self.seed, self.name = model_config, steps, lr, seed, name
         self._initial: dict[int, tuple[MetaNet, Params]] = {}  # per class count: built once, not per episode
 
-    def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+    def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         if num_classes not in self._initial:
             with torch.random.fork_rng():  # the same initialization for every episode: only the data differs
                 torch.manual_seed(self.seed)
                 model = build_model(replace(self.config, num_classes=num_classes))
             self._initial[num_classes] = model, init_params(model)
         model, params = self._initial[num_classes]
-        return _trained_logits(model, params, episode, self.steps, self.lr)
+        return _trained_logits(model, params, episode, steps, self.lr)

@@ -30,7 +30,7 @@ from common.protocol import site_tasks
 from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import TaskBatch
-from simulation.adapters import Adapter
+from simulation.adapters import Adapter, Trained
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -100,18 +100,38 @@ class Scores:
 
 
 def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
-    out = Scores(adapter.name)
+    """`adapter` on every episode: per-episode accuracy and AUROC."""
+    return _score(adapter, episodes, None, progress)[None]
+
+
+def score_steps(adapter: Trained, episodes: Episodes, steps: Iterable[int]) -> dict[int, Scores]:
+    """A training adapter scored after each number of `steps`, one trajectory per episode."""
+    scored = _score(adapter, episodes, sorted(set(steps)), lambda _: None)
+    return {k: v for k, v in scored.items() if k is not None}
+
+
+def _score(adapter: Adapter, episodes: Episodes, steps: list[int] | None, progress: Callable[[str], None]) -> dict:
+    keys: list[int | None] = [None] if steps is None else list(steps)
+    out: dict[int | None, Scores] = {key: Scores(adapter.name) for key in keys}
     classes = episodes.num_classes()
     for shots, by_site in episodes.batches.items():
-        accs, aucs = [], []
+        accs: dict = {key: [] for key in keys}
+        aucs: dict = {key: [] for key in keys}
         for name in sorted(by_site):
             for episode in by_site[name]:
-                logits = adapter.logits(episode, classes)
-                accs.append(accuracy(logits, episode.query_y).item())
-                aucs.append(auc(logits.masked_fill(torch.isinf(logits), -1e9), episode.query_y).item())
+                by_key: dict[int | None, torch.Tensor]
+                if steps is None:
+                    by_key = {None: adapter.logits(episode, classes)}
+                else:
+                    assert isinstance(adapter, Trained)
+                    by_key = dict(adapter.logits_at(episode, classes, steps).items())
+                for key, logits in by_key.items():
+                    accs[key].append(accuracy(logits, episode.query_y).item())
+                    aucs[key].append(auc(logits.masked_fill(torch.isinf(logits), -1e9), episode.query_y).item())
             progress(f"{adapter.name}: {shots}-shot, {name} done")
-        out.acc[shots], out.auc[shots] = np.array(accs), np.array(aucs)
-        out.digests[shots] = dict(episodes.digests[shots])
+        for key in keys:
+            out[key].acc[shots], out[key].auc[shots] = np.array(accs[key]), np.array(aucs[key])
+            out[key].digests[shots] = dict(episodes.digests[shots])
     return out
 
 
@@ -121,16 +141,30 @@ def tune(
     """The grid point whose adapter has the best mean accuracy on the validation sites, over all
     the protocol's shots; and every point's score. `source`: a protocol, or its episodes already
     drawn (to tune several adapters on one draw). Refuses any other role: the held-out sites are
-    for the reported figures only."""
+    for the reported figures only. A `steps` axis of a training adapter costs one trajectory per
+    episode (its longest), scored at every count."""
     if source.role != "validation":
         raise ValueError("hyperparameters are chosen on the validation sites: use role='validation'")
     episodes = draw_episodes(source) if isinstance(source, Protocol) else source
-    names = list(grid)
-    results = {}
+    counts = sorted(grid["steps"]) if "steps" in grid else []
+    names = [k for k in grid if k != "steps"]
+    results: dict[str, float] = {}
+
+    def record(point: dict, scores: Scores) -> None:
+        results[json.dumps(point, sort_keys=True)] = float(np.mean([scores.acc[k].mean() for k in scores.acc]))
+
     for values in itertools.product(*(list(grid[k]) for k in names)):
         point = dict(zip(names, values))
-        scores = score(factory(**point), episodes)
-        results[json.dumps(point, sort_keys=True)] = float(np.mean([scores.acc[k].mean() for k in scores.acc]))
+        if not counts:
+            record(point, score(factory(**point), episodes))
+            continue
+        adapter = factory(**point, steps=counts[-1])
+        if isinstance(adapter, Trained):  # one trajectory, scored at every count
+            for steps, scores in score_steps(adapter, episodes, counts).items():
+                record({**point, "steps": steps}, scores)
+        else:
+            for steps in counts:
+                record({**point, "steps": steps}, score(factory(**point, steps=steps), episodes))
     best = max(results, key=lambda k: results[k])
     return json.loads(best), results
 

@@ -10,6 +10,9 @@
 #   METHODS     federated meta-learners, default "maml,fomaml,meta-sgd,anil,protonet"
 #   RUN         extra run-config for every training run (e.g. "num-server-rounds=60"); each
 #               scenario's file recommends its own (its [run-config] table)
+#   SUPERVISED_RUN  extra run-config for the supervised FedAvg runs only (e.g. "num-server-rounds=100")
+#   WARM_START  1: the meta-learners (and their centralized versions) start from that seed's
+#               supervised FedAvg model (init-model); 0 (default): from scratch
 #   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
 #
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
@@ -22,6 +25,8 @@ SCENARIOS=${SCENARIOS:-new-hospital new-hospital-blood new-classes}
 SEEDS=${SEEDS:-0 1 2}
 METHODS=${METHODS:-maml,fomaml,meta-sgd,anil,protonet}
 RUN=${RUN:-}
+SUPERVISED_RUN=${SUPERVISED_RUN:-}
+WARM_START=${WARM_START:-0}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
@@ -32,13 +37,16 @@ for scenario in $SCENARIOS; do
     for seed in $SEEDS; do
         dir="$OUT/$scenario/seed-$seed"
         t=$(date +%s)
-        # the federated meta-learners, and each one's centralized (pooled-data) version as its upper bound
-        centralized=$(echo "$METHODS" | sed 's/\([^,]*\)/centralized-\1/g')
-        "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
-            --compare "$METHODS,$centralized" --run-config "$RUN" --out "$dir"
         # FedAvg as a consortium would pre-train without meta-learning: supervised, global labels
         "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
-            --run-config "tasks='hospital' $RUN" --out "$dir/fedavg-supervised"
+            --run-config "tasks='hospital' $RUN $SUPERVISED_RUN" --out "$dir/fedavg-supervised"
+        # the federated meta-learners, and each one's centralized (pooled-data) version as its upper
+        # bound; with WARM_START=1 both start from that supervised model (Meta-Baseline's recipe)
+        warm=""
+        [[ "$WARM_START" == 1 ]] && warm="init-model='$dir/fedavg-supervised/model'"
+        centralized=$(echo "$METHODS" | sed 's/\([^,]*\)/centralized-\1/g')
+        "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
+            --compare "$METHODS,$centralized" --run-config "$warm $RUN" --out "$dir"
         echo "$scenario seed $seed: trained in $(($(date +%s) - t)) s"
         for method in ${METHODS//,/ } ${centralized//,/ }; do
             models+=(--model "$method=$dir/$method/model")

@@ -42,7 +42,8 @@ while IFS='|' read -r name method config; do
     fi
     [[ "$name" != supervised ]] && models+=(--model "$name=$OUT/$name/model")
 done < "$RECIPES"
-"$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" \
-    --supervised "$OUT/supervised/model" --out "$OUT/tuned.json"
+# the baselines' adaptation, tuned once per supervised model (kept if OUT_DIR already has it)
+[[ -f "$OUT/tuned.json" ]] || "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" \
+    --shots "$SHOTS" --supervised "$OUT/supervised/model" --out "$OUT/tuned.json"
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
     --episodes "$EPISODES" "${models[@]}" --supervised "$OUT/supervised/model" --tuned "$OUT/tuned.json" --out "$OUT"

@@ -260,3 +260,25 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     }
     assert "### tiny-roles, validation sites" in (out / "headline.md").read_text()
     assert (out / "tiny-roles-validation-forest.png").stat().st_size > 0
+
+
+def test_one_trajectory_gives_every_step_count_exactly(scenario, tmp_path):
+    """Tuning `steps` runs the longest fit once: its snapshots equal fits of each length alone."""
+    from simulation.benchmark import score_steps
+
+    model = saved(tmp_path, "fedavg")
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2, role="validation"))
+    episode = next(iter(next(iter(episodes.batches[2].values()))))
+    classes = episodes.num_classes()
+    makers = {
+        "finetune": lambda s: FineTune(model, steps=s),
+        "linear-probe": lambda s: LinearProbe(model, steps=s),
+        "local": lambda s: Scratch(MODEL, steps=s),
+    }
+    for name, make in makers.items():
+        at = make(7).logits_at(episode, classes, [0, 3, 7])
+        assert torch.equal(at[3], make(3).logits(episode, classes)), name
+        assert torch.equal(at[7], make(7).logits(episode, classes)), name
+        assert not torch.equal(at[0], at[7]), name  # training moved it
+        scored = score_steps(make(7), episodes, [3, 7])
+        assert np.array_equal(scored[3].acc[2], score(make(3), episodes).acc[2]), name
