@@ -16,11 +16,14 @@ benchmark_app = typer.Typer(
     help="The headline benchmark: identical episodes, paired comparisons.", no_args_is_help=True
 )
 
-# what `tune` tries for each baseline's adaptation (the same order of tries as the meta-learners' sweeps)
+# what `tune` tries for each baseline's adaptation: every axis extends past the best value the
+# first sweep found on new-hospital's validation sites (fine-tuning chose the smallest rate and
+# the most steps of its first grid, the linear probe a corner too), and steps 0 (the model as
+# it is) is a candidate. Steps cost one trajectory per other setting (simulation.benchmark.tune).
 GRIDS: dict[str, dict[str, list]] = {
-    "finetune": {"steps": [10, 25, 50, 100], "lr": [1e-4, 3e-4, 1e-3]},
-    "linear-probe": {"steps": [50, 200], "lr": [1e-2, 1e-1], "weight_decay": [1e-4, 1e-2]},
-    "local": {"steps": [25, 100], "lr": [1e-3, 3e-3, 1e-2]},
+    "finetune": {"steps": [0, 25, 50, 100, 200], "lr": [3e-5, 1e-4, 3e-4, 1e-3]},
+    "linear-probe": {"steps": [100, 200, 400], "lr": [1e-2, 1e-1], "weight_decay": [0.0, 1e-4, 1e-2]},
+    "local": {"steps": [25, 100, 200], "lr": [1e-3, 3e-3, 1e-2]},
 }
 
 
@@ -53,7 +56,7 @@ def tune(
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files."),
     shots: str = typer.Option("1,5", help="Shots the settings must do well at (mean accuracy over them)."),
     queries: int = typer.Option(15, min=1, help="Query images per class, where a class has that many."),
-    episodes: int = typer.Option(100, min=1, help="Validation episodes per shots."),
+    episodes: int = typer.Option(50, min=1, help="Validation episodes per shots."),
     out: Path = typer.Option(Path("tuned.json"), help="The chosen settings and every try's validation score."),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings on the validation sites only."""
