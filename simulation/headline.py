@@ -10,10 +10,10 @@ from pathlib import Path
 
 from common.files import write_json
 from server.report import pyplot
+from simulation.baselines import META_LEARNERS
 from simulation.benchmark import REFERENCE
 
 HEADLINE = "headline.json"
-FEDMETA = ("maml", "fomaml", "meta-sgd", "anil", "protonet")  # the federated meta-learners' row names
 MARGIN = {1: 0.05, 5: 0.02}  # points (as fractions) the best FedMeta method must gain over the reference
 CENTRALIZED_GAP = 0.02  # how far below its centralized counterpart a FedMeta method may be
 
@@ -58,7 +58,7 @@ def targets(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if _table(r) == (scenario, sites)]
         for shots in sorted({r["shots"] for r in mine}):
             at = {r["method"]: r for r in mine if r["shots"] == shots}
-            fedmeta = [at[m] for m in FEDMETA if m in at]
+            fedmeta = [at[m] for m in META_LEARNERS if m in at]  # rows named after their algorithm
             if not fedmeta:
                 continue
             best = max(fedmeta, key=lambda r: r["acc"])
