@@ -63,8 +63,8 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     data_dir = cfg.data.data_dir or None
     sites = [load_site(scenario, i, data_dir) for i in range(len(scenario.sites))]
     model_config = scenario.model_config(cfg.model)
+    torch.manual_seed(cfg.train.seed)  # before the model is built: its weights are the initialization
     algorithm = build_algorithm(build_model(model_config), cfg.meta, resolve_kernels("auto"))
-    torch.manual_seed(cfg.train.seed)
     init, _ = initial_params(algorithm.init_meta_params(), cfg.train.init_model)
     rows = [
         {"node_id": None, "name": s.spec.name, "role": s.spec.role, "num_train": len(s.train), "num_test": len(s.test)}

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from common.export import load_meta_model
 from common.runconfig import parse_run_config
@@ -80,3 +81,16 @@ def test_a_sweep_run_scores_no_held_out_site(tmp_path):
     }
     with pytest.raises(ValueError, match="eval-heldout=false"):
         run_baseline("local", cfg)
+
+
+def test_same_seed_same_baseline(tmp_path):
+    """The model's initial weights come from the run seed, not from whatever the process drew before."""
+    from safetensors.torch import load_file
+
+    models = []
+    for run in ("a", "b"):
+        torch.manual_seed(hash(run) % 1000)  # a different global state before each run
+        cfg = parse_run_config({**TINY, "num-server-rounds": 1, "out-dir": str(tmp_path / run)})
+        run_baseline("centralized", cfg)
+        models.append(load_file(tmp_path / run / "model" / "model.safetensors"))
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
