@@ -29,6 +29,7 @@ from common.protocol import evaluate_site, evaluation_tasks
 from common.runconfig import RunConfig, flat_run_config
 from common.scenario import SiteData, load_scenario, load_site
 from common.tasks import EpisodeSampler, HospitalSampler, site_generator
+from server.optimizer import OuterOptimizer
 from server.report import Recorder
 
 BASELINES = ("centralized", "local")
@@ -86,13 +87,14 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
             sites[i].spec.name: ([(_sampler(sites[i], cfg), i, cfg.train.tasks_per_round)], [i])
             for i in scenario.heldout_sites
         }
-    state = {name: _learner(init, cfg) for name in learners}
+    # the coordinator's own outer optimizer and schedule, one per learner
+    state = {name: OuterOptimizer(init, cfg.train.outer_optimizer, cfg.train.outer_lr) for name in learners}
     start = time.monotonic()
     for server_round in range(1, cfg.train.num_server_rounds + 1):
         round_start = time.monotonic()
         train_metrics = {}
         for name, (sources, _) in learners.items():
-            meta, optimizer = state[name]
+            meta = state[name].params
             steps = [
                 algorithm.for_round(server_round).meta_gradient(
                     meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
@@ -100,11 +102,8 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
                 for sampler, index, count in sources
             ]
             tasks = sum(step.num_tasks for step in steps)  # one step on the task-weighted mean, as a round's
-            for key, p in meta.items():
-                p.grad = tensor_sum(step.grads[key] * (step.num_tasks / tasks) for step in steps)
-            for group in optimizer.param_groups:  # the coordinator's schedule, round by round
-                group["lr"] = cfg.train.outer_lr * cfg.train.outer_lr_factor(server_round)
-            optimizer.step()
+            grads = {key: tensor_sum(step.grads[key] * (step.num_tasks / tasks) for step in steps) for key in meta}
+            state[name].step(grads, cfg.train.outer_lr_factor(server_round))
             train_metrics[name] = {
                 "meta-loss": sum(step.loss * step.num_tasks for step in steps) / tasks,
                 "query-acc": sum(step.metrics["query_acc"] * step.num_tasks for step in steps) / tasks,
@@ -119,7 +118,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     if kind == "centralized":
         save_meta_model(
             out_dir / "model",
-            {k: v.detach() for k, v in state["pooled"][0].items()},
+            state["pooled"].snapshot(),
             model_config,
             cfg.meta,
             cfg.episode,
@@ -136,7 +135,7 @@ def _evaluate(
     a site whose test data cannot make the episodes is reported, and the others still count."""
     per_site, errors = {}, {}
     for name, (_, evaluated) in learners.items():
-        meta = {k: v.detach() for k, v in state[name][0].items()}
+        meta = state[name].snapshot()
         for i in evaluated:
             try:
                 tasks = evaluation_tasks(sites[i], episode, cfg.train.eval_seed, i, cfg.train.eval_tasks)
@@ -169,9 +168,3 @@ def _pooled_sources(sites: list[SiteData], train_ids: list[int], tasks: str, cfg
     pooled = pool({sites[i].spec.name: sites[i].train for i in train_ids})
     sampler = EpisodeSampler.from_data(pooled, cfg.episode, classes=pooled.classes_with(cfg.episode.per_class))
     return [(sampler, POOLED_INDEX, count * len(train_ids))]
-
-
-def _learner(init: dict[str, torch.Tensor], cfg: RunConfig) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
-    meta = {k: v.detach().clone().requires_grad_() for k, v in init.items()}
-    cls = torch.optim.Adam if cfg.train.outer_optimizer == "adam" else torch.optim.SGD
-    return meta, cls(meta.values(), lr=cfg.train.outer_lr)
