@@ -29,7 +29,7 @@ from common.metrics import auc
 from common.protocol import site_tasks
 from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
-from common.tasks import TaskBatch
+from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
@@ -101,37 +101,39 @@ class Scores:
 
 def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
     """`adapter` on every episode: per-episode accuracy and AUROC."""
-    return _score(adapter, episodes, None, progress)[None]
+    return _score(adapter.name, episodes, lambda episode, n: {0: adapter.logits(episode, n)}, progress)[0]
 
 
 def score_steps(adapter: Trained, episodes: Episodes, steps: Iterable[int]) -> dict[int, Scores]:
     """A training adapter scored after each number of `steps`, one trajectory per episode."""
-    scored = _score(adapter, episodes, sorted(set(steps)), lambda _: None)
-    return {k: v for k, v in scored.items() if k is not None}
+    counts = sorted(set(steps))
+    return _score(adapter.name, episodes, lambda episode, n: adapter.logits_at(episode, n, counts), lambda _: None)
 
 
-def _score(adapter: Adapter, episodes: Episodes, steps: list[int] | None, progress: Callable[[str], None]) -> dict:
-    keys: list[int | None] = [None] if steps is None else list(steps)
-    out: dict[int | None, Scores] = {key: Scores(adapter.name) for key in keys}
+def _score(
+    name: str,
+    episodes: Episodes,
+    logits: Callable[[Episode, int], dict[int, torch.Tensor]],
+    progress: Callable[[str], None],
+) -> dict[int, Scores]:
+    """Per key of `logits`' answer (one adapter's variants, e.g. its step counts): the scores."""
+    out: dict[int, Scores] = {}
     classes = episodes.num_classes()
     for shots, by_site in episodes.batches.items():
-        accs: dict = {key: [] for key in keys}
-        aucs: dict = {key: [] for key in keys}
-        for name in sorted(by_site):
-            for episode in by_site[name]:
-                by_key: dict[int | None, torch.Tensor]
-                if steps is None:
-                    by_key = {None: adapter.logits(episode, classes)}
-                else:
-                    assert isinstance(adapter, Trained)
-                    by_key = dict(adapter.logits_at(episode, classes, steps).items())
-                for key, logits in by_key.items():
-                    accs[key].append(accuracy(logits, episode.query_y).item())
-                    aucs[key].append(auc(logits.masked_fill(torch.isinf(logits), -1e9), episode.query_y).item())
-            progress(f"{adapter.name}: {shots}-shot, {name} done")
-        for key in keys:
-            out[key].acc[shots], out[key].auc[shots] = np.array(accs[key]), np.array(aucs[key])
-            out[key].digests[shots] = dict(episodes.digests[shots])
+        accs: dict[int, list[float]] = {}
+        aucs: dict[int, list[float]] = {}
+        for site in sorted(by_site):
+            for episode in by_site[site]:
+                for key, value in logits(episode, classes).items():
+                    accs.setdefault(key, []).append(accuracy(value, episode.query_y).item())
+                    aucs.setdefault(key, []).append(
+                        auc(value.masked_fill(torch.isinf(value), -1e9), episode.query_y).item()
+                    )
+            progress(f"{name}: {shots}-shot, {site} done")
+        for key in accs:
+            scores = out.setdefault(key, Scores(name))
+            scores.acc[shots], scores.auc[shots] = np.array(accs[key]), np.array(aucs[key])
+            scores.digests[shots] = dict(episodes.digests[shots])
     return out
 
 
