@@ -37,6 +37,14 @@ ROLES = ("heldout", "validation")
 STREAM = 100  # generator streams STREAM + K: the benchmark's episodes
 
 
+def parse_shots(text: str) -> tuple[int, ...]:
+    """`--shots 1,5` as (1, 5); the error names the option and the form."""
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ValueError(f"--shots {text!r}: give comma-separated counts, e.g. 1,5") from None
+
+
 @dataclass(frozen=True)
 class Protocol:
     scenario: str

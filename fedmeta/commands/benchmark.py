@@ -27,14 +27,6 @@ GRIDS: dict[str, dict[str, list]] = {
 }
 
 
-def _shots(text: str) -> tuple[int, ...]:
-    try:
-        shots = tuple(int(k) for k in text.split(","))
-    except ValueError:
-        fail(f"--shots {text!r}: give comma-separated counts, e.g. 1,5")
-    return shots
-
-
 def _models(specs: list[str]) -> dict[str, list[Path]]:
     """`NAME=DIR` options into {name: [dir, ...]} (several dirs of one name: its training seeds)."""
     out: dict[str, list[Path]] = {}
@@ -62,12 +54,12 @@ def tune(
     """Choose fine-tuning, linear-probe and local-training settings on the validation sites only."""
     from common.models import ModelConfig
     from simulation.adapters import FineTune, LinearProbe, Loaded, Scratch
-    from simulation.benchmark import Protocol, draw_episodes
+    from simulation.benchmark import Protocol, draw_episodes, parse_shots
     from simulation.benchmark import tune as tune_grid
 
     console = Console()
     try:
-        protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, role="validation")
+        protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
         config: ModelConfig = Loaded.from_dir(supervised).model.config
         drawn = draw_episodes(protocol)  # one draw of the validation episodes, for every adapter
     except (ValueError, FileNotFoundError) as error:  # e.g. a validation site too small for the episodes
@@ -130,12 +122,12 @@ def evaluate(
     against FedAvg + fine-tune."""
     from common.scenario import load_scenario
     from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch
-    from simulation.benchmark import Protocol, draw_episodes, headline_rows, score, write_scores
+    from simulation.benchmark import Protocol, draw_episodes, headline_rows, parse_shots, score, write_scores
     from simulation.headline import write_headline
 
     console = Console()
     try:
-        protocol = Protocol(scenario, str(data_dir or ""), _shots(shots), queries, episodes, eval_seed, sites)
+        protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, eval_seed, sites)
         out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}

@@ -141,16 +141,13 @@ def simulate(
 def _paired_protocol(shots: str, episodes: int, methods: list[str], scenario: str, data_dir, values: dict):
     """The fixed held-out episodes `--shots` scores on; refused before any training if it cannot run."""
     from simulation.baselines import split_method
-    from simulation.benchmark import Protocol
+    from simulation.benchmark import Protocol, parse_shots
 
     if "fedavg" not in methods:
         raise ValueError("--shots compares every method with FedAvg + fine-tune: add fedavg to --compare")
     if all(split_method(m)[0] == "local" for m in methods if m != "fedavg"):
         raise ValueError("--shots scores the trained models: compare at least one model besides fedavg")
-    try:
-        counts = tuple(int(k) for k in shots.split(","))
-    except ValueError:
-        raise ValueError(f"--shots {shots!r}: give comma-separated counts, e.g. 1,5") from None
+    counts = parse_shots(shots)
     seed = int(values.get("eval-seed", 0))
     queries, ways = int(values.get("queries", 15)), int(values.get("ways", 0))
     return Protocol(scenario, str(data_dir or ""), counts, queries, episodes, seed, ways=ways)
