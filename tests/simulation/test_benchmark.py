@@ -17,6 +17,16 @@ from simulation import benchmark
 from simulation.adapters import FineTune, LinearProbe, MetaLearned, Prototypes, Scratch
 from simulation.benchmark import Protocol, Scores, draw_episodes, headline_rows, score, tune
 
+SITES = """
+[[sites]]
+name = "{name}"
+count = 2
+role = "{role}"
+source = "synthetic"
+num-classes = 4
+per-class = 8
+test-per-class = 8
+"""
 SCENARIO = """
 name = "tiny-roles"
 image-size = 8
@@ -25,30 +35,9 @@ seed = 0
 ways = 3
 shots = 2
 queries = 3
-[[sites]]
-name = "train"
-count = 2
-source = "synthetic"
-num-classes = 4
-per-class = 8
-test-per-class = 8
-[[sites]]
-name = "validation"
-count = 2
-role = "validation"
-source = "synthetic"
-num-classes = 4
-per-class = 8
-test-per-class = 8
-[[sites]]
-name = "new"
-count = 2
-role = "heldout"
-source = "synthetic"
-num-classes = 4
-per-class = 8
-test-per-class = 8
-"""
+""" + "".join(
+    SITES.format(name=n, role=r) for n, r in (("train", "train"), ("validation", "validation"), ("new", "heldout"))
+)
 MODEL = ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2)
 
 
