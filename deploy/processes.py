@@ -8,6 +8,9 @@ when its supervisor dies, however it dies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 import shutil
 import signal
@@ -66,7 +69,7 @@ class Child:
             start_new_session=True,
             text=True,
             errors="replace",
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
@@ -147,14 +150,24 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the fedmeta process that started it dies, even by
-    SIGKILL, so a SuperLink or SuperNode never outlives its supervisor (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+@functools.cache
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that asks Linux for SIGTERM when the fedmeta process that started the child
+    dies, even by SIGKILL, so a SuperLink or SuperNode never outlives its supervisor (None
+    elsewhere).
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc and its `prctl` are looked up here, in the parent: a child forked while other threads
+    run (log pumps, gRPC) may only call what is already loaded; loading a library after fork can
+    deadlock on a lock another thread held at the fork. The child then makes one prepared call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    PR_SET_PDEATHSIG = 1
+    sigterm = int(signal.SIGTERM)
+    return lambda: prctl(PR_SET_PDEATHSIG, sigterm)
 
 
 def _signal_group(pid: int, sig: int) -> None:

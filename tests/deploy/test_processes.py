@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.procs import live_members
 
 SUPERVISOR = """
@@ -28,3 +30,23 @@ def test_a_child_dies_with_its_supervisor_even_after_sigkill(tmp_path):
     while live_members(child_pid):
         assert time.monotonic() < deadline, "the child outlived its supervisor"
         time.sleep(0.1)
+
+
+def test_the_death_signal_is_prepared_in_the_parent_not_after_fork(tmp_path, monkeypatch):
+    """Loading a library in the forked child can deadlock while other threads run: after the
+    parent has resolved prctl once, a child starts with library loading made impossible."""
+    import ctypes
+
+    from deploy.processes import Child, die_with_parent
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    assert die_with_parent() is not None
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a library was loaded after fork")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_loading)
+    child = Child([sys.executable, "-c", "pass"], tmp_path / "child.log")
+    assert child.process.wait(timeout=30) == 0
+    child.stop()
