@@ -20,6 +20,38 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import fedmeta
+
+        def installed(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+
+        parts = ", ".join(f"{name} {installed(name)}" for name in ("flwr", "torch", "monai"))
+        typer.echo(f"fedmeta {fedmeta.__version__} ({parts})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print fedmeta's version (and Flower's, torch's, MONAI's) and exit.",
+    ),
+) -> None:
+    """fedmeta: federated meta-learning for hospital networks."""
+
+
 app.add_typer(bench_app, name="bench")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(data_app, name="data")

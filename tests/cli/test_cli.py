@@ -154,3 +154,23 @@ def test_coordinator_and_site_checks_from_the_command_line(tmp_path):
     set_keys(site_toml, coordinator="no-port")
     out = fedmeta("site", "--config", str(site_toml), "--check")
     assert out.returncode == 2 and "should be host:port" in " ".join(out.stderr.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "help_text"),
+    [
+        (["adapt"], "Meta-model directory"),
+        (["data", "check"], "A site folder"),
+        (["provision", "add-site"], "New site's name"),
+    ],
+)
+def test_positional_arguments_show_their_help(args, help_text):
+    # typer below 0.21 (flwr's cap) writes but does not show argument help with click 8.5
+    out = fedmeta(*args, "--help")
+    assert help_text in " ".join(out.stdout.split()), out.stdout
+
+
+def test_version_names_fedmeta_and_flower():
+    out = fedmeta("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("fedmeta 0.") and "flwr 1.42" in out.stdout
