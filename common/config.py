@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def reject_unknown(where: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """A ValueError naming each unknown key with the known key it was probably meant to be (a
+    typo), or, with no close match, the known keys."""
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    listed = "" if all("did you mean" in h for h in hints) else f"; known keys are {known}"
+    raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}{listed}")
+
 
 ALGORITHMS = ("maml", "fomaml", "meta-sgd", "anil", "protonet", "fedavg")
 EXECUTIONS = ("auto", "loop", "threads", "vmap")

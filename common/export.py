@@ -28,24 +28,50 @@ def save_meta_model(
     return out_dir
 
 
+class ModelFileError(ValueError):
+    """A model directory that is missing, incomplete, corrupt or not a fedmeta meta-model."""
+
+
 def load_meta_model(model_dir: Path) -> tuple[Params, ModelConfig, MetaConfig, EpisodeConfig, dict]:
-    """(meta-parameters, model config, meta config, episode config, the whole description)."""
+    """(meta-parameters, model config, meta config, episode config, the whole description).
+    Anything wrong with the directory is a ModelFileError naming the file and the fix."""
     model_dir = Path(model_dir)
     weights, description = model_dir / WEIGHTS, model_dir / DESCRIPTION
+    expected = f"a fedmeta model directory holds {WEIGHTS} and {DESCRIPTION} (e.g. RUN/model)"
+    if model_dir.is_file():
+        raise ModelFileError(f"{model_dir} is a file, not a model directory: {expected}")
+    if not model_dir.is_dir():
+        raise ModelFileError(f"{model_dir} does not exist: {expected}")
+    if (model_dir / "model" / WEIGHTS).is_file() and not weights.exists():
+        raise ModelFileError(f"{model_dir} is a run directory: give its model, {model_dir / 'model'}")
     for path in (weights, description):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: a fedmeta model directory holds {WEIGHTS} and {DESCRIPTION}")
-    info = json.loads(description.read_text())
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{description} has format {info.get('format')!r}, expected {FORMAT!r}")
-    params = load_file(weights)
-    return (
-        params,
-        ModelConfig(**_known(ModelConfig, info["model"])),
-        MetaConfig(**_known(MetaConfig, info["meta"])),
-        EpisodeConfig(**info["episode"]),
-        info,
-    )
+            raise ModelFileError(f"{path} is missing: {expected}")
+    try:
+        info = json.loads(description.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{description} is not valid JSON ({error}): copy the model directory again") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise ModelFileError(
+            f"{description} is not a fedmeta meta-model description (format {found!r}, expected {FORMAT!r}): "
+            "give a directory written by fedmeta (a run's model/ or fedmeta adapt's output)"
+        )
+    try:
+        params = load_file(weights)
+    except Exception as error:  # noqa: BLE001 -- safetensors raises its own error types for corrupt files
+        raise ModelFileError(
+            f"{weights} is not a readable safetensors file ({error}): it is truncated or corrupt; copy it again"
+        ) from None
+    try:
+        configs = (
+            ModelConfig(**_known(ModelConfig, info["model"])),
+            MetaConfig(**_known(MetaConfig, info["meta"])),
+            EpisodeConfig(**info["episode"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{description}: its model, meta or episode settings are unreadable ({error!r})") from None
+    return (params, *configs, info)
 
 
 def initial_params(init: Params, init_model: str) -> tuple[Params, list[str]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from common.backbones import check_backbone
-from common.config import EpisodeConfig, MetaConfig
+from common.config import EpisodeConfig, MetaConfig, reject_unknown
 from common.models import ModelConfig
 
 OPTIMIZERS = ("adam", "sgd")
@@ -203,9 +203,7 @@ _DEFAULTS = {name: cls() for name, cls in _SECTIONS.items()}  # the type of each
 
 
 def parse_run_config(values: Mapping[str, object]) -> RunConfig:
-    unknown = sorted(set(values) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"unknown run-config keys {unknown}; known keys are {sorted(_KEYS)}")
+    reject_unknown("run-config", values, _KEYS)
     kwargs: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}  # each value checked against its field
     for key, value in values.items():
         section, field = _KEYS[key]

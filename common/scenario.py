@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import EpisodeConfig
+from common.config import EpisodeConfig, reject_unknown
 from common.data import LabelledImages, SiteShift, medmnist
-from common.data.folder import FolderSpec, load_folder
+from common.data.folder import LABELS_CSV, FolderSpec, load_folder
 from common.data.partition import dirichlet_proportions, split_by_patient, split_by_proportions, split_by_shares
 from common.data.synthetic import MAX_CLASSES, site_shift, synthetic_site
 from common.data.transforms import to_model_input
@@ -257,12 +257,12 @@ _TOP_KEYS = {
 
 
 def parse_scenario(doc: dict) -> Scenario:
-    _reject_unknown("scenario", doc, _TOP_KEYS)
+    reject_unknown("scenario", doc, _TOP_KEYS)
     episode = doc.get("episodes", {})
-    _reject_unknown("[episodes]", episode, {"ways", "shots", "queries"})
+    reject_unknown("[episodes]", episode, {"ways", "shots", "queries"})
     pools = {}
     for name, spec in doc.get("pools", {}).items():
-        _reject_unknown(f"[pools.{name}]", spec, {"method", "alpha", "datasets"})
+        reject_unknown(f"[pools.{name}]", spec, {"method", "alpha", "datasets"})
         pools[name] = PoolSpec(**{**spec, "datasets": tuple(spec.get("datasets", ()))})
     recommended = doc.get("run-config", {})
     parse_run_config(recommended)  # unknown keys and bad values: an error now, naming the key
@@ -288,7 +288,7 @@ def parse_scenario(doc: dict) -> Scenario:
 
 def _parse_sites(entry: dict) -> list[SiteSpec]:
     where = f"[[sites]] {entry.get('name', '?')!r}"
-    _reject_unknown(where, entry, set(_SITE_KEYS))
+    reject_unknown(where, entry, set(_SITE_KEYS))
     values = {_SITE_KEYS[k]: v for k, v in entry.items()}
     count = values.pop("count", 1)
     if values.get("shift") == "draw":
@@ -302,10 +302,47 @@ def _parse_sites(entry: dict) -> list[SiteSpec]:
     return [SiteSpec(**{**values, "name": f"{values['name']}-{k}"}) for k in range(count)]
 
 
-def _reject_unknown(where: str, table: dict, known: set[str]) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+def data_problems(scenario: Scenario, data_dir: str | Path | None) -> list[str]:
+    """What keeps the scenario's sites from loading their data, each with its fix, found in
+    seconds, before anything starts: MedMNIST files present and official (MD5), site folders
+    present with their labels.csv. The images themselves are read (and checked) by the sites."""
+    needy = [spec for spec in scenario.sites if spec.source != "synthetic"]
+    if not needy:
+        return []
+    if data_dir is None:
+        return [
+            f"{_sites(s.name for s in needy)} read files: give the directory that holds them with --data-dir "
+            "(or FEDMETA_DATA_DIR)"
+        ]
+    root = Path(data_dir)
+    if not root.is_dir():
+        return [
+            f"--data-dir {root} is not a directory (the scenario's sites read files from it): point it at "
+            "the directory that holds the MedMNIST .npz files or site folders (FEDMETA_DATA_DIR works too)"
+        ]
+    problems: list[str] = []
+    users: dict[tuple[str, int], list[str]] = {}
+    for spec in needy:
+        if spec.source == "folder":
+            folder = root / spec.path
+            if not (folder / LABELS_CSV).is_file():
+                what = "has no " + LABELS_CSV if folder.is_dir() else "is not a directory"
+                problems.append(f"site {spec.name!r}: {folder} {what}; put the site's images and {LABELS_CSV} there")
+            continue
+        for flag in scenario.pools.get(spec.pool_name, PoolSpec()).datasets or (spec.dataset,):
+            users.setdefault((flag, spec.size), []).append(spec.name)
+    for (flag, size), names in users.items():
+        try:
+            medmnist.locate(flag, size, root)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"{error} (read by {_sites(names)})")
+    return problems
+
+
+def _sites(names) -> str:
+    names = list(names)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"site{'s' if len(names) > 1 else ''} {shown}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import reject_unknown
 from common.runconfig import parse_run_config
 
 
@@ -37,8 +38,10 @@ class _Reader:
 
     def __init__(self, path: Path, table: dict, section: str):
         self.path, self.table, self.section = Path(path), dict(table), section
+        self.asked: set[str] = set()  # every key read, for "did you mean" on the ones left
 
     def get(self, key: str, kind: type, default: object = None):
+        self.asked.add(key)
         if key not in self.table:
             if default is None:
                 raise ConfigError(f"{self.path}: [{self.section}] needs {key} = ...")
@@ -64,10 +67,10 @@ class _Reader:
         return value
 
     def done(self) -> None:
-        if self.table:
-            raise ConfigError(
-                f"{self.path}: [{self.section}] has unknown keys {sorted(self.table)}; check their spelling"
-            )
+        try:
+            reject_unknown(f"{self.path}: [{self.section}]", self.table, self.asked)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def simulate(
     """Run federated meta-training with N virtual sites; write results.json, metrics.csv and plots."""
     from common.export import load_meta_model
     from common.runconfig import parse_overrides, parse_run_config
-    from common.scenario import load_scenario
+    from common.scenario import data_problems, load_scenario
     from simulation.baselines import split_method
     from simulation.compare import compare as write_comparison
     from simulation.run import Resources
@@ -99,6 +99,10 @@ def simulate(
         for cfg in configs.values():  # a warm start's model is read before anything starts
             if cfg.train.init_model:
                 load_meta_model(Path(cfg.train.init_model))
+        if not ray_address:  # on a cluster the files are the workers' to have
+            problems = data_problems(sc, data_dir)
+            if problems:
+                raise FileNotFoundError("\n".join(problems))
         resources = Resources(cpus_per_site, gpus_per_site, ray_address)
         resources.ray_init_args()  # this machine can host a site: checked before anything starts
         protocol = _paired_protocol(shots, episodes, methods, scenario, data_dir, values) if shots else None

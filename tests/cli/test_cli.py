@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -174,3 +175,37 @@ def test_version_names_fedmeta_and_flower():
     out = fedmeta("--version")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("fedmeta 0.") and "flwr 1.42" in out.stdout
+
+
+def test_simulate_with_a_missing_data_dir_fails_in_seconds_naming_the_file_and_fix(tmp_path):
+    started = time.monotonic()
+    out = fedmeta("simulate", "--scenario", "new-classes", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    elapsed = time.monotonic() - started
+    assert out.returncode == 2, out.stderr
+    text = " ".join(out.stderr.split())
+    assert "organamnist.npz is not in" in text and "bloodmnist.npz is not in" in text and "--data-dir" in text
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()  # nothing started, nothing written
+    assert elapsed < 10, f"took {elapsed:.1f} s: the check must come before Ray starts"
+
+
+def test_simulate_suggests_the_run_config_key_meant():
+    out = fedmeta("simulate", "--run-config", "inner-lrr=0.1")
+    assert out.returncode == 2
+    assert "unknown key 'inner-lrr' (did you mean 'inner-lr'?)" in " ".join(out.stderr.split())
+
+
+@pytest.mark.parametrize("what", ["a-file", "a-run-dir", "corrupt"])
+def test_adapt_names_a_wrong_model_path_without_a_traceback(tmp_path, what):
+    if what == "a-file":
+        model = tmp_path / "notamodel.txt"
+        model.write_text("hello")
+        expected = "is a file, not a model directory"
+    else:
+        (tmp_path / "run" / "model").mkdir(parents=True)
+        (tmp_path / "run" / "model" / "model.safetensors").write_bytes(b"\x00garbage")
+        (tmp_path / "run" / "model" / "model.json").write_text('{"format": "fedmeta-meta-model/1"}')
+        model = tmp_path / "run" if what == "a-run-dir" else tmp_path / "run" / "model"
+        expected = "is a run directory" if what == "a-run-dir" else "not a readable safetensors file"
+    out = fedmeta("adapt", str(model), "--folder", str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert expected in " ".join(out.stderr.split())

@@ -7,7 +7,7 @@ from common.algorithms import build_algorithm
 from common.backbones import build_model
 from common.config import EpisodeConfig, MetaConfig
 from common.data import LabelledImages
-from common.export import load_meta_model, save_meta_model
+from common.export import ModelFileError, load_meta_model, save_meta_model
 from common.models import ModelConfig
 from common.personalize import personalize, resize_head, split_support
 
@@ -58,5 +58,5 @@ def test_personalize_end_to_end_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="do not fit the meta-model's input"):
         personalize(tmp_path, data(size=16), shots=2)
     (tmp_path / "model.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"model.json is missing"):
+    with pytest.raises(ModelFileError, match=r"model.json is missing"):
         personalize(tmp_path, data(), shots=2)

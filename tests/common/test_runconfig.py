@@ -25,7 +25,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"innerlr": 0.1}, r"unknown run-config keys \['innerlr'\]"),
+        ({"innerlr": 0.1}, r"run-config: unknown key 'innerlr' \(did you mean 'inner-lr'\?\)"),
         ({"ways": "five"}, "ways='five': expected a int"),
         ({"algorithm": "reptile"}, "choose one of maml"),
         ({"outer-optimizer": "rmsprop"}, "choose one of adam, sgd"),

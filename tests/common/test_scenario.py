@@ -108,7 +108,7 @@ def test_class_subset_and_cap(medmnist_2d):
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"sites": [{"name": "a", "source": "synthetic", "colour": 1}]}, r"unknown keys \['colour'\]"),
+        ({"sites": [{"name": "a", "source": "synthetic", "colour": 1}]}, r"unknown key 'colour'; known keys are"),
         (
             {"sites": [{"name": "a", "source": "medmnist", "dataset": "pneumonia"}]},
             "unknown MedMNIST dataset 'pneumonia'",
@@ -121,10 +121,13 @@ def test_class_subset_and_cap(medmnist_2d):
             "site names must be unique",
         ),
         ({"sites": []}, "at least one"),
-        ({"episodes": {"way": 2}, "sites": [{"name": "a", "source": "synthetic"}]}, r"unknown keys \['way'\]"),
+        (
+            {"episodes": {"way": 2}, "sites": [{"name": "a", "source": "synthetic"}]},
+            r"unknown key 'way' \(did you mean 'ways'\?\)",
+        ),
         (
             {"run-config": {"innerlr": 0.1}, "sites": [{"name": "a", "source": "synthetic"}]},
-            r"unknown run-config keys \['innerlr'\]",
+            r"run-config: unknown key 'innerlr' \(did you mean 'inner-lr'\?\)",
         ),
     ],
 )

@@ -67,7 +67,7 @@ def test_the_run_command_carries_the_full_run_config(bundles, resume):
         ({"fleet_port": 70000}, "is not a TCP port"),
         ({"fleet_port": 9093}, "must differ"),
         ({"audit": "yes"}, "audit = 'yes' should be a bool"),
-        ({"colour": "blue"}, "unknown keys ['colour']"),
+        ({"colour": "blue"}, "unknown key 'colour'"),
         ({"inner_lr": "fast"}, "inner-lr='fast': expected a float"),
     ],
 )
