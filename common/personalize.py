@@ -3,7 +3,6 @@ own task with the algorithm's inner loop (or prototypes), then measure it on the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import torch
 from common.algorithms import build_algorithm
 from common.algorithms.metasgd import PREFIX
 from common.backbones import build_model
+from common.clinical import clinical_summary, roc_curves
 from common.config import EpisodeConfig, MetaConfig
 from common.data import LabelledImages
 from common.export import load_meta_model, save_meta_model
 from common.functional import Params, cross_entropy
-from common.metrics import Z95, auc
 from common.models import ModelConfig
 from common.native import resolve_kernels
 
@@ -30,6 +29,7 @@ class Personalized:
     model: ModelConfig
     meta: MetaConfig
     episode: EpisodeConfig
+    roc: dict[str, tuple[torch.Tensor, torch.Tensor]]  # class -> (false-positive rates, true-positive rates)
 
 
 def resize_head(meta: Params, classes: int) -> Params:
@@ -64,10 +64,18 @@ def split_support(data: LabelledImages, shots: int, generator: torch.Generator) 
 
 
 def personalize(
-    model_dir: Path, data: LabelledImages, shots: int, steps: int | None = None, seed: int = 0, kernels: str = "auto"
+    model_dir: Path,
+    data: LabelledImages,
+    shots: int,
+    steps: int | None = None,
+    seed: int = 0,
+    kernels: str = "auto",
+    positive: str | None = None,
 ) -> Personalized:
     meta, model_cfg, meta_cfg, episode_cfg, _ = load_meta_model(model_dir)
     classes = len(data.classes)
+    if positive is not None and positive not in data.classes:
+        raise ValueError(f"--positive {positive!r} is not one of the site's classes {list(data.classes)}")
     if classes > model_cfg.num_classes:
         raise ValueError(
             f"the site has {classes} classes but the meta-model was trained on {model_cfg.num_classes}-way tasks; "
@@ -85,37 +93,28 @@ def personalize(
     adapted = algorithm.adapt(meta, data.images[support], data.labels[support], steps)
     with torch.no_grad():
         logits = torch.cat([algorithm.predict(adapted, chunk) for chunk in data.images[rest].split(256)])
-    truth, predicted = data.labels[rest], logits.argmax(1)
-    confusion = torch.zeros(classes, classes, dtype=torch.long)
-    confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
-    acc = (predicted == truth).float().mean().item()
-    n = len(rest)
+    truth = data.labels[rest]
+    summary = clinical_summary(logits, truth, data.classes, seed=seed, positive=positive)
     report = {
         "support_per_class": shots,
-        "evaluated": n,
-        "accuracy": acc,
-        "accuracy_ci95": Z95 * math.sqrt(acc * (1 - acc) / n),
-        "auc": auc(logits, truth).item(),
+        **summary,
         "loss": cross_entropy(logits, truth).item(),
-        "recall_per_class": {
-            name: (confusion[c, c] / confusion[c].sum().clamp_min(1)).item() for c, name in enumerate(data.classes)
-        },
-        "balanced_accuracy": (confusion.diag() / confusion.sum(1).clamp_min(1)).mean().item(),
         "algorithm": meta_cfg.algorithm,
         "adaptation_steps": meta_cfg.eval_inner_steps if steps is None else steps,
     }
+    confusion = torch.tensor(summary["confusion"])
+    curves = roc_curves(logits, truth, data.classes, summary.get("positive_class"))
     params = {k: v.detach() for k, v in adapted.items()}
-    return Personalized(params, data.classes, report, confusion, model_cfg, meta_cfg, episode_cfg)
+    return Personalized(params, data.classes, report, confusion, model_cfg, meta_cfg, episode_cfg, curves)
 
 
 def write_personalized(out_dir: Path, result: Personalized) -> None:
-    """The adapted model (safetensors + JSON), report.json and a confusion-matrix PNG."""
+    """The adapted model (safetensors + JSON), report.json, report.md, and the confusion matrix and
+    ROC curves as PNGs."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from common.clinical import markdown
+    from common.clinical_plots import plot_confusion, plot_roc
 
     out_dir = Path(out_dir)
     save_meta_model(
@@ -127,26 +126,11 @@ def write_personalized(out_dir: Path, result: Personalized) -> None:
         classes=list(result.classes),
         personalized=True,
     )
-    (out_dir / "report.json").write_text(
-        json.dumps({**result.report, "classes": list(result.classes), "confusion": result.confusion.tolist()}, indent=1)
-    )
-    fig, ax = plt.subplots(figsize=(1.2 * len(result.classes) + 2.5, 1.2 * len(result.classes) + 2))
-    ax.imshow(result.confusion.numpy(), cmap="Blues")
-    for (i, j), value in zip(
-        ((i, j) for i in range(len(result.classes)) for j in range(len(result.classes))),
-        result.confusion.flatten().tolist(),
-    ):
-        ax.text(j, i, str(value), ha="center", va="center")
-    ticks = range(len(result.classes))
-    ax.set_xticks(ticks, result.classes, rotation=30, ha="right")
-    ax.set_yticks(ticks, result.classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
     r = result.report
-    ax.set_title(
-        f"{r['support_per_class']}-shot {r['algorithm']}: accuracy {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f}, "
-        f"AUC {r['auc']:.3f}"
+    (out_dir / "report.json").write_text(json.dumps({**r, "classes": list(result.classes)}, indent=1))
+    title = f"{r['support_per_class']}-shot adaptation of a {r['algorithm']} meta-model ({r['adaptation_steps']} steps)"
+    (out_dir / "report.md").write_text(markdown(r, title))
+    plot_confusion(result.confusion, result.classes, title, out_dir / "confusion_matrix.png")
+    plot_roc(
+        result.roc, {name: row["auc_one_vs_rest"] for name, row in r["per_class"].items()}, out_dir / "roc_curve.png"
     )
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion_matrix.png", dpi=120)
-    plt.close(fig)

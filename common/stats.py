@@ -26,6 +26,11 @@ class Interval:
         return (self.high - self.low) / 2
 
 
+def t_quantile(dof: int, level: float = 0.95) -> float:
+    """The two-sided `level` quantile of Student's t with `dof` degrees of freedom (2.093 for 19)."""
+    return float(stats.t.ppf((1 + level) / 2, dof))
+
+
 def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
     """Mean and two-sided `level` CI from the t distribution with n - 1 degrees of freedom
     (NaNs left out; one value: an undefined interval)."""
@@ -36,8 +41,23 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Int
     mean = float(x.mean())
     if len(x) == 1:
         return Interval(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    half = t_quantile(len(x) - 1, level) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return Interval(mean, mean - half, mean + half, len(x))
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> Interval:
+    """A proportion (accuracy, sensitivity, specificity on one site's images) and its Wilson score
+    interval: inside [0, 1], and honest at 0%, 100% and small n, where the normal
+    approximation's p ± z·sqrt(p(1-p)/n) collapses to zero width."""
+    if n <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    if not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: {successes} successes out of {n}")
+    z = float(stats.norm.ppf((1 + level) / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
 
 
 def paired_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:

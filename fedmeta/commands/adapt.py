@@ -21,6 +21,9 @@ def adapt(
     shots: int = typer.Option(5, help="Labelled examples per class to adapt on; the rest are evaluated."),
     steps: int = typer.Option(None, help="Adaptation steps (default: the model's eval-inner-steps)."),
     seed: int = typer.Option(0, help="Which examples form the support set."),
+    positive: str = typer.Option(
+        None, help="Two classes: the finding whose sensitivity and specificity are reported (default: the second)."
+    ),
     out: Path = typer.Option(Path("personalized"), help="Where the adapted model and report go."),
     kernels: str = typer.Option(
         "auto", help="CPU norm, max-pool and ReLU: native (fedmeta's fused C kernels), torch, or auto."
@@ -49,23 +52,36 @@ def adapt(
             data = replace(
                 raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
             )
-        result = personalize(model, data, shots, steps, seed, kernels)
+        result = personalize(model, data, shots, steps, seed, kernels, positive)
     except (ValueError, FileNotFoundError, DataError, NativeKernelsUnavailable) as error:
         fail(error)
     write_personalized(out, result)
     r = result.report
     table = Table(
         title=f"{shots}-shot adaptation ({r['algorithm']}, {r['adaptation_steps']} steps), "
-        f"evaluated on {r['evaluated']} examples"
+        f"evaluated on {r['evaluated']} images (95% CIs)"
     )
-    for column in ("accuracy", "balanced accuracy", "AUC", "loss", *(f"recall {c}" for c in result.classes)):
+    for column in ("class", "cases", "sensitivity", "specificity", "PPV", "AUROC"):
         table.add_column(column)
-    table.add_row(
-        f"{r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f}",
-        f"{r['balanced_accuracy']:.3f}",
-        f"{r['auc']:.3f}",
-        f"{r['loss']:.3f}",
-        *(f"{v:.3f}" for v in r["recall_per_class"].values()),
-    )
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
+    ci = lambda v: "" if v is None else f" ({100 * v[0]:.0f}-{100 * v[1]:.0f})"
+    for name, row in r["per_class"].items():
+        table.add_row(
+            name,
+            str(row["cases"]),
+            pct(row["sensitivity"]) + ci(row["sensitivity_ci"]),
+            pct(row["specificity"]) + ci(row["specificity_ci"]),
+            pct(row["ppv"]),
+            "n/a" if row["auc_one_vs_rest"] is None else f"{row['auc_one_vs_rest']:.3f}",
+        )
     console.print(table)
-    console.print(f"personalized model: {out / 'model'}; report: {out / 'report.json'}, {out / 'confusion_matrix.png'}")
+    auc_ci = "" if None in r["auc_ci"] else f" ({r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f})"
+    auroc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}{auc_ci}"
+    console.print(
+        f"accuracy {pct(r['accuracy'])}{ci(r['accuracy_ci'])}, balanced accuracy {pct(r['balanced_accuracy'])}, "
+        f"AUROC {auroc}"
+    )
+    console.print(
+        f"personalized model: {out / 'model'}; report: {out / 'report.md'} (and report.json), "
+        f"{out / 'confusion_matrix.png'}, {out / 'roc_curve.png'}"
+    )

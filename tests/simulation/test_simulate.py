@@ -75,6 +75,11 @@ def test_simulate_compare_then_adapt(tmp_path):
     report = json.loads((adapted / "report.json").read_text())
     assert report["evaluated"] == 18 and sum(map(sum, report["confusion"])) == 18
     assert (adapted / "model" / "model.safetensors").is_file() and (adapted / "confusion_matrix.png").is_file()
+    # what a clinician reads: the positive finding's sensitivity and specificity with intervals, counts per class
+    assert report["positive_class"] == "malignant" and len(report["sensitivity_ci"]) == 2
+    assert report["per_class"]["benign"]["cases"] + report["per_class"]["malignant"]["cases"] == 18
+    assert "| sensitivity (malignant) |" in (adapted / "report.md").read_text()
+    assert (adapted / "roc_curve.png").is_file()
 
 
 def test_simulate_reports_a_bad_scenario_clearly(tmp_path):
