@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt "$(TORCH)"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench,lint]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench,lint,tracking]"
 	touch $@
 
 demo: venv

@@ -73,6 +73,8 @@ class TrainConfig:
     secagg_clip_range: float = 1024.0
     seed: int = 0
     eval_seed: int = 0  # which evaluation episodes: the same for every method and training seed
+    tracking: str = ""  # "tensorboard": every round's metrics as event files on the coordinator (server/tracking.py)
+    tracking_dir: str = ""  # where they go (default: OUT-DIR/tensorboard)
 
     def __post_init__(self) -> None:
         if self.outer_optimizer not in OPTIMIZERS:

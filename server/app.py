@@ -26,6 +26,7 @@ from server.report import Recorder
 from server.schedule import Sampling, Schedule
 from server.secure import SecureAggregation
 from server.sites import Roster, SiteInfo, discover_sites
+from server.tracking import build_sink, check_tracking
 
 app = ServerApp()
 
@@ -33,6 +34,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
+    check_tracking(cfg.train.tracking)  # before any site is asked for anything
     torch.manual_seed(cfg.train.seed)
     # the scenario's description (never its data) fixes the model's input shape
     scenario = load_scenario(cfg.data.scenario, cfg.data.tasks)
@@ -53,6 +55,11 @@ def main(grid: Grid, context: Context) -> None:
     start_round, checkpoint_path = 1, (out_dir / CHECKPOINT if out_dir is not None else None)
     if checkpoint_path is not None and recorder is not None:  # both are set exactly when out_dir is
         start_round = _resume(checkpoint_path, cfg, dict(context.run_config), strategy, recorder)
+    if recorder is not None and out_dir is not None:
+        tracking_dir = Path(cfg.train.tracking_dir) if cfg.train.tracking_dir else out_dir / "tensorboard"
+        recorder.sink = build_sink(cfg.train.tracking, tracking_dir, start_round)
+    elif cfg.train.tracking:
+        log(WARNING, "tracking=%r needs out-dir (where results go): nothing is tracked", cfg.train.tracking)
 
     def save(server_round: int) -> None:
         if checkpoint_path is not None and recorder is not None:

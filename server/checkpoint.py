@@ -31,7 +31,17 @@ CHECKPOINT = "checkpoint.safetensors"
 # keys that may change between a run and its resumption: how long, where, how patiently, who
 # first, and what is scored at the end
 RESUMABLE_CHANGES = frozenset(
-    {"num-server-rounds", "out-dir", "round-timeout", "min-sites", "resume", "force-resume", "eval-shots"}
+    {
+        "num-server-rounds",
+        "out-dir",
+        "round-timeout",
+        "min-sites",
+        "resume",
+        "force-resume",
+        "eval-shots",
+        "tracking",
+        "tracking-dir",
+    }
 )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.files import write_json
 from common.metrics import pooled_mean_ci
+from server.tracking import TensorBoardSink
 
 EVAL_METRICS = ("acc-after", "auc-after", "loss-after", "acc-before", "support-acc-before", "support-acc-after")
 RESULTS = "results.json"
@@ -39,6 +40,7 @@ class Recorder:
             "rounds": [],
         }
         self.roles = {s["name"]: s["role"] for s in sites}
+        self.sink: TensorBoardSink | None = None  # experiment tracking, when the run config asks for it
 
     def _round(self, server_round: int) -> dict:
         rounds = self.results["rounds"]
@@ -69,6 +71,8 @@ class Recorder:
         if errors:
             row["train_errors"] = errors
         write_json(self.out_dir / RESULTS, self.results)  # progress for whoever watches the run
+        if self.sink is not None:
+            self.sink.train(server_round, per_site, privacy, seconds)
 
     def evaluate(
         self, server_round: int, per_site: dict[str, dict[str, float]], errors: dict[str, str] | None = None
@@ -80,6 +84,8 @@ class Recorder:
             row["evaluate_errors"] = errors
         row["summary"] = summarize(per_site, self.roles)
         write_json(self.out_dir / RESULTS, self.results)
+        if self.sink is not None:
+            self.sink.evaluate(server_round, per_site, row["summary"])
         return {
             f"{group}-{metric}{suffix}": value
             for group, metrics in row["summary"].items()
@@ -104,6 +110,8 @@ class Recorder:
         write_json(self.out_dir / RESULTS, self.results)
         write_metrics_csv(self.results, self.out_dir / "metrics.csv")
         plot_run(self.results, self.out_dir)
+        if self.sink is not None:
+            self.sink.close()
         return self.results
 
 

@@ -60,6 +60,7 @@ def simulate(
     from common.export import load_meta_model
     from common.runconfig import parse_overrides, parse_run_config
     from common.scenario import data_problems, load_scenario
+    from server.tracking import check_tracking
     from simulation.baselines import split_method
     from simulation.compare import compare as write_comparison
     from simulation.run import Resources
@@ -78,8 +79,9 @@ def simulate(
             "seed": seed,
             **({"data-dir": str(data_dir)} if data_dir else {}),
         }
-        if values.get("init-model"):  # the coordinator may run elsewhere (Ray, another directory)
-            values["init-model"] = str(Path(str(values["init-model"])).resolve())
+        for key in ("init-model", "tracking-dir"):  # the coordinator may run elsewhere (Ray, another directory)
+            if values.get(key):
+                values[key] = str(Path(str(values[key])).resolve())
         if (resume or force_resume) and out is None:
             raise ValueError("--resume continues a run: give its directory with --out")
         values.update({"resume": resume or force_resume, "force-resume": force_resume})
@@ -92,6 +94,11 @@ def simulate(
                     **values,
                     "algorithm": split_method(m, learner)[1],
                     "out-dir": str(out / m if len(methods) > 1 else out),
+                    **(
+                        {"tracking-dir": str(Path(str(values["tracking-dir"])) / m)}
+                        if values.get("tracking-dir") and len(methods) > 1
+                        else {}
+                    ),
                 }
             )
             for m in methods
@@ -99,6 +106,7 @@ def simulate(
         for cfg in configs.values():  # a warm start's model is read before anything starts
             if cfg.train.init_model:
                 load_meta_model(Path(cfg.train.init_model))
+            check_tracking(cfg.train.tracking)
         if not ray_address:  # on a cluster the files are the workers' to have
             problems = data_problems(sc, data_dir)
             if problems:

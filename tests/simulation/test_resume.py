@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from server.checkpoint import CHECKPOINT, read_checkpoint
 from tests.procs import group_gone, live_members
@@ -18,6 +19,7 @@ from tests.simulation.test_simulate import TINY, fedmeta
 pytestmark = pytest.mark.integration
 
 ARGS = ["simulate", "--rounds", "4", "--tasks-per-round", "2", "--eval-every", "2", "--run-config", TINY]
+TRACKED = [*ARGS[:-1], TINY + " tracking='tensorboard'"]  # tracking may change on resume
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -26,7 +28,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fedmeta", *ARGS, "--out", str(out)],
+        [sys.executable, "-m", "fedmeta", *TRACKED, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -57,7 +59,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert wider.returncode == 1 and "holds another model" in message and "model-width" in message, wider.stderr
     assert read_checkpoint(out / CHECKPOINT).round == killed_after
 
-    resumed = fedmeta(*ARGS, "--out", str(out), "--resume")
+    resumed = fedmeta(*TRACKED, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     results = json.loads((out / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3, 4]  # each exactly once
@@ -66,3 +68,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert final.round == ref.round == 4
     for name in ref.params:
         torch.testing.assert_close(final.params[name], ref.params[name], rtol=1e-5, atol=1e-6)
+
+    # TensorBoard saw every round once: the resumed writer purged what the killed one wrote after its checkpoint
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("round/seconds")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("heldout/acc-after")] == [2, 4]
+    site = next(s["name"] for s in results["sites"] if s["role"] == "train")
+    assert [e.step for e in events.Scalars(f"site/{site}/train-meta-loss")] == [1, 2, 3, 4]
