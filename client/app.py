@@ -91,6 +91,14 @@ def _site(context: Context) -> Site:
     cfg = parse_run_config(context.run_config)
     node = context.node_config
     site = str(node["site-name"]) if "site-name" in node else int(node.get("partition-id", 0))
+    if isinstance(site, int):  # simulation: one node per scenario site, by partition
+        count = len(load_scenario(cfg.data.scenario, cfg.data.tasks).sites)
+        if site >= count:
+            raise ValueError(
+                f"this node is partition {site} of {node.get('num-partitions', '?')}, but scenario "
+                f"{cfg.data.scenario!r} has {count} sites: give the federation one node per site "
+                f'(flwr run . --federation-config "num-supernodes={count}")'
+            )
     data_dir = str(node.get("data-dir", "")) or cfg.data.data_dir or None
     index, data = _site_data(cfg.data.scenario, cfg.data.tasks, site, data_dir)
     device = resolve_device(str(node.get("device", cfg.train.device)))

@@ -49,7 +49,13 @@ def main(grid: Grid, context: Context) -> None:
     if out_dir is not None:
         site_rows = [s.as_dict() for s in sorted(sites.values(), key=lambda s: s.name)]
         recorder = Recorder(
-            out_dir, dict(context.run_config), cfg.data.scenario, cfg.meta.algorithm, site_rows, rejected=found.rejected
+            out_dir,
+            dict(context.run_config),
+            cfg.data.scenario,
+            cfg.meta.algorithm,
+            site_rows,
+            rejected=found.rejected,
+            missing=found.missing,
         )
     strategy = build_strategy(cfg, algorithm, sites, recorder)
     start_round, checkpoint_path = 1, (out_dir / CHECKPOINT if out_dir is not None else None)

@@ -28,6 +28,7 @@ class Recorder:
         algorithm: str,
         sites: list[dict],
         rejected: dict[str, str] | None = None,
+        missing: dict[str, str] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.results: dict = {
@@ -37,6 +38,7 @@ class Recorder:
             "run_config": run_config,
             "sites": sites,
             "rejected_sites": dict(rejected or {}),  # connected nodes that take no part, and why
+            "missing_sites": dict(missing or {}),  # the scenario's sites no node is, with their roles
             "rounds": [],
         }
         self.roles = {s["name"]: s["role"] for s in sites}

@@ -62,6 +62,28 @@ class Roster:
 class Discovery:
     sites: dict[int, SiteInfo] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # node's name (or node-ID) -> why it takes no part
+    missing: dict[str, str] = field(default_factory=dict)  # the scenario's sites no node is -> their role
+
+
+def missing_sites(roster: Roster, accepted: list[str], simulation: bool, nodes: int) -> tuple[dict[str, str], str]:
+    """The scenario's sites that no accepted node is, and a warning that says what it costs and
+    the fix ("" when none is missing)."""
+    missing = {name: role for name, role in roster.partitions if name not in accepted}
+    if not missing:
+        return missing, ""
+    names = ", ".join(f"{name} ({role})" for name, role in missing.items())
+    warning = f"{len(missing)} of the scenario's {len(roster.partitions)} sites take no part: {names}"
+    if simulation:
+        warning += (
+            f". The federation has {nodes} nodes; each simulated node is one site, by partition. With "
+            f'`flwr run .`, give every site a node: --federation-config "num-supernodes={len(roster.partitions)}"'
+        )
+    else:
+        warning += ": they did not connect or were rejected (see above)"
+    heldout = [name for name, role in roster.partitions if role == "heldout"]
+    if heldout and all(name in missing for name in heldout):
+        warning += ". No held-out site takes part: this run reports no figure on a new site"
+    return missing, warning
 
 
 def registered_names(grid: Grid) -> dict[int, str]:
@@ -129,6 +151,10 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float, roster: Roster = 
             continue
         taken[name] = node
         found.sites[node] = SiteInfo(node, name, claim.role, claim.num_train, claim.num_test, claim.device)
+    simulation = not any(registered.values())
+    found.missing, warning = missing_sites(roster, [s.name for s in found.sites.values()], simulation, len(nodes))
+    if warning:
+        log(WARNING, "%s", warning)
     if not any(s.role == "train" for s in found.sites.values()):
         names = sorted(s.name for s in found.sites.values())
         raise RuntimeError(

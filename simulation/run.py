@@ -92,8 +92,11 @@ def simulate(
     resources: Resources = Resources(),
     verbose: bool = False,
     on_start: Callable[[int], None] | None = None,
+    nodes: int | None = None,
 ) -> dict:
-    """Run one federated simulation; returns the results written to `cfg.train.out_dir`."""
+    """Run one federated simulation; returns the results written to `cfg.train.out_dir`.
+    `nodes`: virtual SuperNodes, by default one per scenario site; another count reproduces a
+    `flwr run .` federation of the wrong size (the coordinator reports the sites left out)."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
@@ -141,7 +144,7 @@ def simulate(
         with tempfile.TemporaryDirectory(prefix="fedmeta-app-") as app_dir:
             write_app_dir(Path(app_dir), run_config)
             _run_simulation(
-                num_supernodes=num_sites,
+                num_supernodes=nodes or num_sites,
                 exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 client_app=client_app,
                 server_app=server_app,

@@ -113,3 +113,35 @@ def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp
     # float32 sums in two processes differ in the last bits; the displacement must not
     assert (moved - expected).norm() < 1e-4 * expected.norm()
     assert json.loads((tmp_path / "out" / "model" / "model.json").read_text())["rounds"] == 2
+
+
+@pytest.mark.parametrize(("nodes", "left_out"), [(2, {"tiny": "train", "new": "heldout"}), (5, {})])
+def test_a_federation_of_the_wrong_size_is_reported_not_trained_silently(tmp_path, nodes, left_out):
+    # `flwr run .` with Flower's default of 2 SuperNodes, or one node too many
+    (tmp_path / "three.toml").write_text(SCENARIO)
+    cfg = parse_run_config(
+        {
+            "scenario": str(tmp_path / "three.toml"),
+            "out-dir": str(tmp_path / "out"),
+            "num-server-rounds": 1,
+            "tasks-per-round": 1,
+            "eval-tasks": 1,
+            "ways": 2,
+            "shots": 1,
+            "queries": 1,
+            "model-width": 8,
+            "model-groups": 2,
+            "model-depth": 2,
+            "inner-steps": 1,
+        }
+    )
+    results = simulate(cfg, nodes=nodes)
+    assert results["missing_sites"] == left_out
+    log = " ".join((tmp_path / "out" / "simulation.log").read_text().split())
+    if left_out:
+        assert "num-supernodes=4" in log and "No held-out site takes part" in log
+        assert {s["name"] for s in results["sites"]} == {"a", "b"}
+    else:
+        (why,) = results["rejected_sites"].values()  # the fifth node, named with the fix
+        assert "partition 4 of 5" in why and "num-supernodes=4" in why, why
+        assert {s["name"] for s in results["sites"]} == {"a", "b", "tiny", "new"}
