@@ -17,6 +17,8 @@
 #
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
 # and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
+# Rerun it to resume: finished training runs and an existing tuned.json are kept (delete them to redo),
+# a run stopped midway continues from its checkpoint.
 set -euo pipefail
 DATA=${1:-../shared/data/medmnist}
 OUT=${2:-runs/headline}
@@ -31,6 +33,8 @@ SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
 start=$(date +%s)
+# a run that finished (results.json with its final evaluation, and its model) is not trained again
+trained() { [[ -f "$1/model/model.safetensors" && -f "$1/results.json" ]] && grep -q '"final"' "$1/results.json"; }
 for scenario in $SCENARIOS; do
     models=()
     supervised=()
@@ -38,15 +42,24 @@ for scenario in $SCENARIOS; do
         dir="$OUT/$scenario/seed-$seed"
         t=$(date +%s)
         # FedAvg as a consortium would pre-train without meta-learning: supervised, global labels
-        "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
-            --run-config "tasks='hospital' $RUN $SUPERVISED_RUN" --out "$dir/fedavg-supervised"
+        if ! trained "$dir/fedavg-supervised"; then
+            resume=()
+            [[ -f "$dir/fedavg-supervised/checkpoint.safetensors" ]] && resume=(--resume)
+            "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
+                --run-config "tasks='hospital' $RUN $SUPERVISED_RUN" --out "$dir/fedavg-supervised" "${resume[@]}"
+        fi
         # the federated meta-learners, and each one's centralized (pooled-data) version as its upper
         # bound; with WARM_START=1 both start from that supervised model (Meta-Baseline's recipe)
         warm=""
         [[ "$WARM_START" == 1 ]] && warm="init-model='$dir/fedavg-supervised/model'"
         centralized=$(echo "$METHODS" | sed 's/\([^,]*\)/centralized-\1/g')
-        "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
-            --compare "$METHODS,$centralized" --run-config "$warm $RUN" --out "$dir"
+        for method in ${METHODS//,/ } ${centralized//,/ }; do
+            trained "$dir/$method" && continue  # finished by an earlier invocation: the script resumes
+            resume=()
+            [[ -f "$dir/$method/checkpoint.safetensors" ]] && resume=(--resume)  # stopped midway
+            "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
+                --algorithm "$method" --run-config "$warm $RUN" --out "$dir/$method" "${resume[@]}"
+        done
         echo "$scenario seed $seed: trained in $(($(date +%s) - t)) s"
         for method in ${METHODS//,/ } ${centralized//,/ }; do
             models+=(--model "$method=$dir/$method/model")
@@ -54,7 +67,7 @@ for scenario in $SCENARIOS; do
         supervised+=(--supervised "$dir/fedavg-supervised/model")
     done
     first_seed=${SEEDS%% *}
-    "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" \
+    [[ -f "$OUT/$scenario/tuned.json" ]] || "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" \
         --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json"
     "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
         "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR"
