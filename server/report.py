@@ -178,6 +178,37 @@ def pyplot():
     return plt
 
 
+PER_PANEL = 4  # series per panel: more, with their CI bands, hide each other
+
+
+def facets(labels: list[str], per_panel: int = PER_PANEL, keep: str | None = None) -> list[list[str]]:
+    """`labels` in groups of at most `per_panel`; `keep` (a reference) is in every group."""
+    others = [label for label in labels if label != keep]
+    size = per_panel - 1 if keep in labels else per_panel
+    groups = [others[i : i + size] for i in range(0, len(others), size)] or [[]]
+    return [([keep] if keep in labels else []) + group for group in groups]
+
+
+def panels(plt, count: int, width: float = 5.0, height: float = 3.6):
+    """A figure with `count` panels, at most two per row, sharing the y axis."""
+    columns = min(count, 2)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def integer_axis(ax, xs: list[int], exact: bool) -> None:
+    """Ticks only at whole numbers: at exactly the values present (shots), or whole rounds."""
+    from matplotlib.ticker import MaxNLocator
+
+    if exact:
+        ax.set_xticks(sorted(set(xs)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_bands(
     lines: dict[str, list[tuple[int, float, float]]],
     ylabel: str,
@@ -186,23 +217,37 @@ def plot_bands(
     chance: float | None,
     xlabel: str = "round",
 ) -> None:
-    """One line per label over rounds (or shots), with its 95% CI as a band, and the chance level."""
+    """One line per label over rounds (or shots), with its 95% CI as a band, and the chance level;
+    at most PER_PANEL lines per panel, the legend below each panel, whole-number x ticks (for
+    shots, only the counts measured)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, points in lines.items():
-        if points:
-            xs, ys, cis = zip(*points)
-            ax.plot(xs, ys, marker="o", label=label)
-            ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.2)
-    if chance:
-        ax.axhline(chance, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig = bands_figure(plt, lines, ylabel, title, chance, xlabel)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def bands_figure(plt, lines: dict[str, list[tuple[int, float, float]]], ylabel: str, title: str, chance, xlabel: str):
+    labels = [label for label, points in lines.items() if points]
+    groups = facets(labels)
+    fig, axes = panels(plt, len(groups))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # a label keeps its colour across panels
+    xs_all = [x for label in labels for x, _, _ in lines[label]]
+    for ax, group in zip(axes, groups):
+        for label in group:
+            xs, ys, cis = zip(*lines[label])
+            ax.plot(xs, ys, marker="o", label=label, color=colours[label])
+            lows, highs = [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)]
+            ax.fill_between(xs, lows, highs, alpha=0.15, color=colours[label])
+        if chance:
+            ax.axhline(chance, color="grey", linestyle=":", label="chance")
+        integer_axis(ax, xs_all, exact=xlabel != "round")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.canvas.draw()  # tick labels exist only once drawn
+    return fig
 
 
 def chance_level(results: dict) -> float | None:
@@ -233,15 +278,31 @@ def plot_run(results: dict, out_dir: Path) -> None:
     )
 
     plt = pyplot()
+    fig = sites_figure(plt, results)
+    fig.savefig(out_dir / "sites_final.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def sites_figure(plt, results: dict):
+    """Each site's accuracy at the last evaluated round, after adapting (and before, unless that
+    is the same chance level everywhere, by construction)."""
+    roles = {s["name"]: s["role"] for s in results["sites"]}
+    evaluated = [r for r in results["rounds"] if r["evaluate"]]
     final = evaluated[-1]["evaluate"]
     names = sorted(final, key=lambda n: (roles.get(n) != "heldout", n))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
     xs = range(len(names))
-    for offset, metric, label in ((-0.2, "acc-before", "before adaptation"), (0.2, "acc-after", "after adaptation")):
+    before = [final[n]["acc-before"] for n in names]
+    # without adapting, relabelled episodes leave every site at chance with no spread: say so, not a bar
+    constant = len({round(b, 6) for b in before}) == 1 and all(final[n].get("acc-before-ci", 0) == 0 for n in names)
+    bars = [(0.0, "acc-after", "after adaptation")]
+    if not constant:
+        bars = [(-0.2, "acc-before", "before adaptation"), (0.2, "acc-after", "after adaptation")]
+    for offset, metric, label in bars:
         ax.bar(
             [x + offset for x in xs],
             [final[n][metric] for n in names],
-            width=0.4,
+            width=0.4 if len(bars) == 2 else 0.6,
             yerr=[final[n].get(f"{metric}-ci", 0) for n in names],
             capsize=3,
             label=label,
@@ -250,8 +311,8 @@ def plot_run(results: dict, out_dir: Path) -> None:
         ax.axhline(chance_level(results), color="grey", linestyle=":", label="chance")
     ax.set_xticks(list(xs), [f"{n}\n({roles.get(n, '?')})" for n in names], fontsize=8)
     ax.set_ylabel("query accuracy")
-    ax.set_title(f"{results['algorithm']}: per site, round {evaluated[-1]['round']} (95% CI)")
-    ax.legend()
+    note = f"; without adapting: {before[0]:.3f} at every site, by construction" if constant else ""
+    ax.set_title(f"{results['algorithm']}: per site, round {evaluated[-1]['round']} (95% CI){note}", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(out_dir / "sites_final.png", dpi=120)
-    plt.close(fig)
+    return fig

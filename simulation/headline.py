@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from common.files import write_json
-from server.report import pyplot
+from server.report import PER_PANEL, facets, integer_axis, panels, pyplot
 from simulation.baselines import META_LEARNERS
 from simulation.benchmark import REFERENCE
 
@@ -153,25 +153,40 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
 
 
 def plot_by_shots(rows: list[dict], path: Path, chance: float | None) -> None:
+    """Accuracy after adapting at each measured shot count; at most PER_PANEL methods per panel,
+    FedAvg + fine-tune (the reference) in every one, a method's colour the same in all."""
     plt = pyplot()
     shots = sorted({r["shots"] for r in rows})
-    fig, ax = plt.subplots(figsize=(7.5, 4))
     methods = sorted({r["method"] for r in rows})
+    groups = facets(methods, PER_PANEL + 1, keep=REFERENCE)
+    fig, axes = panels(plt, len(groups), width=5.5)
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     step = 0.03 * max(1, shots[-1] - shots[0])  # methods side by side at each K, so their CIs do not hide each other
-    for i, method in enumerate(methods):
-        points = sorted((r["shots"], r["acc"], r["acc_ci"]) for r in rows if r["method"] == method)
-        xs, ys, cis = zip(*points)
-        offset = (i - (len(methods) - 1) / 2) * step
-        ax.errorbar([x + offset for x in xs], ys, yerr=cis, marker="o", capsize=3, label=method)
-    if chance:
-        ax.axhline(chance, color="grey", linestyle=":", label="chance")
-    ax.set_xticks(shots)
-    ax.set_xlabel("labelled images per class at the new site (shots)")
-    ax.set_ylabel("query accuracy (95% CI)")
-    ax.set_title(f"{rows[0]['scenario']}: accuracy after adapting")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    for ax, group in zip(axes, groups):
+        for i, method in enumerate(group):
+            points = sorted((r["shots"], r["acc"], r["acc_ci"]) for r in rows if r["method"] == method)
+            xs, ys, cis = zip(*points)
+            offset = (i - (len(group) - 1) / 2) * step
+            style = {"linestyle": "--"} if method == REFERENCE else {}
+            ax.errorbar(
+                [x + offset for x in xs],
+                ys,
+                yerr=cis,
+                marker="o",
+                capsize=3,
+                label=method,
+                color=colours[method],
+                **style,
+            )
+        if chance:
+            ax.axhline(chance, color="grey", linestyle=":", label="chance")
+        integer_axis(ax, shots, exact=True)
+        ax.set_xlabel("labelled images per class at the new site (shots)")
+        ax.set_ylabel("query accuracy (95% CI)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{rows[0]['scenario']}: accuracy after adapting")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

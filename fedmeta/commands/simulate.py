@@ -63,6 +63,7 @@ def simulate(
     from server.tracking import check_tracking
     from simulation.baselines import split_method
     from simulation.compare import compare as write_comparison
+    from simulation.compare import constant_by_construction
     from simulation.run import Resources
 
     console = Console()
@@ -133,7 +134,9 @@ def simulate(
     if len(runs) > 1:
         rows = write_comparison(runs, out)
         table = Table(title=f"{sc.name}: held-out sites, final round (mean ± 95% CI over episodes)")
-        for column in ("method", "acc after adapting", "AUC", "acc without adapting", "seconds"):
+        before = not constant_by_construction(rows, "heldout acc-before")  # chance for all: says nothing
+        columns = ["method", "acc after adapting", "AUC", *(["acc without adapting"] if before else []), "seconds"]
+        for column in columns:
             table.add_column(column)
         fmt = lambda row, key: f"{row[key]:.3f} ± {row[key + ' ci95']:.3f}"
         for row in rows:
@@ -141,7 +144,7 @@ def simulate(
                 row["algorithm"],
                 fmt(row, "heldout acc-after"),
                 fmt(row, "heldout auc-after"),
-                fmt(row, "heldout acc-before"),
+                *([fmt(row, "heldout acc-before")] if before else []),
                 str(row["seconds"]),
             )
         console.print(table)
