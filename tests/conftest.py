@@ -31,3 +31,10 @@ def medmnist_3d() -> Path:
 def medmnist_multiclass() -> Path:
     """OrganAMNIST and BloodMNIST: the few-shot benchmark's datasets (issue 15)."""
     return medmnist_dir("organamnist.npz", "bloodmnist.npz")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """Site folders' preprocessed cache in a directory of the test's own (subprocesses inherit it),
+    never the user's ~/.cache."""
+    monkeypatch.setenv("FEDMETA_CACHE_DIR", str(tmp_path_factory.mktemp("fedmeta-cache")))

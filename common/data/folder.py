@@ -1,34 +1,42 @@
-"""A hospital's site folder: images (PNG/JPEG, DICOM, NIfTI; 2D or 3D) and a labels CSV.
+"""A hospital's site folder: images (PNG/JPEG, DICOM, NIfTI; 2D or 3D) and their labels.
 
     site/
-      labels.csv     path,label[,patient_id]   (paths relative to site/)
-      classes.txt    optional: the class list, one name per line, in label order
+      labels.csv       path,label[,patient_id]   (paths relative to site/)
+        or datalist.json  a MONAI datalist: {"training": [{"image": ..., "label": ..., "patient_id": ...}]}
+      classes.txt      optional: the class list, one name per line, in label order
+      transforms.toml  optional: the MONAI preprocessing chain (common/data/preprocess.py)
       ...images...
 
-Every image is read through MONAI's `LoadImage` (the reader is chosen by file type), scaled to
-[0, 1] per image, given the model's channel count and resized to its input size. Validation
-runs over the whole folder before anything trains and reports every problem at once, each
-naming the file or class and the fix; nothing is dropped silently.
+Every image is read through MONAI's `LoadImage` (the reader is chosen by file type), put
+through the folder's transform chain (by default min-max scaled to [0, 1]), given the model's
+channel count and resized to its input size. Validation runs over the whole folder before
+anything trains and reports every problem at once, each naming the file or class and the fix;
+nothing is dropped silently. The preprocessed result is cached on the site's disk
+(common/data/cache.py), so loading the folder again reads no image.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
-from monai.data import PILReader, PydicomReader
-from monai.transforms import LoadImage, ScaleIntensity
+from monai.data import PILReader, PydicomReader, load_decathlon_datalist
+from monai.transforms import Compose, LoadImage
 
+from common.data.cache import default_cache_dir, folder_key, load_cached, save_cached
 from common.data.dataset import DataError, LabelledImages, Problem
+from common.data.preprocess import TransformChain, apply_chain, load_chain
 from common.data.transforms import match_channels, resize
 
 LABELS_CSV = "labels.csv"
+DATALIST_JSON = "datalist.json"
 CLASSES_TXT = "classes.txt"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
@@ -42,6 +50,8 @@ class FolderSpec:
     channels: int = 1
     classes: tuple[str, ...] | None = None
     min_per_class: int = 1
+    cache: bool = True  # keep the preprocessed folder on this machine's disk (False: read every image)
+    cache_dir: Path | None = None  # default: $FEDMETA_CACHE_DIR or ~/.cache/fedmeta/preprocessed
 
 
 @dataclass
@@ -55,6 +65,8 @@ class FolderReport:
     patients: dict[str, int] = field(default_factory=dict)
     shapes: Counter = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
+    transforms: str = ""  # the preprocessing chain, described
+    cached: bool = False  # loaded from the preprocessed cache, no image read
 
     def add(self, where: str, message: str, fix: str) -> None:
         self.problems.append(Problem(where, message, fix))
@@ -66,14 +78,17 @@ class FolderReport:
 
 @dataclass(frozen=True)
 class _Row:
-    line: int
+    where: str  # "labels.csv line 7" or "datalist.json training[6]"
     path: str
     label: str
     patient: str | None
 
 
-def check_folder(root: Path, spec: FolderSpec) -> tuple[LabelledImages | None, FolderReport]:
-    """Read and validate a site folder; the data is None whenever the report has problems."""
+def check_folder(
+    root: Path, spec: FolderSpec, progress: Callable[[int, int], None] | None = None
+) -> tuple[LabelledImages | None, FolderReport]:
+    """Read and validate a site folder; the data is None whenever the report has problems.
+    `progress(done, total)` is called as images load (not at all on a cache hit)."""
     root = Path(root)
     report = FolderReport(root=root)
     rows = _read_rows(root, report)
@@ -82,32 +97,38 @@ def check_folder(root: Path, spec: FolderSpec) -> tuple[LabelledImages | None, F
     report.rows = len(rows)
     classes = _class_list(root, rows, spec, report)
     report.classes = classes
-    images: list[torch.Tensor] = []
-    labels: list[int] = []
-    ids: list[str] = []
-    patients: list[str] = []
-    loader = _image_loader()
-    scale = ScaleIntensity(minv=0.0, maxv=1.0)
-    for row in rows:
-        if row.label not in classes:
-            report.add(
-                f"{LABELS_CSV} line {row.line} ({row.path})",
-                f"label {row.label!r} is not in the class list {list(classes)}",
-                f"correct the label, or add it to {CLASSES_TXT} if it is a new class",
-            )
-            continue
-        image = _read_image(root, row, loader, report)
-        if image is None:
-            continue
-        report.shapes[tuple(image.shape)] += 1
-        images.append(cast(torch.Tensor, scale(image)))  # MONAI returns the type it is given
-        labels.append(classes.index(row.label))
-        ids.append(row.path)
-        patients.append(row.patient if row.patient is not None else row.path)
-    _check_shapes(images, ids, report)
+    try:
+        chain = load_chain(root)
+    except ValueError as error:
+        report.add(str(root / "transforms.toml"), str(error).split(": ", 1)[-1], "fix the chain, or delete the file")
+        return None, report
+    report.transforms = chain.describe()
+    settings = f"{chain.fingerprint}|{spec.image_size}|{spec.channels}|{'|'.join(classes)}"
+    key = folder_key(root, [(r.path, r.label, r.patient) for r in rows], settings) if spec.cache else None
+    cache_dir = spec.cache_dir or default_cache_dir()
+    hit = load_cached(cache_dir, key) if key is not None else None
+    data: LabelledImages | None
+    if hit is not None:
+        data, fields = hit
+        report.cached = True
+        report.shapes = Counter({tuple(shape): n for shape, n in fields["shapes"]})
+        _count(report, classes, data.labels.tolist(), list(data.patients or data.ids), spec)
+    else:
+        data = _load_images(root, rows, classes, chain, spec, report, progress)
+    if not report.ok or data is None:
+        return None, report
+    if key is not None and hit is None:
+        save_cached(cache_dir, key, data, {"shapes": [[list(k), n] for k, n in report.shapes.items()]})
+    return data, report
+
+
+def _count(
+    report: FolderReport, classes: tuple[str, ...], labels: list[int], groups: list[str], spec: FolderSpec
+) -> None:
+    """Examples and patients per class, and every class too small for one episode."""
     counted = Counter(classes[i] for i in labels)
     report.counts = {c: counted.get(c, 0) for c in classes}
-    report.patients = {c: len({p for p, lab in zip(patients, labels) if classes[lab] == c}) for c in classes}
+    report.patients = {c: len({p for p, lab in zip(groups, labels) if classes[lab] == c}) for c in classes}
     for name, count in report.counts.items():
         if count < spec.min_per_class:
             report.add(
@@ -115,17 +136,54 @@ def check_folder(root: Path, spec: FolderSpec) -> tuple[LabelledImages | None, F
                 f"has {count} usable examples; one episode needs shots + queries = {spec.min_per_class} per class",
                 f"add at least {spec.min_per_class - count} labelled examples, or lower shots/queries",
             )
-    if not report.ok:
-        return None, report
-    batch = torch.stack([resize(torch.as_tensor(x).float().unsqueeze(0), spec.image_size)[0] for x in images])
-    data = LabelledImages(
+
+
+def _load_images(
+    root: Path,
+    rows: list[_Row],
+    classes: tuple[str, ...],
+    chain: TransformChain,
+    spec: FolderSpec,
+    report: FolderReport,
+    progress: Callable[[int, int], None] | None,
+) -> LabelledImages | None:
+    """Every listed image, loaded, put through the chain, resized: None if any problem."""
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    patients: list[str] = []
+    loader = _image_loader()
+    transforms = chain.build()
+    for done, row in enumerate(rows, start=1):
+        if progress is not None:
+            progress(done, len(rows))
+        if row.label not in classes:
+            report.add(
+                f"{row.where} ({row.path})",
+                f"label {row.label!r} is not in the class list {list(classes)}",
+                f"correct the label, or add it to {CLASSES_TXT} if it is a new class",
+            )
+            continue
+        image = _read_image(root, row, loader, transforms, report)
+        if image is None:
+            continue
+        report.shapes[tuple(image.shape)] += 1
+        images.append(image)
+        labels.append(classes.index(row.label))
+        ids.append(row.path)
+        patients.append(row.patient if row.patient is not None else row.path)
+    _check_shapes(images, ids, report)
+    _count(report, classes, labels, patients, spec)
+    if not report.ok or not images:
+        return None
+    batch = torch.stack([resize(x.unsqueeze(0), spec.image_size)[0] for x in images])
+    return LabelledImages(
         images=match_channels(batch, spec.channels, str(root)).contiguous(),
         labels=torch.tensor(labels, dtype=torch.long),
         classes=classes,
         ids=tuple(ids),
         patients=tuple(patients) if any(r.patient is not None for r in rows) else None,
     )
-    return data, report
 
 
 def load_folder(root: Path, spec: FolderSpec) -> LabelledImages:
@@ -160,11 +218,14 @@ def _read_rows(root: Path, report: FolderReport) -> list[_Row] | None:
         return None
     csv_path = root / LABELS_CSV
     if not csv_path.is_file():
+        if (root / DATALIST_JSON).is_file():
+            return _read_datalist(root, report)
         empty = not any(root.iterdir())
         report.add(
             str(root),
-            "is empty" if empty else f"has no {LABELS_CSV}",
-            f"put the images and a {LABELS_CSV} with columns path,label[,patient_id] in it",
+            "is empty" if empty else f"has no {LABELS_CSV} (or {DATALIST_JSON})",
+            f"put the images and a {LABELS_CSV} with columns path,label[,patient_id] in it, "
+            f'or a MONAI {DATALIST_JSON}: {{"training": [{{"image": ..., "label": ...}}]}}',
         )
         return None
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
@@ -189,9 +250,42 @@ def _read_rows(root: Path, report: FolderReport) -> list[_Row] | None:
                 )
                 continue
             seen[path] = line
-            rows.append(_Row(line, path, label, values.get("patient_id") or None))
+            rows.append(_Row(f"{LABELS_CSV} line {line}", path, label, values.get("patient_id") or None))
     if not rows:
         report.add(str(csv_path), "lists no images", "add one line per image: path,label[,patient_id]")
+        return None
+    return rows
+
+
+def _read_datalist(root: Path, report: FolderReport) -> list[_Row] | None:
+    """A MONAI datalist's "training" items (read with MONAI's load_decathlon_datalist): "image"
+    relative to the folder, "label" a class name or index, "patient_id" optional."""
+    path = root / DATALIST_JSON
+    try:
+        items = load_decathlon_datalist(str(path), is_segmentation=False, data_list_key="training", base_dir=str(root))
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as error:
+        report.add(
+            str(path), f"is not a MONAI datalist ({type(error).__name__}: {error})", 'give {"training": [...]} items'
+        )
+        return None
+    rows: list[_Row] = []
+    seen: set[str] = set()
+    for number, item in enumerate(items):
+        where = f"{DATALIST_JSON} training[{number}]"
+        image, label = item.get("image"), item.get("label")
+        if not isinstance(image, str) or label is None or isinstance(label, list | dict):
+            report.add(where, "needs an image path and one label", 'write {"image": "a.png", "label": "benign"}')
+            continue
+        relative = Path(image).resolve().relative_to(root.resolve()) if Path(image).is_absolute() else Path(image)
+        name = relative.as_posix() if Path(image).resolve().is_relative_to(root.resolve()) else image
+        if name in seen:
+            report.add(where, f"repeats {name}", "list each image once")
+            continue
+        seen.add(name)
+        patient = item.get("patient_id")
+        rows.append(_Row(where, name, str(label), str(patient) if patient is not None else None))
+    if not rows:
+        report.add(str(path), "lists no images", 'add {"image": ..., "label": ...} items under "training"')
         return None
     return rows
 
@@ -208,9 +302,11 @@ def _class_list(root: Path, rows: list[_Row], spec: FolderSpec, report: FolderRe
     return tuple(sorted({row.label for row in rows}))
 
 
-def _read_image(root: Path, row: _Row, loader: LoadImage, report: FolderReport) -> torch.Tensor | None:
+def _read_image(
+    root: Path, row: _Row, loader: LoadImage, transforms: Compose, report: FolderReport
+) -> torch.Tensor | None:
     path = (root / row.path).resolve()
-    where = f"{row.path} ({LABELS_CSV} line {row.line})"
+    where = f"{row.path} ({row.where})"
     if not path.is_relative_to(root.resolve()):
         report.add(where, "points outside the site folder", "copy the image into the folder and use a relative path")
         return None
@@ -225,12 +321,21 @@ def _read_image(root: Path, row: _Row, loader: LoadImage, report: FolderReport) 
     try:
         with warnings.catch_warnings():  # pydicom: no orientation tags -> identity affine; unused here
             warnings.filterwarnings("ignore", message="PydicomReader: ImageOrientationPatient")
-            image = torch.as_tensor(loader(str(path))).float()
+            loaded = loader(str(path))
     except Exception as error:  # noqa: BLE001 -- every reader raises its own type; the message is kept
         report.add(
             where,
             f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
-            "the file is corrupt or truncated: export it again, or delete its line from labels.csv",
+            "the file is corrupt or truncated: export it again, or delete its line from the label list",
+        )
+        return None
+    try:
+        image = apply_chain(transforms, loaded.float())
+    except Exception as error:  # noqa: BLE001 -- MONAI raises many types; the step and message are kept
+        report.add(
+            where,
+            f"fails the transform chain ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
+            "fix transforms.toml for this kind of image",
         )
         return None
     if image.numel() == 0 or not bool(torch.isfinite(image).all()):

@@ -32,11 +32,12 @@ def adapt(
     """Adapt a meta-model on K labelled examples per class; report accuracy, AUC and a confusion matrix."""
     from common.data import DataError
     from common.data import medmnist as mm
-    from common.data.folder import FolderSpec, load_folder
+    from common.data.folder import FolderSpec, check_folder
     from common.data.transforms import to_model_input
     from common.export import load_meta_model
     from common.native.build import NativeKernelsUnavailable
     from common.personalize import personalize, write_personalized
+    from fedmeta.progress import loading_progress
 
     console = Console()
     try:
@@ -44,7 +45,11 @@ def adapt(
         if (folder is None) == (not medmnist):
             raise ValueError("give the site's data as either --folder DIR or --medmnist NAME --data-dir DIR")
         if folder is not None:
-            data = load_folder(folder, FolderSpec(image_size=model_cfg.image_size, channels=model_cfg.in_channels))
+            spec = FolderSpec(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
+            with loading_progress(console) as progress:
+                data, folder_report = check_folder(folder, spec, progress)
+            if data is None:
+                raise DataError(str(folder), folder_report.problems)
         else:
             if data_dir is None:
                 raise ValueError("--medmnist needs --data-dir (or FEDMETA_DATA_DIR)")

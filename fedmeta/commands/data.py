@@ -8,12 +8,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedmeta.progress import loading_progress
+
 data_app = typer.Typer(help="Inspect and validate site data.", no_args_is_help=True)
 
 
 @data_app.command("check")
 def check(
-    path: Path = typer.Argument(..., help="A site folder (labels.csv + images) or a directory/file of MedMNIST .npz."),
+    path: Path = typer.Argument(
+        ...,
+        help="A site folder (labels.csv or a MONAI datalist.json, images, optional transforms.toml) "
+        "or a directory/file of MedMNIST .npz.",
+    ),
     classes: str = typer.Option("", help="Comma-separated class list (default: classes.txt, else the labels found)."),
     image_size: int = typer.Option(28, help="Model input side the images are resized to."),
     channels: int = typer.Option(1, help="Model input channels (1 grey, 3 RGB)."),
@@ -25,7 +31,8 @@ def check(
     Exits with status 1 when anything is wrong; every problem names its file or class and the fix."""
     console = Console()
     npz = [path] if path.suffix == ".npz" else sorted(path.glob("*.npz")) if path.is_dir() else []
-    if npz and not (path.is_dir() and (path / "labels.csv").exists()):
+    listed = path.is_dir() and ((path / "labels.csv").exists() or (path / "datalist.json").exists())
+    if npz and not listed:
         ok = _check_medmnist(npz, console)
     else:
         ok = _check_folder(path, classes, image_size, channels, shots + queries, console)
@@ -36,8 +43,10 @@ def _check_folder(path: Path, classes: str, image_size: int, channels: int, per_
     from common.data.folder import FolderSpec, check_folder
 
     names = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
-    spec = FolderSpec(image_size=image_size, channels=channels, classes=names, min_per_class=per_class)
-    _, report = check_folder(path, spec)
+    # a check reads every file, whatever the preprocessed cache holds
+    spec = FolderSpec(image_size=image_size, channels=channels, classes=names, min_per_class=per_class, cache=False)
+    with loading_progress(console) as progress:
+        _, report = check_folder(path, spec, progress)
     table = Table(title=f"{path}: {report.rows} labelled images")
     for column in ("class", "examples", "patients"):
         table.add_column(column)
@@ -46,7 +55,9 @@ def _check_folder(path: Path, classes: str, image_size: int, channels: int, per_
     console.print(table)
     if report.shapes:
         shapes = ", ".join(f"{'x'.join(map(str, s))} ({n})" for s, n in report.shapes.most_common())
-        console.print(f"image shapes (channels x spatial, as read): {shapes}")
+        console.print(f"image shapes (channels x spatial, after the transforms): {shapes}")
+    if report.transforms:
+        console.print(f"preprocessing: {report.transforms}", highlight=False)
     return _print_problems(report.problems, console)
 
 
