@@ -48,28 +48,34 @@ test-per-class = 6
 """
 
 
-def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp_path):
+def tiny_run(tmp_path, **keys):
+    """The scenario above with a tiny model; `keys` override run-config keys (as key_name=...)."""
     (tmp_path / "three.toml").write_text(SCENARIO)
-    cfg = parse_run_config(
-        {
-            "scenario": str(tmp_path / "three.toml"),
-            "out-dir": str(tmp_path / "out"),
-            "num-server-rounds": 2,
-            "tasks-per-round": 2,
-            "eval-every": 1,
-            "eval-tasks": 2,
-            "ways": 2,
-            "shots": 2,
-            "queries": 3,
-            "model-width": 8,
-            "model-groups": 2,
-            "model-depth": 2,
-            "inner-steps": 1,
-            "outer-optimizer": "sgd",
-            "outer-lr": 0.5,
-            "execution": "loop",
-            "seed": 7,
-        }
+    values = {
+        "scenario": str(tmp_path / "three.toml"),
+        "out-dir": str(tmp_path / "out"),
+        "ways": 2,
+        "model-width": 8,
+        "model-groups": 2,
+        "model-depth": 2,
+        "inner-steps": 1,
+    }
+    return parse_run_config({**values, **{k.replace("_", "-"): v for k, v in keys.items()}})
+
+
+def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp_path):
+    cfg = tiny_run(
+        tmp_path,
+        num_server_rounds=2,
+        tasks_per_round=2,
+        eval_every=1,
+        eval_tasks=2,
+        shots=2,
+        queries=3,
+        outer_optimizer="sgd",
+        outer_lr=0.5,
+        execution="loop",
+        seed=7,
     )
     results = simulate(cfg)
 
@@ -118,23 +124,7 @@ def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp
 @pytest.mark.parametrize(("nodes", "left_out"), [(2, {"tiny": "train", "new": "heldout"}), (5, {})])
 def test_a_federation_of_the_wrong_size_is_reported_not_trained_silently(tmp_path, nodes, left_out):
     # `flwr run .` with Flower's default of 2 SuperNodes, or one node too many
-    (tmp_path / "three.toml").write_text(SCENARIO)
-    cfg = parse_run_config(
-        {
-            "scenario": str(tmp_path / "three.toml"),
-            "out-dir": str(tmp_path / "out"),
-            "num-server-rounds": 1,
-            "tasks-per-round": 1,
-            "eval-tasks": 1,
-            "ways": 2,
-            "shots": 1,
-            "queries": 1,
-            "model-width": 8,
-            "model-groups": 2,
-            "model-depth": 2,
-            "inner-steps": 1,
-        }
-    )
+    cfg = tiny_run(tmp_path, num_server_rounds=1, tasks_per_round=1, eval_tasks=1, shots=1, queries=1)
     results = simulate(cfg, nodes=nodes)
     assert results["missing_sites"] == left_out
     log = " ".join((tmp_path / "out" / "simulation.log").read_text().split())
