@@ -38,6 +38,25 @@ def write_headline(rows: list[dict], out_dir: Path, chance: dict[str, float] | N
     return every
 
 
+BEGIN, END = "<!-- headline.json: begin -->", "<!-- headline.json: end -->"
+
+
+def embed(rows: list[dict], doc: Path, source: str) -> None:
+    """Replace what stands between BEGIN and END in `doc` with the tables of `rows` (the reported,
+    held-out rows: validation rows belong to sweeps), so the page's headline tables are always
+    generated from headline.json and never typed by hand."""
+    text = Path(doc).read_text(encoding="utf-8")
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"{doc} needs one {BEGIN} line and one {END} line after it, where the tables go")
+    reported = [r for r in rows if _table(r)[1] == "heldout"]
+    body = markdown(reported) if reported else "No held-out figures yet: the headline run has not been made.\n"
+    block = (
+        f"{BEGIN}\n<!-- generated from {source} by `fedmeta benchmark report`; do not edit by hand -->\n\n{body}\n{END}"
+    )
+    head, rest = text.split(BEGIN, 1)
+    Path(doc).write_text(head + block + rest.split(END, 1)[1], encoding="utf-8")
+
+
 def _table(row: dict) -> tuple[str, str]:
     """Which table a row belongs to: its scenario and the role of the sites it was scored on."""
     return row["scenario"], row.get("sites", "heldout")

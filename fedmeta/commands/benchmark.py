@@ -160,3 +160,25 @@ def evaluate(
     chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways
     write_headline(rows, out, {sc.name: chance} if chance else None)
     console.print((out / "headline.md").read_text(), highlight=False)
+
+
+@benchmark_app.command("report")
+def report_tables(
+    results: Path = typer.Option(Path("docs/results"), help="The directory holding headline.json."),
+    doc: Path = typer.Option(
+        Path("docs/RESULTS.md"), help="The page whose block between the headline.json markers is regenerated."
+    ),
+) -> None:
+    """Regenerate headline.md and the headline tables of docs/RESULTS.md from headline.json."""
+    from simulation.headline import HEADLINE, embed, markdown
+
+    path = results / HEADLINE
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `fedmeta benchmark evaluate` (or make results) first")
+        rows = json.loads(path.read_text())
+        (results / "headline.md").write_text(markdown(rows))
+        embed(rows, doc, str(path))
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+    Console().print(f"tables regenerated from {path}: {results / 'headline.md'}, {doc}")

@@ -38,6 +38,7 @@ def fedmeta(*args: str) -> subprocess.CompletedProcess:
         ["benchmark"],
         ["benchmark", "tune"],
         ["benchmark", "evaluate"],
+        ["benchmark", "report"],
         ["site"],
     ],
 )

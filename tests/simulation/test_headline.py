@@ -1,6 +1,10 @@
 """The report's target checks: met and missed, measured from the rows, on held-out rows only."""
 
-from simulation.headline import markdown, targets
+import re
+
+import pytest
+
+from simulation.headline import BEGIN, END, embed, markdown, targets
 
 
 def row(method, shots, acc, diff=0.0, low=0.0, high=0.0, sites="heldout"):
@@ -52,3 +56,19 @@ def test_the_report_leads_with_the_misses():
     text = markdown(ROWS)
     assert text.startswith("### Targets: 2 of 5 met, 3 MISSED")
     assert text.count("**no**") == 3
+
+
+def test_the_results_page_tables_are_generated_from_the_rows_between_its_markers(tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# Results\n\nIntro.\n\n{BEGIN}\nold table typed by hand\n{END}\n\n## Stress test\n")
+    embed(ROWS, doc, "docs/results/headline.json")
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nIntro.\n\n") and text.endswith(f"{END}\n\n## Stress test\n")
+    assert "old table" not in text and "### Targets: 2 of 5 met, 3 MISSED" in text
+    assert "| 1 | maml | 99.0" not in text  # the validation row stays out of the reported tables
+    once = text
+    embed(ROWS, doc, "docs/results/headline.json")
+    assert doc.read_text() == once  # regenerating changes nothing
+    doc.write_text("# Results without markers\n")
+    with pytest.raises(ValueError, match=re.escape(f"needs one {BEGIN} line")):
+        embed(ROWS, doc, "x")
