@@ -14,6 +14,8 @@
 #   WARM_START  1: the meta-learners (and their centralized versions) start from that seed's
 #               supervised FedAvg model (init-model); 0 (default): from scratch
 #   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
+#   SIMULATE_ARGS  extra options for every `fedmeta simulate`, e.g. "--gpus-per-site 0.25" on a GPU
+#               machine (with RUN="device='cuda' ...": see docs/RESULTS.md for the longer GPU setting)
 #
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
 # and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
@@ -32,6 +34,7 @@ WARM_START=${WARM_START:-0}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
+read -r -a SIMULATE_ARGS <<< "${SIMULATE_ARGS:-}"
 start=$(date +%s)
 # a run that finished (results.json with its final evaluation, and its model) is not trained again
 trained() { [[ -f "$1/model/model.safetensors" && -f "$1/results.json" ]] && grep -q '"final"' "$1/results.json"; }
@@ -46,7 +49,7 @@ for scenario in $SCENARIOS; do
             resume=()
             [[ -f "$dir/fedavg-supervised/checkpoint.safetensors" ]] && resume=(--resume)
             "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
-                --run-config "tasks='hospital' $RUN $SUPERVISED_RUN" --out "$dir/fedavg-supervised" "${resume[@]}"
+                --run-config "tasks='hospital' $RUN $SUPERVISED_RUN" --out "$dir/fedavg-supervised" "${resume[@]}" "${SIMULATE_ARGS[@]}"
         fi
         # the federated meta-learners, and each one's centralized (pooled-data) version as its upper
         # bound; with WARM_START=1 both start from that supervised model (Meta-Baseline's recipe)
@@ -58,7 +61,7 @@ for scenario in $SCENARIOS; do
             resume=()
             [[ -f "$dir/$method/checkpoint.safetensors" ]] && resume=(--resume)  # stopped midway
             "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
-                --algorithm "$method" --run-config "$warm $RUN" --out "$dir/$method" "${resume[@]}"
+                --algorithm "$method" --run-config "$warm $RUN" --out "$dir/$method" "${resume[@]}" "${SIMULATE_ARGS[@]}"
         done
         echo "$scenario seed $seed: trained in $(($(date +%s) - t)) s"
         for method in ${METHODS//,/ } ${centralized//,/ }; do
