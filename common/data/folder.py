@@ -276,8 +276,9 @@ def _read_datalist(root: Path, report: FolderReport) -> list[_Row] | None:
         if not isinstance(image, str) or label is None or isinstance(label, list | dict):
             report.add(where, "needs an image path and one label", 'write {"image": "a.png", "label": "benign"}')
             continue
-        relative = Path(image).resolve().relative_to(root.resolve()) if Path(image).is_absolute() else Path(image)
-        name = relative.as_posix() if Path(image).resolve().is_relative_to(root.resolve()) else image
+        # MONAI joined the path to the folder; an image outside it keeps its path and is refused when read
+        resolved = Path(image).resolve()
+        name = resolved.relative_to(root.resolve()).as_posix() if resolved.is_relative_to(root.resolve()) else image
         if name in seen:
             report.add(where, f"repeats {name}", "list each image once")
             continue

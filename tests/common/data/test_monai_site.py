@@ -86,8 +86,11 @@ def test_a_monai_datalist_loads_like_labels_csv(tmp_path):
     assert torch.equal(by_datalist.labels, by_csv.labels)
     datalist["training"][1]["image"] = "gone.dcm"
     (root / "datalist.json").write_text(json.dumps(datalist))
+    datalist["training"][2]["image"] = "../outside.dcm"
+    (root / "datalist.json").write_text(json.dumps(datalist))
     _, report = check_folder(root, FolderSpec(image_size=16))
     assert "gone.dcm (datalist.json training[1])" in str(report.problems[0])
+    assert "(datalist.json training[2]): points outside the site folder" in str(report.problems[1])
 
 
 def test_dicom_values_survive_a_window(tmp_path):
