@@ -118,7 +118,14 @@ def check_folder(
     if not report.ok or data is None:
         return None, report
     if key is not None and hit is None:
-        save_cached(cache_dir, key, data, {"shapes": [[list(k), n] for k, n in report.shapes.items()]})
+        try:
+            save_cached(cache_dir, key, data, {"shapes": [[list(k), n] for k, n in report.shapes.items()]})
+        except OSError as error:  # a read-only home or a full disk: the site still trains, only slower
+            logging.getLogger(__name__).warning(
+                "preprocessed images not cached in %s (%s): set FEDMETA_CACHE_DIR to a writable directory",
+                cache_dir,
+                error,
+            )
     return data, report
 
 

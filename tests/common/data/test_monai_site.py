@@ -154,3 +154,12 @@ def test_a_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path, damage):
     data, report = check_folder(root, spec)
     assert not report.cached
     torch.testing.assert_close(data.images, first.images)
+
+
+def test_an_unwritable_cache_costs_speed_not_the_site(tmp_path, caplog):
+    root = write_site(tmp_path / "site", {"benign": 4, "malignant": 4})
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache directory should be")
+    data = load_folder(root, FolderSpec(image_size=16, cache_dir=blocked))
+    assert len(data.labels) == 8
+    assert "set FEDMETA_CACHE_DIR to a writable directory" in caplog.text
