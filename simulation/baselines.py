@@ -22,6 +22,7 @@ from common.algorithms import build_algorithm
 from common.backbones import build_model
 from common.config import ALGORITHMS, EpisodeConfig
 from common.data.dataset import pool
+from common.device import resolve_device
 from common.export import initial_params, save_meta_model
 from common.functional import tensor_sum
 from common.native import resolve_kernels
@@ -61,11 +62,13 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     scenario = load_scenario(cfg.data.scenario, cfg.data.tasks)
     if kind == "local" and not scenario.heldout_sites:
         raise ValueError(f"the local baseline trains at the held-out sites, and scenario {scenario.name!r} has none")
+    device = resolve_device(cfg.train.device)  # a bad or absent device fails before any data is read
     data_dir = cfg.data.data_dir or None
     sites = [load_site(scenario, i, data_dir) for i in range(len(scenario.sites))]
     model_config = scenario.model_config(cfg.model)
     torch.manual_seed(cfg.train.seed)  # before the model is built: its weights are the initialization
-    algorithm = build_algorithm(build_model(model_config), cfg.meta, resolve_kernels("auto"))
+    kernels = resolve_kernels("auto") if device.type == "cpu" else None
+    algorithm = build_algorithm(build_model(model_config).to(device), cfg.meta, kernels)
     init, _ = initial_params(algorithm.init_meta_params(), cfg.train.init_model)
     rows = [
         {"node_id": None, "name": s.spec.name, "role": s.spec.role, "num_train": len(s.train), "num_test": len(s.test)}
@@ -94,7 +97,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         round_start = time.monotonic()
         train_metrics = {}
         for name, (sources, _) in learners.items():
-            meta = state[name].params
+            meta = {k: v.to(device) for k, v in state[name].params.items()}  # the master copy stays on the CPU
             steps = [
                 algorithm.for_round(server_round).meta_gradient(
                     meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
@@ -102,7 +105,9 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
                 for sampler, index, count in sources
             ]
             tasks = sum(step.num_tasks for step in steps)  # one step on the task-weighted mean, as a round's
-            grads = {key: tensor_sum(step.grads[key] * (step.num_tasks / tasks) for step in steps) for key in meta}
+            grads = {
+                key: tensor_sum(step.grads[key] * (step.num_tasks / tasks) for step in steps).cpu() for key in meta
+            }
             state[name].step(grads, cfg.train.outer_lr_factor(server_round))
             train_metrics[name] = {
                 "meta-loss": sum(step.loss * step.num_tasks for step in steps) / tasks,
@@ -111,9 +116,10 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
             }
         recorder.train(server_round, train_metrics, seconds=time.monotonic() - round_start)
         if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
-            recorder.evaluate(server_round, *_evaluate(algorithm, state, learners, sites, cfg, cfg.episode))
+            recorder.evaluate(server_round, *_evaluate(algorithm, state, learners, sites, cfg, cfg.episode, device))
     for k in cfg.train.final_shots():
-        recorder.evaluate_shots(k, *_evaluate(algorithm, state, learners, sites, cfg, replace(cfg.episode, shots=k)))
+        shots = replace(cfg.episode, shots=k)
+        recorder.evaluate_shots(k, *_evaluate(algorithm, state, learners, sites, cfg, shots, device))
     results = recorder.finish(time.monotonic() - start)
     if kind == "centralized":
         save_meta_model(
@@ -129,13 +135,13 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
 
 
 def _evaluate(
-    algorithm, state: dict, learners: dict, sites: list, cfg: RunConfig, episode: EpisodeConfig
+    algorithm, state: dict, learners: dict, sites: list, cfg: RunConfig, episode: EpisodeConfig, device: torch.device
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Each learner's current meta-model scored on the sites it stands for, as in the federation:
     a site whose test data cannot make the episodes is reported, and the others still count."""
     per_site, errors = {}, {}
     for name, (_, evaluated) in learners.items():
-        meta = state[name].snapshot()
+        meta = {k: v.to(device) for k, v in state[name].snapshot().items()}
         for i in evaluated:
             try:
                 tasks = evaluation_tasks(sites[i], episode, cfg.train.eval_seed, i, cfg.train.eval_tasks)

@@ -94,3 +94,11 @@ def test_same_seed_same_baseline(tmp_path):
         run_baseline("centralized", cfg)
         models.append(load_file(tmp_path / run / "model" / "model.safetensors"))
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_baseline_asked_for_cuda_without_one_says_so_before_reading_data(tmp_path):
+    cfg = parse_run_config({**TINY, "out-dir": str(tmp_path), "device": "cuda"})
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        run_baseline("centralized", cfg)
+    assert not (tmp_path / "results.json").exists()

@@ -40,3 +40,18 @@ def test_virtual_sites_share_a_gpu(tmp_path):
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     assert all(s["device"].startswith("cuda:0 (") for s in results["sites"]), results["sites"]
     assert all(len(r["train"]) == 6 for r in results["rounds"])
+
+
+def test_centralized_baseline_trains_on_the_gpu(tmp_path):
+    from common.export import load_meta_model
+    from common.runconfig import parse_run_config
+    from simulation.baselines import run_baseline
+
+    values = dict(part.split("=", 1) for part in TINY.split())
+    cfg = parse_run_config(
+        {**{k: int(v) for k, v in values.items()}, "num-server-rounds": 2, "device": "cuda", "out-dir": str(tmp_path)}
+    )
+    results = run_baseline("centralized", cfg)
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    params = load_meta_model(tmp_path / "model")[0]
+    assert all(torch.isfinite(v).all() for v in params.values())
