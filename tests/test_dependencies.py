@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import sysconfig
 import tomllib
 from importlib.metadata import distributions, packages_distributions
 from pathlib import Path
@@ -58,9 +59,12 @@ def test_constraints_pin_every_installed_package_at_its_installed_version():
         if line:
             name, version = line.split("==")
             pinned[_name(name)] = version
+    # what pip installed into this environment; not what a package vendors on sys.path at import
+    # time (Ray adds its own psutil and colorama once imported)
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     installed = {
         _name(d.metadata["Name"]): d.version.split("+")[0]  # torch 2.13.0+cpu is the pinned 2.13.0
-        for d in distributions()
+        for d in distributions(path=site)
         if _name(d.metadata["Name"]) not in {"fedmeta", "pip", "setuptools", "wheel"}
     }
     missing = sorted(set(installed) - set(pinned))
