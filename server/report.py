@@ -8,6 +8,7 @@ ever reaches it: only per-site metric summaries (means, CI half-widths, episode 
 from __future__ import annotations
 
 import csv
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -250,6 +251,13 @@ def bands_figure(plt, lines: dict[str, list[tuple[int, float, float]]], ylabel: 
     return fig
 
 
+def constant_by_construction(pairs: list[tuple[float, float]]) -> bool:
+    """(value, CI half-width) pairs that are all one value with zero-width intervals (NaNs left
+    out): accuracy without adapting on relabelled episodes, chance for every site and method."""
+    known = [(v, h) for v, h in pairs if not math.isnan(v)]
+    return len({round(v, 6) for v, _ in known}) <= 1 and all(h == 0 for _, h in known)
+
+
 def chance_level(results: dict) -> float | None:
     ways = results["run_config"].get("ways")
     return 1 / ways if ways else None
@@ -294,7 +302,7 @@ def sites_figure(plt, results: dict):
     xs = range(len(names))
     before = [final[n]["acc-before"] for n in names]
     # without adapting, relabelled episodes leave every site at chance with no spread: say so, not a bar
-    constant = len({round(b, 6) for b in before}) == 1 and all(final[n].get("acc-before-ci", 0) == 0 for n in names)
+    constant = constant_by_construction([(final[n]["acc-before"], final[n].get("acc-before-ci", 0)) for n in names])
     bars = [(0.0, "acc-after", "after adaptation")]
     if not constant:
         bars = [(-0.2, "acc-before", "before adaptation"), (0.2, "acc-after", "after adaptation")]

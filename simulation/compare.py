@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.files import write_json
 from server.report import chance_level, curve, plot_bands
+from server.report import constant_by_construction as constant_pairs
 from simulation.adapters import FineTune, MetaLearned
 from simulation.benchmark import REFERENCE, Protocol, draw_episodes, headline_rows, score
 from simulation.headline import markdown as headline_markdown
@@ -78,10 +79,8 @@ def shot_summaries(results: dict) -> dict[int, dict]:
 
 
 def constant_by_construction(rows: list[dict], key: str) -> bool:
-    """Every row has the same value with a zero-width interval: e.g. accuracy without adapting on
-    relabelled episodes, where an unadapted head is at chance for every method."""
-    values = {round(row[key], 6) for row in rows if not math.isnan(row[key])}
-    return len(values) <= 1 and all(row.get(key + " ci95", 0) in (0, 0.0) or math.isnan(row[key]) for row in rows)
+    """`key` is the same in every row with a zero-width interval (server.report's test)."""
+    return constant_pairs([(row[key], row.get(key + " ci95", 0)) for row in rows])
 
 
 def comparison_markdown(rows: list[dict]) -> str:
