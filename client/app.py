@@ -63,9 +63,16 @@ class Site:
 # A worker process serves many rounds (and, in simulation, many sites): read each site's data
 # and build each algorithm once, not per message.
 @lru_cache(maxsize=16)
-def _site_data(scenario_ref: str, tasks: str, site: int | str, data_dir: str | None) -> tuple[int, SiteData]:
+def _site_data(
+    scenario_ref: str, tasks: str, site: int | str, data_dir: str | None, partitions: str = "?"
+) -> tuple[int, SiteData]:
     scenario = load_scenario(scenario_ref, tasks)
     names = [s.name for s in scenario.sites]
+    if isinstance(site, int) and site >= len(names):  # simulation: one node per scenario site, by partition
+        raise ValueError(
+            f"this node is partition {site} of {partitions}, but scenario {scenario_ref!r} has {len(names)} sites: "
+            f'give the federation one node per site (flwr run . --federation-config "num-supernodes={len(names)}")'
+        )
     if isinstance(site, int) or site in names:
         index = site if isinstance(site, int) else names.index(site)
         return index, load_site(scenario, index, data_dir)
@@ -91,16 +98,9 @@ def _site(context: Context) -> Site:
     cfg = parse_run_config(context.run_config)
     node = context.node_config
     site = str(node["site-name"]) if "site-name" in node else int(node.get("partition-id", 0))
-    if isinstance(site, int):  # simulation: one node per scenario site, by partition
-        count = len(load_scenario(cfg.data.scenario, cfg.data.tasks).sites)
-        if site >= count:
-            raise ValueError(
-                f"this node is partition {site} of {node.get('num-partitions', '?')}, but scenario "
-                f"{cfg.data.scenario!r} has {count} sites: give the federation one node per site "
-                f'(flwr run . --federation-config "num-supernodes={count}")'
-            )
     data_dir = str(node.get("data-dir", "")) or cfg.data.data_dir or None
-    index, data = _site_data(cfg.data.scenario, cfg.data.tasks, site, data_dir)
+    partitions = str(node.get("num-partitions", "?"))
+    index, data = _site_data(cfg.data.scenario, cfg.data.tasks, site, data_dir, partitions)
     device = resolve_device(str(node.get("device", cfg.train.device)))
     kernels = str(node.get("kernels", "auto"))  # this machine's choice, not the federation's
     algorithm = _algorithm(cfg.data.scenario, cfg.data.tasks, cfg.model, cfg.meta, device, kernels)
