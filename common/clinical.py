@@ -54,13 +54,13 @@ def clinical_summary(
     auc_value, auc_low, auc_high = bootstrap_auc(logits, truth, resamples=resamples, seed=seed)
     per_class = {}
     for c, name in enumerate(classes):
-        tp, cases = int(confusion[c, c]), int(positives[c])
-        tn = n - cases - int(confusion[:, c].sum()) + tp
+        tp, fn, fp, tn = (int(rates[k][c]) for k in ("tp", "fn", "fp", "tn"))
+        cases = tp + fn
         sensitivity = wilson_interval(tp, cases)
         specificity = wilson_interval(tn, n - cases)
         per_class[name] = {
             "cases": cases,
-            "predicted": int(confusion[:, c].sum()),
+            "predicted": tp + fp,
             "sensitivity": _number(rates["sensitivity"][c].item()),
             "sensitivity_ci": _ci(sensitivity) if cases else None,
             "specificity": _number(rates["specificity"][c].item()),

@@ -113,7 +113,8 @@ def roc_curve(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tenso
 
 def per_class_rates(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     """One-vs-rest sensitivity (recall), specificity and positive predictive value per class, from
-    a confusion matrix with true classes as rows. A rate with no cases to count is NaN."""
+    a confusion matrix with true classes as rows, with the counts behind them (tp, fn, fp, tn).
+    A rate with no cases to count is NaN."""
     confusion = confusion.double()
     total = confusion.sum()
     tp = confusion.diag()
@@ -124,7 +125,12 @@ def per_class_rates(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.where(b > 0, a / b.clamp_min(1), torch.full_like(a, math.nan))
 
-    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp)}
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        **{"tp": tp, "fn": fn, "fp": fp, "tn": tn},
+    }
 
 
 def mean_ci(values: torch.Tensor | list[float]) -> tuple[float, float]:
