@@ -19,9 +19,10 @@ chosen on the validation sites (`simulation.benchmark.tune`), never on the test 
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,15 +31,32 @@ import torch.nn.functional as F
 from common.algorithms import build_algorithm
 from common.algorithms.protonet import prototype_head, prototypes
 from common.backbones import build_model
-from common.export import load_meta_model
+from common.export import DESCRIPTION, WEIGHTS, load_meta_model
 from common.functional import Params
 from common.models import MetaNet, ModelConfig, init_params
 from common.native import resolve_kernels
 from common.tasks import Episode
 
 
+def model_digest(model_dir: Path) -> str:
+    """A digest of a model directory's weights and description: scores name the exact model."""
+    digest = hashlib.sha256()
+    for name in (WEIGHTS, DESCRIPTION):
+        digest.update(Path(model_dir, name).read_bytes())
+    return digest.hexdigest()
+
+
 class Adapter(ABC):
     name: str = ""
+
+    def identity(self) -> dict:
+        """Everything an adapter's scores depend on besides the episodes: its kind, its settings
+        and the exact model it starts from. A kept scores file is reused only when this matches."""
+        return {"adapter": type(self).__name__, **self._settings()}
+
+    @abstractmethod
+    def _settings(self) -> dict:
+        """The adapter's hyperparameters and the digest of its model (JSON values)."""
 
     @abstractmethod
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
@@ -98,11 +116,13 @@ class Loaded:
 
     model: MetaNet
     params: Params
+    digest: str = ""
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> Loaded:
         params, model_config, _, _, _ = load_meta_model(model_dir)
-        return cls(build_model(model_config), {k: v for k, v in params.items() if not k.startswith("inner_lr.")})
+        kept = {k: v for k, v in params.items() if not k.startswith("inner_lr.")}
+        return cls(build_model(model_config), kept, model_digest(model_dir))
 
     def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(params, self.model.prepare(x))
@@ -114,9 +134,12 @@ class MetaLearned(Adapter):
 
     def __init__(self, model_dir: Path, steps: int | None = None, kernels: str = "auto", name: str = "") -> None:
         meta, model_config, meta_config, _, _ = load_meta_model(model_dir)
-        self.meta, self.steps = meta, steps
+        self.meta, self.steps, self.kernels, self.digest = meta, steps, kernels, model_digest(model_dir)
         self.algorithm = build_algorithm(build_model(model_config), meta_config, resolve_kernels(kernels))
         self.name = name or meta_config.algorithm
+
+    def _settings(self) -> dict:
+        return {"model": self.digest, "steps": self.steps, "kernels": self.kernels}
 
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
         if self.algorithm.model.config.num_classes != num_classes:
@@ -132,6 +155,9 @@ class MetaLearned(Adapter):
 class FineTune(Trained):
     def __init__(self, model_dir: Path, steps: int = 50, lr: float = 1e-3, name: str = "fedavg+finetune") -> None:
         self.loaded, self.steps, self.lr, self.name = Loaded.from_dir(model_dir), steps, lr, name
+
+    def _settings(self) -> dict:
+        return {"model": self.loaded.digest, "steps": self.steps, "lr": self.lr}
 
     def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         params = dict(self.loaded.params)
@@ -153,6 +179,9 @@ class LinearProbe(Trained):
     ) -> None:
         self.loaded, self.name = Loaded.from_dir(model_dir), name
         self.steps, self.lr, self.weight_decay = steps, lr, weight_decay
+
+    def _settings(self) -> dict:
+        return {"model": self.loaded.digest, "steps": self.steps, "lr": self.lr, "weight_decay": self.weight_decay}
 
     def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         with torch.no_grad():
@@ -178,6 +207,9 @@ class Prototypes(Adapter):
     def __init__(self, model_dir: Path, name: str = "fedavg+prototypes") -> None:
         self.loaded, self.name = Loaded.from_dir(model_dir), name
 
+    def _settings(self) -> dict:
+        return {"model": self.loaded.digest}
+
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
         with torch.no_grad():
             support = F.normalize(self.loaded.features(self.loaded.params, episode.support_x), dim=1)
@@ -194,6 +226,9 @@ class Scratch(Trained):
     ) -> None:
         self.config, self.steps, self.lr, self.seed, self.name = model_config, steps, lr, seed, name
         self._initial: dict[int, tuple[MetaNet, Params]] = {}  # per class count: built once, not per episode
+
+    def _settings(self) -> dict:
+        return {"model_config": asdict(self.config), "steps": self.steps, "lr": self.lr, "seed": self.seed}
 
     def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         if num_classes not in self._initial:

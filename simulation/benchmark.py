@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from common.config import EpisodeConfig
+from common.files import write_json
 from common.functional import accuracy
 from common.metrics import auc
 from common.protocol import site_tasks
@@ -224,16 +225,17 @@ def headline_rows(
     return rows
 
 
-def write_scores(path: Path, scores: Scores) -> None:
-    """Per-episode results, for combining seeds and methods later (no site data: numbers only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> None:
+    """Per-episode results, for combining seeds and methods later (no site data: numbers only);
+    `identity`: the adapter's (`Adapter.identity`), so a rerun can tell whether they still hold."""
     data = {
         "method": scores.method,
+        "identity": identity,
         "digests": {str(k): v for k, v in scores.digests.items()},
         "acc": {str(k): v.tolist() for k, v in scores.acc.items()},
         "auc": {str(k): v.tolist() for k, v in scores.auc.items()},
     }
-    path.write_text(json.dumps(data))
+    write_json(path, data)  # whole or not at all: a stopped run never leaves half a file to keep
 
 
 def read_scores(path: Path) -> Scores:
@@ -244,6 +246,23 @@ def read_scores(path: Path) -> Scores:
         {int(k): np.array(v) for k, v in data["auc"].items()},
         {int(k): v for k, v in data["digests"].items()},
     )
+
+
+def kept_scores(path: Path, identity: dict, episodes: Episodes) -> Scores | None:
+    """The scores an earlier run left at `path`, if they were made by the same adapter (its
+    identity: kind, settings, the exact model) on byte-identical episodes; else None (score again).
+    A long evaluation stopped midway thus resumes at the first method-seed it had not finished."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        kept = read_scores(path)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a file cut short: score again
+        return None
+    if data.get("identity") != json.loads(json.dumps(identity)) or kept.digests != episodes.digests:
+        return None
+    return kept
 
 
 def protocol_dict(protocol: Protocol) -> dict:

@@ -117,12 +117,26 @@ def evaluate(
         None,
         help="headline.json, headline.md and plots go here (default: docs/results; runs/validation for validation).",
     ),
+    rescore: bool = typer.Option(
+        False,
+        help="Score every method again. By default a method-seed whose scores OUT/scores already holds "
+        "(same adapter, settings, model and episodes) is kept: a stopped evaluation resumes. "
+        "Pass it after changing how an adapter works (the code is not part of the match).",
+    ),
 ) -> None:
     """Score every method on the same episodes of the held-out (or validation) sites; paired CIs
     against FedAvg + fine-tune."""
     from common.scenario import load_scenario
     from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch
-    from simulation.benchmark import Protocol, draw_episodes, headline_rows, parse_shots, score, write_scores
+    from simulation.benchmark import (
+        Protocol,
+        draw_episodes,
+        headline_rows,
+        kept_scores,
+        parse_shots,
+        score,
+        write_scores,
+    )
     from simulation.headline import write_headline
 
     console = Console()
@@ -153,8 +167,13 @@ def evaluate(
         methods[name] = []
         for seed, adapter in enumerate(runs):
             adapter.name = name
-            scores = score(adapter, episodes_, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
-            write_scores(out / "scores" / sc.name / sites / f"{name}-{seed}.json", scores)
+            path = out / "scores" / sc.name / sites / f"{name}-{seed}.json"
+            scores = None if rescore else kept_scores(path, adapter.identity(), episodes_)
+            if scores is None:
+                scores = score(adapter, episodes_, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+                write_scores(path, scores, adapter.identity())
+            else:
+                console.print(f"[dim]{name} (seed {seed}): kept from {path}[/dim]")
             methods[name].append(scores)
     rows = headline_rows(sc.name, methods, sites=sites)
     chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways

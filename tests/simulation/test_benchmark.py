@@ -165,7 +165,7 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     settings = json.loads((tmp_path / "tuned.json").read_text())
     assert set(settings) >= {"finetune", "linear-probe", "local"} and settings["protocol"]["role"] == "validation"
     out = tmp_path / "results"
-    done = fedmeta(
+    evaluate_args = (
         "evaluate",
         "--scenario",
         scenario,
@@ -186,6 +186,7 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
         "--out",
         str(out),
     )
+    done = fedmeta(*evaluate_args)
     assert done.returncode == 0, done.stderr
     rows = json.loads((out / "headline.json").read_text())
     keys = {
@@ -215,6 +216,18 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert table.count("| fedavg+finetune |") == 2 and all(
         line.split("|")[5].strip() == "reference" for line in table.splitlines() if "| fedavg+finetune |" in line
     )
+    # run again, it keeps every method-seed's scores (same adapter, model and episodes) ...
+    again = fedmeta(*evaluate_args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("kept from") == 9 and json.loads((out / "headline.json").read_text()) == rows
+    # ... but not those of an adapter whose settings changed: fine-tuning at another rate scores again
+    settings["finetune"]["best"] = {**settings["finetune"]["best"], "lr": 0.123}
+    (tmp_path / "tuned.json").write_text(json.dumps(settings))
+    changed = fedmeta(*evaluate_args)
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.count("kept from") == 7 and "fedavg+finetune (seed" not in changed.stdout
+    assert fedmeta(*evaluate_args, "--rescore").stdout.count("kept from") == 0
+    rows = json.loads((out / "headline.json").read_text())  # now at the changed rate
     bad = fedmeta("evaluate", "--scenario", scenario, "--model", "maml=/nowhere", "--supervised", str(supervised[0]))
     assert bad.returncode == 2 and "give NAME=DIR" in bad.stderr
     # a recipe sweep scores on the validation sites: its rows sit beside the reported ones, never replace them
