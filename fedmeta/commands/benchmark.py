@@ -103,6 +103,12 @@ def evaluate(
     ),
     tuned: Path = typer.Option(None, help="tuned.json from `fedmeta benchmark tune` (else the defaults)."),
     local: bool = typer.Option(True, help="Also score local training from scratch at the new site."),
+    local_seeds: int = typer.Option(
+        1,
+        min=1,
+        help="Initializations local training is scored from (it has no consortium training seed; "
+        "each one costs as long as fine-tuning a seed).",
+    ),
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files."),
     shots: str = typer.Option("1,5", help="Shots per class at the new site."),
     queries: int = typer.Option(15, min=1, help="Query images per class, where a class has that many."),
@@ -161,7 +167,7 @@ def evaluate(
     adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]
     if local:
         config = Loaded.from_dir(supervised[0]).model.config
-        adapters["local"] = [Scratch(config, seed=s, **best("local")) for s in range(len(supervised))]
+        adapters["local"] = [Scratch(config, seed=s, **best("local")) for s in range(local_seeds)]
     methods: dict[str, list] = {}
     for name, runs in adapters.items():
         methods[name] = []
