@@ -20,7 +20,8 @@
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
 # and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
 # Rerun it to resume: finished training runs and an existing tuned.json are kept (delete them to redo),
-# a run stopped midway continues from its checkpoint.
+# a run stopped midway continues from its checkpoint, and the scoring keeps every method-seed it
+# finished (RESULTS_DIR/scores; `fedmeta benchmark evaluate --rescore` to redo).
 set -euo pipefail
 DATA=${1:-../shared/data/medmnist}
 OUT=${2:-runs/headline}
