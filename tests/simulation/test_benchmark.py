@@ -288,8 +288,8 @@ def test_one_trajectory_gives_every_step_count_exactly(scenario, tmp_path):
 
 
 def test_a_batch_of_episodes_trains_as_torch_adam_does_one_at_a_time(scenario, tmp_path):
-    """The vmapped fit (every episode its own weights and Adam state) gives each episode what
-    torch.optim.Adam on that episode alone gives: fine-tuning, local training and a linear probe."""
+    """A batch of episodes (how the benchmark scores them) gives each episode what torch.optim.Adam
+    on that episode alone gives, in order: fine-tuning, local training and a linear probe."""
     import torch.nn.functional as F
 
     from common.tasks import TaskBatch
