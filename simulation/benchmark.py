@@ -108,7 +108,9 @@ class Scores:
     digests: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
-CHUNK = 32  # episodes a training adapter fits at once (vmapped): bounds the activations' memory
+# episodes handed to an adapter at once: it may adapt them together (the built-in adapters take
+# them one at a time, faster on CPU: simulation.adapters.Trained.batch_logits_at)
+CHUNK = 32
 
 
 def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
