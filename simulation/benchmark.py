@@ -262,7 +262,10 @@ def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> No
 
 
 def read_scores(path: Path) -> Scores:
-    data = json.loads(Path(path).read_text())
+    return _scores(json.loads(Path(path).read_text()))
+
+
+def _scores(data: dict) -> Scores:
     return Scores(
         data["method"],
         {int(k): np.array(v) for k, v in data["acc"].items()},
@@ -280,7 +283,7 @@ def kept_scores(path: Path, identity: dict, episodes: Episodes) -> Scores | None
         return None
     try:
         data = json.loads(path.read_text())
-        kept = read_scores(path)
+        kept = _scores(data)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a file cut short: score again
         return None
     if data.get("identity") != json.loads(json.dumps(identity)) or kept.digests != episodes.digests:

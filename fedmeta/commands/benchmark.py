@@ -174,10 +174,11 @@ def evaluate(
         for seed, adapter in enumerate(runs):
             adapter.name = name
             path = out / "scores" / sc.name / sites / f"{name}-{seed}.json"
-            scores = None if rescore else kept_scores(path, adapter.identity(), episodes_)
+            identity = adapter.identity()
+            scores = None if rescore else kept_scores(path, identity, episodes_)
             if scores is None:
                 scores = score(adapter, episodes_, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
-                write_scores(path, scores, adapter.identity())
+                write_scores(path, scores, identity)
             else:
                 console.print(f"[dim]{name} (seed {seed}): kept from {path}[/dim]")
             methods[name].append(scores)
