@@ -119,6 +119,22 @@ def identify(node: int, claim: SiteClaim, registered: dict[int, str], roster: Ro
     return name
 
 
+SETTLE_S = 2.0  # how long the node count must hold still before the scenario's missing sites are given up
+
+
+def _settled(grid: Grid, nodes: list[int], expected: int, deadline: float) -> list[int]:
+    """Sites connecting together (a simulation registers its virtual nodes while the ServerApp
+    starts) are not all there the moment `min-sites` is: while fewer nodes than the scenario's
+    sites are connected, wait until the count holds still for SETTLE_S seconds."""
+    still_since = time.monotonic()
+    while len(nodes) < expected and time.monotonic() - still_since < SETTLE_S and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = sorted(grid.get_node_ids())
+        if len(now) != len(nodes):
+            nodes, still_since = now, time.monotonic()
+    return nodes
+
+
 def discover_sites(grid: Grid, min_sites: int, timeout: float, roster: Roster = Roster()) -> Discovery:
     """Wait for `min_sites` nodes, then ask each for its site description and check it."""
     deadline = time.monotonic() + timeout
@@ -130,6 +146,7 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float, roster: Roster = 
             )
         log(INFO, "waiting for sites: %d connected, %d needed", len(nodes), min_sites)
         time.sleep(1)
+    nodes = _settled(grid, nodes, len(roster.partitions), deadline)
     registered = registered_names(grid)
     label = {n: registered.get(n) or f"node-{n}" for n in nodes}
     query = RecordDict({"config": ConfigRecord({"query": "site-info"})})

@@ -115,6 +115,8 @@ def simulate(
     scenario = load_scenario(cfg.data.scenario)
     num_sites = len(scenario.sites)
     run_config = flat_run_config(cfg)
+    # the ServerApp starts while the engine registers the virtual nodes: it waits for all of them
+    run_config["min-sites"] = max(cfg.train.min_sites, nodes or num_sites)
     user_config = cast("UserConfig", run_config)  # every run-config field is a bool, int, float or str
     # the ServerApp decides; asking first turns a refusal into this error, not a Ray log line
     prepare_resume(

@@ -186,6 +186,28 @@ def test_in_a_deployment_the_registered_name_is_the_site():
     assert "claims to be site 'site-0', but its key is registered as 'site-2'" in found.rejected["site-2"]
 
 
+class ArrivingGrid(LocalGrid):
+    """Nodes connect one at a time, a fraction of a second apart, as a simulation registers its
+    virtual nodes while the ServerApp already runs."""
+
+    def __init__(self, run_config: dict, node_configs: dict[int, dict]):
+        super().__init__(run_config, node_configs=node_configs)
+        self.arrived = 0
+
+    def get_node_ids(self):
+        self.arrived = min(self.arrived + 1, len(self.contexts))
+        return list(self.contexts)[: self.arrived]
+
+
+def test_sites_connecting_together_are_all_found():
+    """min-sites=1 is met by the first node; the three after it, arriving while the coordinator
+    looks, are waited for (the roster expects more) and take part too."""
+    run_config = flat_run_config(parse_run_config(RUN))
+    grid = ArrivingGrid(run_config, {n: {"partition-id": i} for i, n in enumerate((101, 202, 303, 404))})
+    found = discover_sites(grid, 1, 60, SYNTHETIC)
+    assert sorted(s.name for s in found.sites.values()) == ["site-0", "site-1", "site-2", "site-3"]
+
+
 # ---- a whole run with hostile sites: rejected by name, the run completes
 
 
