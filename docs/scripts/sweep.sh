@@ -13,37 +13,52 @@
 # baselines (fine-tune, linear probe, prototypes) start from; its adaptation is tuned on the same
 # validation sites first. `@supervised` in a run-config stands for its model directory (for
 # init-model, a warm start from it).
-#   SEED default 0; SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
-# Writes OUT_DIR/<name>/ per recipe, OUT_DIR/tuned.json, OUT_DIR/times.tsv and the validation
-# table OUT_DIR/headline.md (+ headline.json, plots).
+#   SEEDS default "0" (or SEED): training seeds. With several, every recipe (and `supervised`) is
+#         trained once per seed and scored as one method over all its seeds, as the headline run
+#         does: a recipe is chosen on its mean over seeds, not on one seed's luck (on new-hospital,
+#         FOMAML's held-out accuracy spans 6.9 points over three seeds; see docs/RESULTS.md)
+#   SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
+# Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the baselines'
+# tuning OUT_DIR/tuned.json (on the first seed's supervised model), times.tsv beside the runs and
+# the validation table OUT_DIR/headline.md (+ headline.json, plots).
 set -euo pipefail
 SCENARIO=${1:?scenario}
 RECIPES=${2:?recipes file}
 DATA=${3:-../shared/data/medmnist}
 OUT=${4:-runs/sweep/$SCENARIO}
 FEDMETA=${FEDMETA:-.venv/bin/fedmeta}
-SEED=${SEED:-0}
+SEEDS=${SEEDS:-${SEED:-0}}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-200}
-mkdir -p "$OUT"
+read -r -a seeds <<< "$SEEDS"
+(( ${#seeds[@]} > 0 )) || { echo "SEEDS is empty: give at least one training seed" >&2; exit 2; }
+# one seed keeps the single-run layout (OUT_DIR/<name>); several get a folder each
+runs_of() { if (( ${#seeds[@]} > 1 )); then echo "$OUT/seed-$1"; else echo "$OUT"; fi; }
 trim() { local s="$1"; s="${s#"${s%%[![:space:]]*}"}"; echo "${s%"${s##*[![:space:]]}"}"; }
 models=()
-while IFS='|' read -r name method config; do
-    name=$(trim "$name")
-    [[ -z "$name" || "$name" == \#* ]] && continue
-    method=$(trim "$method")
-    config=$(trim "$config")
-    config=${config//@supervised/\'$OUT/supervised/model\'}
-    if [[ ! -f "$OUT/$name/results.json" ]] || ! grep -q '"final"' "$OUT/$name/results.json"; then
-        t=$(date +%s)
-        "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$SEED" --algorithm "$method" \
-            --run-config "eval-heldout=false $config" --out "$OUT/$name" < /dev/null
-        printf '%s\t%s\t%s\t%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" >> "$OUT/times.tsv"
-    fi
-    [[ "$name" != supervised ]] && models+=(--model "$name=$OUT/$name/model")
-done < "$RECIPES"
-# the baselines' adaptation, tuned once per supervised model (kept if OUT_DIR already has it)
+supervised=()
+for seed in "${seeds[@]}"; do
+    runs=$(runs_of "$seed")
+    mkdir -p "$runs"
+    while IFS='|' read -r name method config; do
+        name=$(trim "$name")
+        [[ -z "$name" || "$name" == \#* ]] && continue
+        method=$(trim "$method")
+        config=$(trim "$config")
+        config=${config//@supervised/\'$runs/supervised/model\'}
+        if [[ ! -f "$runs/$name/results.json" ]] || ! grep -q '"final"' "$runs/$name/results.json"; then
+            t=$(date +%s)
+            "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$seed" --algorithm "$method" \
+                --run-config "eval-heldout=false $config" --out "$runs/$name" < /dev/null
+            printf '%s\t%s\t%s\t%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" >> "$runs/times.tsv"
+        fi
+        [[ "$name" != supervised ]] && models+=(--model "$name=$runs/$name/model")
+    done < "$RECIPES"
+    supervised+=(--supervised "$runs/supervised/model")
+done
+mkdir -p "$OUT"
+# the baselines' adaptation, tuned once on the first seed's supervised model (kept if OUT_DIR has it)
 [[ -f "$OUT/tuned.json" ]] || "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" \
-    --shots "$SHOTS" --supervised "$OUT/supervised/model" --out "$OUT/tuned.json"
+    --shots "$SHOTS" --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json"
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
-    --episodes "$EPISODES" "${models[@]}" --supervised "$OUT/supervised/model" --tuned "$OUT/tuned.json" --out "$OUT"
+    --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT"
