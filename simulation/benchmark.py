@@ -241,6 +241,8 @@ def headline_rows(
                     "diff_ci_low": diff.low,
                     "diff_ci_high": diff.high,
                     "seeds": len(runs),
+                    # each training seed's own mean accuracy: how much the result depends on the seed
+                    "seed_acc": [float(np.mean(r.acc[shots])) for r in runs],
                     "episodes": len(acc),
                     "sites": sites,
                 }

@@ -154,8 +154,8 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
             f"### {title}",
             "",
             "| shots | method | accuracy % (95% CI) | AUROC | vs FedAvg + fine-tune, points (95% CI) "
-            "| seeds | episodes |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| seeds | each seed % | episodes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in sorted((r for r in rows if _table(r) == (scenario, sites)), key=lambda r: (r["shots"], -r["acc"])):
             diff = (
@@ -165,10 +165,16 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
             )
             lines.append(
                 f"| {r['shots']} | {r['method']} | {_pct(r['acc'])} ± {_pct(r['acc_ci'])} | {r['auc']:.3f} | "
-                f"{diff} | {r['seeds']} | {r['episodes']} |"
+                f"{diff} | {r['seeds']} | {_each_seed(r)} | {r['episodes']} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _each_seed(row: dict) -> str:
+    """Each training seed's mean accuracy (%), e.g. "69.1 / 62.2 / 66.9"; "-" for rows written
+    before headline.json kept them."""
+    return " / ".join(_pct(a) for a in row["seed_acc"]) if row.get("seed_acc") else "-"
 
 
 def plot_by_shots(rows: list[dict], path: Path, chance: float | None) -> None:

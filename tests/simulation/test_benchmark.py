@@ -83,6 +83,7 @@ def test_headline_rows_are_paired_differences_over_seeds(tmp_path):
     rows = {r["method"]: r for r in headline_rows("tiny", {"fedavg+finetune": ref, "maml": maml})}
     row = rows["maml"]
     assert row["acc"] == pytest.approx(0.6) and row["seeds"] == 2 and row["episodes"] == 5
+    assert row["seed_acc"] == pytest.approx([0.56, 0.64])  # each seed's own mean, in the order given
     half = 2.776445 * 0.0707107 / math.sqrt(5)
     assert row["diff_vs_fedavg_ft"] == pytest.approx(0.1)
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((0.1 - half, 0.1 + half), rel=1e-5)

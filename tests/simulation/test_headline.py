@@ -58,6 +58,13 @@ def test_the_report_leads_with_the_misses():
     assert text.count("**no**") == 3
 
 
+def test_the_table_shows_each_training_seed():
+    seeded = [{**ROWS[1], "seed_acc": [0.691, 0.622, 0.669]}, ROWS[0]]  # the second as written before seed_acc
+    lines = markdown(seeded, with_targets=False).splitlines()
+    assert "| 1 | maml | 56.0 ± 1.0 | 0.900 | +6.0 (+1.0 to +11.0) | 3 | 69.1 / 62.2 / 66.9 | 600 |" in lines
+    assert "| 1 | fedavg+finetune | 50.0 ± 1.0 | 0.900 | reference | 3 | - | 600 |" in lines
+
+
 def test_the_results_page_tables_are_generated_from_the_rows_between_its_markers(tmp_path):
     doc = tmp_path / "RESULTS.md"
     doc.write_text(f"# Results\n\nIntro.\n\n{BEGIN}\nold table typed by hand\n{END}\n\n## Stress test\n")
