@@ -81,13 +81,6 @@ class Trained(Adapter):
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
         return self.logits_at(episode, num_classes, [self.steps])[self.steps]
 
-    def batch_logits_at(self, batch: TaskBatch, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
-        """(episodes, queries, num_classes) query logits after each number of `steps`, one episode
-        at a time: a vmapped fit of 32 episodes at once was measured 0.45x as fast at 5 shots on
-        2 CPU cores (per-episode weights make every convolution a grouped one)."""
-        per_episode = [self.logits_at(batch[i], num_classes, steps) for i in range(len(batch))]
-        return {k: torch.stack([logits[k] for logits in per_episode]) for k in per_episode[0]}
-
 
 def _fit(params: Params, trainable: list[str], loss_fn, steps: Iterable[int], lr: float) -> dict[int, Params]:
     """Adam on `loss_fn(params)` over the `trainable` entries (the rest stay fixed): the parameters

@@ -30,7 +30,7 @@ from common.metrics import auc
 from common.protocol import site_tasks
 from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
-from common.tasks import TaskBatch
+from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
@@ -108,45 +108,38 @@ class Scores:
     digests: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
-# episodes handed to an adapter at once: it may adapt them together (the built-in adapters take
-# them one at a time, faster on CPU: simulation.adapters.Trained.batch_logits_at)
-CHUNK = 32
-
-
 def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
     """`adapter` on every episode: per-episode accuracy and AUROC."""
-    return _score(adapter.name, episodes, lambda batch, n: {0: adapter.batch_logits(batch, n)}, progress)[0]
+    return _score(adapter.name, episodes, lambda episode, n: {0: adapter.logits(episode, n)}, progress)[0]
 
 
 def score_steps(adapter: Trained, episodes: Episodes, steps: Iterable[int]) -> dict[int, Scores]:
     """A training adapter scored after each number of `steps`, one trajectory per episode."""
     counts = sorted(set(steps))
-    return _score(adapter.name, episodes, lambda batch, n: adapter.batch_logits_at(batch, n, counts), lambda _: None)
+    return _score(adapter.name, episodes, lambda episode, n: adapter.logits_at(episode, n, counts), lambda _: None)
 
 
 def _score(
     name: str,
     episodes: Episodes,
-    logits: Callable[[TaskBatch, int], dict[int, torch.Tensor]],
+    logits: Callable[[Episode, int], dict[int, torch.Tensor]],
     progress: Callable[[str], None],
 ) -> dict[int, Scores]:
     """Per key of `logits`' answer (one adapter's variants, e.g. its step counts): the scores.
-    `logits` meets a site's episodes CHUNK at a time and answers (episodes, queries, classes)."""
+    Episodes are adapted one at a time: a vmapped fit of 32 at once was measured 0.45x as fast
+    at 5 shots on 2 CPU cores (docs/RESULTS.md)."""
     out: dict[int, Scores] = {}
     classes = episodes.num_classes()
     for shots, by_site in episodes.batches.items():
         accs: dict[int, list[float]] = {}
         aucs: dict[int, list[float]] = {}
         for site in sorted(by_site):
-            batch = by_site[site]
-            for start in range(0, len(batch), CHUNK):
-                chunk = batch[start : start + CHUNK]
-                for key, values in logits(chunk, classes).items():
-                    for value, query_y in zip(values, chunk.query_y):
-                        accs.setdefault(key, []).append(accuracy(value, query_y).item())
-                        aucs.setdefault(key, []).append(
-                            auc(value.masked_fill(torch.isinf(value), -1e9), query_y).item()
-                        )
+            for episode in by_site[site]:
+                for key, value in logits(episode, classes).items():
+                    accs.setdefault(key, []).append(accuracy(value, episode.query_y).item())
+                    aucs.setdefault(key, []).append(
+                        auc(value.masked_fill(torch.isinf(value), -1e9), episode.query_y).item()
+                    )
             progress(f"{name}: {shots}-shot, {site} done")
         for key in accs:
             scores = out.setdefault(key, Scores(name))
