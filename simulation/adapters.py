@@ -145,6 +145,10 @@ class MetaLearned(Adapter):
     def _settings(self) -> dict:
         return {"model": self.digest, "steps": self.steps, "kernels": self.kernels}
 
+    def takes_steps(self) -> bool:
+        """Whether the number of adaptation steps is a setting of this meta-model (not ProtoNet's)."""
+        return self.algorithm.steps_adapt
+
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
         if self.algorithm.model.config.num_classes != num_classes:
             raise ValueError(

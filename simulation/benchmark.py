@@ -77,6 +77,15 @@ class Episodes:
     def num_classes(self) -> int:
         return self.scenario.num_labels if self.scenario.tasks == "hospital" else self.ways
 
+    def num_labels(self) -> int:
+        """The size of the scenario's label space (a folder's is known only from its episodes)."""
+        seen = max(int(b.classes.max()) for by_site in self.batches.values() for b in by_site.values()) + 1
+        return max(self.scenario.num_labels, seen)
+
+    def global_labels(self, episode: Episode, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` of `episode` in the scenario's label space (relabelled episodes map back)."""
+        return labels if self.scenario.tasks == "hospital" else episode.classes[labels]
+
 
 def draw_episodes(protocol: Protocol) -> Episodes:
     """Load only the protocol role's sites and draw their episodes (never any other site's)."""
@@ -106,6 +115,9 @@ class Scores:
     acc: dict[int, np.ndarray] = field(default_factory=dict)  # shots -> (episodes,)
     auc: dict[int, np.ndarray] = field(default_factory=dict)
     digests: dict[int, dict[str, str]] = field(default_factory=dict)
+    # shots -> (labels, labels) query counts over every episode: row the true class, column the
+    # predicted one, in the scenario's label space (empty in scores kept from before it existed)
+    confusion: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
@@ -129,21 +141,27 @@ def _score(
     Episodes are adapted one at a time: a vmapped fit of 32 at once was measured 0.45x as fast
     at 5 shots on 2 CPU cores (docs/RESULTS.md)."""
     out: dict[int, Scores] = {}
-    classes = episodes.num_classes()
+    classes, labels = episodes.num_classes(), episodes.num_labels()
     for shots, by_site in episodes.batches.items():
         accs: dict[int, list[float]] = {}
         aucs: dict[int, list[float]] = {}
+        confusion: dict[int, torch.Tensor] = {}
         for site in sorted(by_site):
             for episode in by_site[site]:
+                truth = episodes.global_labels(episode, episode.query_y)
                 for key, value in logits(episode, classes).items():
                     accs.setdefault(key, []).append(accuracy(value, episode.query_y).item())
                     aucs.setdefault(key, []).append(
                         auc(value.masked_fill(torch.isinf(value), -1e9), episode.query_y).item()
                     )
+                    pairs = truth * labels + episodes.global_labels(episode, value.argmax(dim=1))
+                    counts = torch.bincount(pairs, minlength=labels * labels)
+                    confusion[key] = confusion[key] + counts if key in confusion else counts
             progress(f"{name}: {shots}-shot, {site} done")
         for key in accs:
             scores = out.setdefault(key, Scores(name))
             scores.acc[shots], scores.auc[shots] = np.array(accs[key]), np.array(aucs[key])
+            scores.confusion[shots] = confusion[key].reshape(labels, labels).numpy()
             scores.digests[shots] = dict(episodes.digests[shots])
     return out
 
@@ -252,6 +270,7 @@ def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> No
         "digests": {str(k): v for k, v in scores.digests.items()},
         "acc": {str(k): v.tolist() for k, v in scores.acc.items()},
         "auc": {str(k): v.tolist() for k, v in scores.auc.items()},
+        "confusion": {str(k): v.tolist() for k, v in scores.confusion.items()},
     }
     write_json(path, data)  # whole or not at all: a stopped run never leaves half a file to keep
 
@@ -266,6 +285,7 @@ def _scores(data: dict) -> Scores:
         {int(k): np.array(v) for k, v in data["acc"].items()},
         {int(k): np.array(v) for k, v in data["auc"].items()},
         {int(k): v for k, v in data["digests"].items()},
+        {int(k): np.array(v) for k, v in data.get("confusion", {}).items()},
     )
 
 

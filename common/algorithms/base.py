@@ -34,6 +34,7 @@ class MetaAlgorithm(ABC):
     # how the coordinator applies the averaged update: None keeps the run's outer optimizer;
     # ("sgd", 1.0) for algorithms whose sites send `global - local` weights (FedAvg)
     outer_step: tuple[str, float] | None = None
+    steps_adapt = True  # `adapt` takes gradient steps (their count is a setting); False: it has none
 
     def __init__(self, model: MetaNet, config: MetaConfig, kernels: NativeKernels | None = None) -> None:
         self.model = model

@@ -19,7 +19,7 @@
 #
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
 # and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
-# Rerun it to resume: finished training runs and an existing tuned.json are kept (delete them to redo),
+# Rerun it to resume: finished training runs and the methods tuned.json holds are kept (delete them to redo),
 # a run stopped midway continues from its checkpoint, and the scoring keeps every method-seed it
 # finished (RESULTS_DIR/scores; `fedmeta benchmark evaluate --rescore` to redo).
 set -euo pipefail
@@ -70,8 +70,14 @@ for scenario in $SCENARIOS; do
         done
         supervised+=(--supervised "$dir/fedavg-supervised/model")
     done
+    # every method's adaptation settings, chosen on the validation sites with the first seed's
+    # models (the baselines' steps and rates, the meta-models' steps); what tuned.json holds is kept
     first_seed=${SEEDS%% *}
-    [[ -f "$OUT/$scenario/tuned.json" ]] || "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" \
+    first=()
+    for method in ${METHODS//,/ } ${centralized//,/ }; do
+        first+=(--model "$method=$OUT/$scenario/seed-$first_seed/$method/model")
+    done
+    "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
         --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json"
     "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
         "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR"

@@ -18,8 +18,8 @@
 #         does: a recipe is chosen on its mean over seeds, not on one seed's luck (on new-hospital,
 #         FOMAML's held-out accuracy spans 6.9 points over three seeds; see docs/RESULTS.md)
 #   SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
-# Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the baselines'
-# tuning OUT_DIR/tuned.json (on the first seed's supervised model), times.tsv beside the runs and
+# Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the adaptation
+# settings OUT_DIR/tuned.json (tuned on the first seed's models), times.tsv beside the runs and
 # the validation table OUT_DIR/headline.md (+ headline.json, plots).
 set -euo pipefail
 SCENARIO=${1:?scenario}
@@ -36,6 +36,7 @@ read -r -a seeds <<< "$SEEDS"
 runs_of() { if (( ${#seeds[@]} > 1 )); then echo "$OUT/seed-$1"; else echo "$OUT"; fi; }
 trim() { local s="$1"; s="${s#"${s%%[![:space:]]*}"}"; echo "${s%"${s##*[![:space:]]}"}"; }
 models=()
+first=()  # the first seed's recipes: their evaluation steps are tuned with the baselines'
 supervised=()
 for seed in "${seeds[@]}"; do
     runs=$(runs_of "$seed")
@@ -52,13 +53,16 @@ for seed in "${seeds[@]}"; do
                 --run-config "eval-heldout=false $config" --out "$runs/$name" < /dev/null
             printf '%s\t%s\t%s\t%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" >> "$runs/times.tsv"
         fi
-        [[ "$name" != supervised ]] && models+=(--model "$name=$runs/$name/model")
+        [[ "$name" == supervised ]] && continue
+        models+=(--model "$name=$runs/$name/model")
+        if [[ "$seed" == "${seeds[0]}" ]]; then first+=(--model "$name=$runs/$name/model"); fi
     done < "$RECIPES"
     supervised+=(--supervised "$runs/supervised/model")
 done
 mkdir -p "$OUT"
-# the baselines' adaptation, tuned once on the first seed's supervised model (kept if OUT_DIR has it)
-[[ -f "$OUT/tuned.json" ]] || "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" \
-    --shots "$SHOTS" --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json"
+# the baselines' adaptation and the recipes' evaluation steps, tuned on the first seed's models
+# (what OUT_DIR/tuned.json already holds is kept)
+"$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
+    --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json"
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
     --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT"

@@ -5,7 +5,9 @@ episodes of the held-out sites and writes headline.json, tables and plots."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -24,6 +26,9 @@ GRIDS: dict[str, dict[str, list]] = {
     "finetune": {"steps": [0, 25, 50, 100, 200], "lr": [3e-5, 1e-4, 3e-4, 1e-3]},
     "linear-probe": {"steps": [100, 200, 400], "lr": [1e-2, 1e-1], "weight_decay": [0.0, 1e-4, 1e-2]},
     "local": {"steps": [25, 100, 200], "lr": [1e-3, 3e-3, 1e-2]},
+    # a meta-model adapts with its own inner loop and rate: only how many steps it takes at the
+    # new site is chosen (0: the meta-model as it is; it was meta-trained with eval-inner-steps)
+    "meta-learned": {"steps": [0, 1, 2, 5, 10, 20]},
 }
 
 
@@ -45,51 +50,70 @@ def _models(specs: list[str]) -> dict[str, list[Path]]:
 def tune(
     scenario: str = typer.Option(..., help="A benchmark scenario with validation sites, e.g. new-hospital."),
     supervised: Path = typer.Option(..., help="A supervised FedAvg model directory (its fine-tuning is tuned)."),
+    model: list[str] = typer.Option(
+        [],
+        help="NAME=DIR of a meta-model (one training seed): its evaluation inner steps are tuned too, "
+        "as the baselines' are (ProtoNet takes no steps and is skipped).",
+    ),
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files."),
     shots: str = typer.Option("1,5", help="Shots the settings must do well at (mean accuracy over them)."),
     queries: int = typer.Option(15, min=1, help="Query images per class, where a class has that many."),
     episodes: int = typer.Option(50, min=1, help="Validation episodes per shots."),
     out: Path = typer.Option(Path("tuned.json"), help="The chosen settings and every try's validation score."),
+    retune: bool = typer.Option(
+        False, help="Tune every method again; by default the methods OUT already holds (same protocol) are kept."
+    ),
 ) -> None:
-    """Choose fine-tuning, linear-probe and local-training settings on the validation sites only."""
+    """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
+    steps) on the validation sites only."""
+    from common.files import write_json
     from common.models import ModelConfig
-    from simulation.adapters import FineTune, LinearProbe, Loaded, Scratch
+    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch
     from simulation.benchmark import Protocol, draw_episodes, parse_shots
     from simulation.benchmark import tune as tune_grid
 
     console = Console()
+    header = {"scenario": scenario, "shots": list(parse_shots(shots)), "episodes": episodes, "role": "validation"}
     try:
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
         config: ModelConfig = Loaded.from_dir(supervised).model.config
+        chosen = {} if retune else _kept_tuning(out, header)
         drawn = draw_episodes(protocol)  # one draw of the validation episodes, for every adapter
     except (ValueError, FileNotFoundError) as error:  # e.g. a validation site too small for the episodes
         fail(error)
-    factories = {
-        "finetune": lambda **p: FineTune(supervised, **p),
-        "linear-probe": lambda **p: LinearProbe(supervised, **p),
-        "local": lambda **p: Scratch(config, **p),
+    factories: dict[str, tuple[Callable[..., Any], dict[str, list]]] = {
+        "finetune": (lambda **p: FineTune(supervised, **p), GRIDS["finetune"]),
+        "linear-probe": (lambda **p: LinearProbe(supervised, **p), GRIDS["linear-probe"]),
+        "local": (lambda **p: Scratch(config, **p), GRIDS["local"]),
     }
-    chosen = {}
-    for name, factory in factories.items():
-        console.print(f"tuning {name} on the validation sites: {GRIDS[name]}")
-        best, table = tune_grid(factory, GRIDS[name], drawn)
+    for name, dirs in _models(model).items():
+        if MetaLearned(dirs[0]).takes_steps():
+            factories[name] = (lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p), GRIDS["meta-learned"])
+        else:
+            console.print(f"{name}: adapts without steps (prototypes), nothing to tune")
+    for name, (factory, grid) in factories.items():
+        if name in chosen:
+            console.print(f"{name}: kept from {out} ({chosen[name]['best']})")
+            continue
+        console.print(f"tuning {name} on the validation sites: {grid}")
+        best, table = tune_grid(factory, grid, drawn)
         chosen[name] = {"best": best, "tries": table}
         console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
-    out.write_text(
-        json.dumps(
-            {
-                "protocol": {
-                    "scenario": scenario,
-                    "shots": list(protocol.shots),
-                    "episodes": episodes,
-                    "role": "validation",
-                },
-                **chosen,
-            },
-            indent=1,
-        )
-    )
+        write_json(out, {"protocol": header, **chosen})  # after each method: a stopped run keeps them
     console.print(f"settings: {out}")
+
+
+def _kept_tuning(out: Path, header: dict) -> dict:
+    """The methods an earlier `tune` left in `out`, if it tuned on the same validation protocol."""
+    if not out.is_file():
+        return {}
+    data = json.loads(out.read_text())
+    if data.get("protocol") != header:
+        raise ValueError(
+            f"{out} was tuned with {data.get('protocol')}, not {header}: "
+            "pass the same --shots and --episodes, another --out, or --retune"
+        )
+    return {k: v for k, v in data.items() if k != "protocol"}
 
 
 @benchmark_app.command("evaluate")
@@ -144,6 +168,7 @@ def evaluate(
         write_scores,
     )
     from simulation.headline import write_headline
+    from simulation.perclass import write_per_class
 
     console = Console()
     try:
@@ -161,7 +186,7 @@ def evaluate(
     def best(name: str) -> dict:
         return settings.get(name, {}).get("best", {})
 
-    adapters: dict[str, list] = {name: [MetaLearned(d, name=name) for d in dirs] for name, dirs in models.items()}
+    adapters: dict[str, list] = {n: [MetaLearned(d, name=n, **best(n)) for d in dirs] for n, dirs in models.items()}
     adapters["fedavg+finetune"] = [FineTune(d, **best("finetune")) for d in supervised]
     adapters["fedavg+linear-probe"] = [LinearProbe(d, **best("linear-probe")) for d in supervised]
     adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]
@@ -186,6 +211,10 @@ def evaluate(
     chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways
     write_headline(rows, out, {sc.name: chance} if chance else None)
     console.print((out / "headline.md").read_text(), highlight=False)
+    names = sc.label_space(sc.sites[(sc.heldout_sites if sites == "heldout" else sc.validation_sites)[0]])
+    where = "new (held-out) sites" if sites == "heldout" else "validation sites"
+    per_class = write_per_class(methods, names, out, f"{sc.name}-{sites}", f"{sc.name}, {where}")
+    console.print(f"per-class recall and mistakes: {per_class}")
 
 
 @benchmark_app.command("report")

@@ -17,35 +17,7 @@ from simulation import benchmark
 from simulation.adapters import FineTune, LinearProbe, MetaLearned, Prototypes, Scratch
 from simulation.benchmark import Protocol, Scores, draw_episodes, headline_rows, score, tune
 
-SITES = """
-[[sites]]
-name = "{name}"
-count = 2
-role = "{role}"
-source = "synthetic"
-num-classes = 4
-per-class = 8
-test-per-class = 8
-"""
-SCENARIO = """
-name = "tiny-roles"
-image-size = 8
-seed = 0
-[episodes]
-ways = 3
-shots = 2
-queries = 3
-""" + "".join(
-    SITES.format(name=n, role=r) for n, r in (("train", "train"), ("validation", "validation"), ("new", "heldout"))
-)
 MODEL = ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2)
-
-
-@pytest.fixture
-def scenario(tmp_path) -> str:
-    path = tmp_path / "tiny-roles.toml"
-    path.write_text(SCENARIO)
-    return str(path)
 
 
 def saved(tmp_path: Path, algorithm: str, num_classes: int = 3) -> Path:
@@ -165,6 +137,18 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert tuned.returncode == 0, tuned.stderr
     settings = json.loads((tmp_path / "tuned.json").read_text())
     assert set(settings) >= {"finetune", "linear-probe", "local"} and settings["protocol"]["role"] == "validation"
+    # the meta-model's evaluation steps are tuned the same way, added to what tuned.json holds
+    tune_args = ("--scenario", scenario, "--supervised", str(supervised[0]), "--shots", "2", "--queries", "3")
+    out_args = ("--out", str(tmp_path / "tuned.json"))
+    with_meta = fedmeta("tune", *tune_args, "--episodes", "2", "--model", f"maml={maml}", *out_args)
+    assert with_meta.returncode == 0, with_meta.stderr
+    assert with_meta.stdout.count("kept from") == 3 and "tuning maml" in with_meta.stdout
+    tuned_meta = json.loads((tmp_path / "tuned.json").read_text())
+    assert {k: tuned_meta[k] for k in settings} == settings  # the baselines' choice untouched
+    assert tuned_meta["maml"]["best"]["steps"] in (0, 1, 2, 5, 10, 20) and len(tuned_meta["maml"]["tries"]) == 6
+    other = fedmeta("tune", *tune_args, "--episodes", "3", *out_args)  # another protocol: not mixed in
+    assert other.returncode == 2 and "--retune" in other.stderr
+    settings = tuned_meta
     out = tmp_path / "results"
     evaluate_args = (
         "evaluate",
@@ -214,6 +198,8 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert {r["seeds"] for r in rows if r["method"] in ("maml", "local")} == {1}  # one local initialization
     for name in ("tiny-roles-by-shots.png", "tiny-roles-forest.png", "headline.md"):
         assert (out / name).stat().st_size > 0
+    per_class = (out / "per-class-tiny-roles-heldout.md").read_text()
+    assert "| class | queries | maml | fedavg+finetune |" in per_class and "mistake 1" in per_class
     table = (out / "headline.md").read_text()
     assert table.count("| fedavg+finetune |") == 2 and all(
         line.split("|")[5].strip() == "reference" for line in table.splitlines() if "| fedavg+finetune |" in line

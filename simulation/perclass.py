@@ -1,0 +1,120 @@
+"""Which classes each method gets right, and what it mistakes them for: per-class recall and the
+most frequent confusions, pooled over every episode and training seed of a benchmark run (from
+the confusion counts `simulation.benchmark` keeps with each method's scores).
+
+These are descriptive counts, not tests: queries of one episode share its support set, so no
+interval is given. They answer "why is this accuracy low", e.g. two look-alike classes taking
+each other's queries, which the headline's one number per method cannot show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common.files import write_json
+from simulation.benchmark import Scores
+
+TOP_MISTAKES = 3  # per method and shots: the largest off-diagonal shares
+
+
+def pooled(runs: list[Scores], shots: int) -> np.ndarray | None:
+    """A method's confusion counts summed over its seeds; None where a run has none (scores kept
+    from before confusion was recorded: rescore them)."""
+    if any(shots not in r.confusion for r in runs):
+        return None
+    return np.sum([r.confusion[shots] for r in runs], axis=0)
+
+
+def per_class_rows(methods: dict[str, list[Scores]], names: tuple[str, ...]) -> list[dict]:
+    """One row per (shots, method, true class with queries): its recall, its query count and the
+    class it is most often mistaken for (with that share of its queries). `names`: the label
+    space's class names (index = label)."""
+    rows = []
+    for name, runs in methods.items():
+        for shots in sorted(runs[0].acc):
+            counts = pooled(runs, shots)
+            if counts is None:
+                continue
+            for true in np.flatnonzero(counts.sum(axis=1)):
+                row = counts[true]
+                wrong = row.copy()
+                wrong[true] = 0
+                other = int(wrong.argmax())
+                rows.append(
+                    {
+                        "shots": shots,
+                        "method": name,
+                        "class": _name(names, int(true)),
+                        "queries": int(row.sum()),
+                        "recall": float(row[true] / row.sum()),
+                        "mistaken_for": _name(names, other) if wrong[other] else "",
+                        "mistaken_share": float(wrong[other] / row.sum()),
+                    }
+                )
+    return rows
+
+
+def _name(names: tuple[str, ...], label: int) -> str:
+    return names[label] if label < len(names) else str(label)
+
+
+def top_mistakes(counts: np.ndarray, names: tuple[str, ...], top: int = TOP_MISTAKES) -> list[tuple[str, str, float]]:
+    """The `top` largest confusions: (true class, predicted class, share of the true class's queries)."""
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    np.fill_diagonal(shares, 0.0)
+    order = np.argsort(shares, axis=None)[::-1][:top]
+    cells = [np.unravel_index(i, shares.shape) for i in order]
+    return [(_name(names, int(t)), _name(names, int(p)), float(shares[t, p])) for t, p in cells if shares[t, p] > 0]
+
+
+def markdown(methods: dict[str, list[Scores]], names: tuple[str, ...], title: str) -> str:
+    """Per shots: a table of each class's recall (%) by method, then each method's most frequent
+    mistakes. Methods without confusion counts are listed as such."""
+    lines = [f"# Per-class results: {title}", ""]
+    missing = [m for m, runs in methods.items() if any(not r.confusion for r in runs)]
+    if missing:
+        lines += [
+            f"No confusion counts for {', '.join(missing)} (scores kept from before they existed: "
+            "`fedmeta benchmark evaluate --rescore`).",
+            "",
+        ]
+    have = {m: runs for m, runs in methods.items() if m not in missing}
+    if not have:
+        return "\n".join(lines)
+    for shots in sorted(next(iter(have.values()))[0].acc):
+        counts: dict[str, np.ndarray] = {}
+        for method, runs in have.items():
+            summed = pooled(runs, shots)
+            if summed is not None:
+                counts[method] = summed
+        first = next(iter(counts.values()))
+        lines += [f"## {shots}-shot: recall % per true class (queries pooled over episodes and seeds)", ""]
+        lines += ["| class | queries | " + " | ".join(counts) + " |", "| --- | --- |" + " --- |" * len(counts)]
+        for label in np.flatnonzero(first.sum(axis=1)):  # every method met the same queries
+            cells = [_recall(c, int(label)) for c in counts.values()]
+            lines.append(f"| {_name(names, int(label))} | {int(first[label].sum())} | " + " | ".join(cells) + " |")
+        lines += ["", f"{shots}-shot: the most frequent mistakes (true → predicted, share of its queries)", ""]
+        lines += ["| method | " + " | ".join(f"mistake {i + 1}" for i in range(TOP_MISTAKES)) + " |"]
+        lines += ["| --- |" + " --- |" * TOP_MISTAKES]
+        for method, c in counts.items():
+            cells = [f"{t} → {p} {share:.0%}" for t, p, share in top_mistakes(c, names)]
+            lines.append(f"| {method} | " + " | ".join(cells + [""] * (TOP_MISTAKES - len(cells))) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _recall(counts: np.ndarray, label: int) -> str:
+    total = counts[label].sum()
+    return f"{100 * counts[label, label] / total:.1f}" if total else ""
+
+
+def write_per_class(
+    methods: dict[str, list[Scores]], names: tuple[str, ...], out_dir: Path, stem: str, title: str
+) -> Path:
+    """`out_dir`/per-class-`stem`.md and .json (the rows); returns the markdown's path."""
+    out = Path(out_dir) / f"per-class-{stem}.md"
+    out.write_text(markdown(methods, names, title), encoding="utf-8")
+    write_json(out.with_suffix(".json"), per_class_rows(methods, names))
+    return out

@@ -1,0 +1,86 @@
+"""Per-class results: the confusion counts kept with every method's scores (in the scenario's label
+space, relabelled episodes mapped back) and the per-class tables built from them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from simulation.adapters import Adapter
+from simulation.benchmark import Protocol, Scores, draw_episodes, read_scores, score, write_scores
+from simulation.perclass import markdown, per_class_rows, pooled, top_mistakes, write_per_class
+
+
+class Fixed(Adapter):
+    """Knows the answers (`right`) or always says the episode's first label."""
+
+    def __init__(self, right: bool) -> None:
+        self.right, self.name = right, "fixed"
+
+    def _settings(self) -> dict:
+        return {"right": self.right}
+
+    def logits(self, episode, num_classes):
+        said = episode.query_y if self.right else torch.zeros_like(episode.query_y)
+        return torch.nn.functional.one_hot(said, num_classes).float()
+
+
+def test_confusion_counts_every_query_in_the_label_space(scenario):
+    episodes = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=6))
+    batches = list(episodes.batches[2].values())
+    true_classes = torch.cat([b.classes.gather(1, b.query_y) for b in batches]).flatten()
+    first_classes = torch.cat([b.classes[:, :1].expand_as(b.query_y) for b in batches]).flatten()
+    right, wrong = score(Fixed(True), episodes), score(Fixed(False), episodes)
+    labels = 4  # the synthetic sites' label space; episodes are 3-way, relabelled
+    for scores in (right, wrong):
+        assert scores.confusion[2].shape == (labels, labels)
+        assert scores.confusion[2].sum() == true_classes.numel()
+        # the true class of each query, mapped back from the episode's labels
+        assert np.array_equal(scores.confusion[2].sum(axis=1), np.bincount(true_classes, minlength=labels))
+    assert np.array_equal(np.diag(right.confusion[2]), np.bincount(true_classes, minlength=labels))
+    # always the episode's first label: every prediction is that episode's first class
+    assert np.array_equal(wrong.confusion[2].sum(axis=0), np.bincount(first_classes, minlength=labels))
+    # equal queries per episode: the pooled share right is the mean accuracy
+    assert np.trace(wrong.confusion[2]) / wrong.confusion[2].sum() == pytest.approx(wrong.acc[2].mean())
+
+
+def test_confusion_is_kept_with_the_scores(tmp_path):
+    scores = Scores("m", {1: np.array([0.5])}, {1: np.array([0.6])}, {1: {"a": "x"}}, {1: np.eye(3, dtype=int)})
+    write_scores(tmp_path / "s.json", scores)
+    assert np.array_equal(read_scores(tmp_path / "s.json").confusion[1], np.eye(3))
+    older = json.loads((tmp_path / "s.json").read_text())
+    del older["confusion"]  # scores written before confusion existed still read
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert read_scores(tmp_path / "old.json").confusion == {}
+
+
+NAMES = ("kidney-left", "kidney-right", "liver")
+COUNTS = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # by hand: liver has no queries
+
+
+def test_per_class_recall_and_mistakes_by_hand():
+    runs = [
+        Scores("ft", {1: np.array([0.85])}, confusion={1: COUNTS}),
+        Scores("ft", {1: np.array([0.85])}, confusion={1: COUNTS}),
+    ]
+    assert np.array_equal(pooled(runs, 1), 2 * COUNTS)  # summed over seeds
+    rows = per_class_rows({"ft": runs}, NAMES)
+    assert [(r["class"], r["queries"], r["recall"], r["mistaken_for"]) for r in rows] == [
+        ("kidney-left", 20, 0.8, "kidney-right"),
+        ("kidney-right", 20, 0.9, "kidney-left"),
+    ]
+    assert rows[0]["mistaken_share"] == pytest.approx(0.2)
+    assert top_mistakes(COUNTS, NAMES) == [("kidney-left", "kidney-right", 0.2), ("kidney-right", "kidney-left", 0.1)]
+    text = markdown({"ft": runs}, NAMES, "tiny")
+    assert "| kidney-left | 20 | 80.0 |" in text and "| kidney-right | 20 | 90.0 |" in text and "liver" not in text
+    assert "kidney-left → kidney-right 20%" in text
+
+
+def test_methods_without_counts_are_named_not_guessed(tmp_path):
+    old = [Scores("proto", {1: np.array([0.5])})]
+    new = [Scores("ft", {1: np.array([0.85])}, confusion={1: COUNTS})]
+    path = write_per_class({"proto": old, "ft": new}, NAMES, tmp_path, "s-heldout", "s")
+    text = path.read_text()
+    assert "No confusion counts for proto" in text and "--rescore" in text and "| class | queries | ft |" in text
+    assert {r["method"] for r in json.loads(path.with_suffix(".json").read_text())} == {"ft"}
