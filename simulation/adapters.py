@@ -132,13 +132,14 @@ class Loaded:
         return self.model.features(params, self.model.prepare(x))
 
 
-class MetaLearned(Adapter):
-    """A meta-model adapted with its own algorithm (the steps it was meta-trained with for
-    evaluation, `eval-inner-steps`, unless `steps` says otherwise)."""
+class MetaLearned(Trained):
+    """A meta-model adapted with its own algorithm: `steps` inner steps at its own rate (None: the
+    steps it was meta-trained with for evaluation, `eval-inner-steps`; ProtoNet takes none)."""
 
     def __init__(self, model_dir: Path, steps: int | None = None, kernels: str = "auto", name: str = "") -> None:
         meta, model_config, meta_config, _, _ = load_meta_model(model_dir)
-        self.meta, self.steps, self.kernels, self.digest = meta, steps, kernels, model_digest(model_dir)
+        self.meta, self.kernels, self.digest = meta, kernels, model_digest(model_dir)
+        self.steps = steps  # type: ignore[assignment]  # None: the model's own eval-inner-steps
         self.algorithm = build_algorithm(build_model(model_config), meta_config, resolve_kernels(kernels))
         self.name = name or meta_config.algorithm
 
@@ -150,14 +151,25 @@ class MetaLearned(Adapter):
         return self.algorithm.steps_adapt
 
     def logits(self, episode: Episode, num_classes: int) -> torch.Tensor:
+        steps = self.algorithm.config.eval_inner_steps if self.steps is None else self.steps
+        return self.logits_at(episode, num_classes, [steps])[steps]
+
+    def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
+        """Query logits after each number of inner `steps`, from one inner loop: plain SGD steps
+        depend on the weights alone, so adapting k more steps from the k-step weights continues
+        the same trajectory (exactly: a test compares it with each count adapted alone)."""
         if self.algorithm.model.config.num_classes != num_classes:
             raise ValueError(
                 f"{self.name}: the meta-model has {self.algorithm.model.config.num_classes} outputs, "
                 f"the episodes {num_classes} classes: meta-train with ways = {num_classes}"
             )
-        adapted = self.algorithm.adapt(self.meta, episode.support_x, episode.support_y, self.steps)
-        with torch.no_grad():
-            return self.algorithm.predict(adapted, episode.query_x)
+        out, current, done = {}, self.meta, 0
+        for count in sorted(set(steps)):
+            adapted = self.algorithm.adapt(current, episode.support_x, episode.support_y, count - done)
+            current, done = {**self.meta, **adapted}, count  # the meta-model's own rates etc. stay
+            with torch.no_grad():
+                out[count] = self.algorithm.predict(adapted, episode.query_x)
+        return out
 
 
 class FineTune(Trained):

@@ -27,8 +27,9 @@ GRIDS: dict[str, dict[str, list]] = {
     "linear-probe": {"steps": [100, 200, 400], "lr": [1e-2, 1e-1], "weight_decay": [0.0, 1e-4, 1e-2]},
     "local": {"steps": [25, 100, 200], "lr": [1e-3, 3e-3, 1e-2]},
     # a meta-model adapts with its own inner loop and rate: only how many steps it takes at the
-    # new site is chosen (0: the meta-model as it is; it was meta-trained with eval-inner-steps)
-    "meta-learned": {"steps": [0, 1, 2, 5, 10, 20]},
+    # new site is chosen (0: the meta-model as it is; it was meta-trained with eval-inner-steps).
+    # On new-hospital FOMAML still gained from 10 to 20 steps (77.2 to 77.6%), hence 40 and 80
+    "meta-learned": {"steps": [0, 1, 2, 5, 10, 20, 40, 80]},
 }
 
 

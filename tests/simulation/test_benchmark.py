@@ -145,7 +145,7 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert with_meta.stdout.count("kept from") == 3 and "tuning maml" in with_meta.stdout
     tuned_meta = json.loads((tmp_path / "tuned.json").read_text())
     assert {k: tuned_meta[k] for k in settings} == settings  # the baselines' choice untouched
-    assert tuned_meta["maml"]["best"]["steps"] in (0, 1, 2, 5, 10, 20) and len(tuned_meta["maml"]["tries"]) == 6
+    assert tuned_meta["maml"]["best"]["steps"] in (0, 1, 2, 5, 10, 20, 40, 80) and len(tuned_meta["maml"]["tries"]) == 8
     other = fedmeta("tune", *tune_args, "--episodes", "3", *out_args)  # another protocol: not mixed in
     assert other.returncode == 2 and "--retune" in other.stderr
     settings = tuned_meta
@@ -250,6 +250,20 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     }
     assert "### tiny-roles, validation sites" in (out / "headline.md").read_text()
     assert (out / "tiny-roles-validation-forest.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "meta-sgd", "anil"])
+def test_a_meta_models_trajectory_gives_every_step_count_exactly(scenario, tmp_path, algorithm):
+    """Tuning a meta-model's steps adapts once, continuing from each count to the next: the logits
+    equal those of each count adapted alone, and `logits` takes the model's eval-inner-steps."""
+    episode = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2, role="validation")).batches[2]
+    episode = next(iter(episode.values()))[0]
+    model_dir = saved(tmp_path, algorithm)
+    at = MetaLearned(model_dir).logits_at(episode, 3, [0, 1, 3])
+    for count in (0, 1, 3):
+        assert torch.equal(at[count], MetaLearned(model_dir, steps=count).logits(episode, 3))
+    assert not torch.equal(at[1], at[3])
+    assert torch.equal(MetaLearned(model_dir).logits(episode, 3), MetaLearned(model_dir, steps=2).logits(episode, 3))
 
 
 def test_one_trajectory_gives_every_step_count_exactly(scenario, tmp_path):
