@@ -101,7 +101,27 @@ def tune(
         chosen[name] = {"best": best, "tries": table}
         console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
         write_json(out, {"protocol": header, **chosen})  # after each method: a stopped run keeps them
-    console.print(f"settings: {out}")
+    out.with_suffix(".md").write_text(tries_markdown(header, chosen), encoding="utf-8")
+    console.print(f"settings: {out}, every try: {out.with_suffix('.md')}")
+
+
+def tries_markdown(header: dict, chosen: dict) -> str:
+    """Every try of every method with its validation accuracy, the chosen one in bold."""
+    lines = [
+        f"# Adaptation settings tried on {header['scenario']}'s validation sites",
+        "",
+        f"Mean accuracy over {header['shots']} shots, {header['episodes']} validation episodes per shots.",
+        "",
+        "| method | setting | validation accuracy % |",
+        "| --- | --- | --- |",
+    ]
+    for name, entry in chosen.items():
+        best = json.dumps(entry["best"], sort_keys=True)
+        for setting, acc in entry["tries"].items():
+            mark = "**" if setting == best else ""
+            text = ", ".join(f"{k} {v}" for k, v in json.loads(setting).items())
+            lines.append(f"| {name} | {mark}{text}{mark} | {mark}{100 * acc:.1f}{mark} |")
+    return "\n".join(lines) + "\n"
 
 
 def _kept_tuning(out: Path, header: dict) -> dict:

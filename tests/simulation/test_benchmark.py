@@ -146,6 +146,8 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     tuned_meta = json.loads((tmp_path / "tuned.json").read_text())
     assert {k: tuned_meta[k] for k in settings} == settings  # the baselines' choice untouched
     assert tuned_meta["maml"]["best"]["steps"] in (0, 1, 2, 5, 10, 20, 40, 80) and len(tuned_meta["maml"]["tries"]) == 8
+    table = (tmp_path / "tuned.md").read_text()  # every try, readable, the choice in bold
+    assert table.count("| maml |") == 8 and table.count("| maml | **steps") == 1
     other = fedmeta("tune", *tune_args, "--episodes", "3", *out_args)  # another protocol: not mixed in
     assert other.returncode == 2 and "--retune" in other.stderr
     settings = tuned_meta
