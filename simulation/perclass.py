@@ -56,7 +56,9 @@ def per_class_rows(methods: dict[str, list[Scores]], names: tuple[str, ...]) -> 
 
 
 def _name(names: tuple[str, ...], label: int) -> str:
-    return names[label] if label < len(names) else str(label)
+    """A class's name as tables show it: without a parenthesized gloss (BloodMNIST's "immature
+    granulocytes(myelocytes, metamyelocytes and promyelocytes)" is "immature granulocytes")."""
+    return names[label].split("(")[0].strip() if label < len(names) else str(label)
 
 
 def top_mistakes(counts: np.ndarray, names: tuple[str, ...], top: int = TOP_MISTAKES) -> list[tuple[str, str, float]]:
@@ -112,8 +114,11 @@ def _recall(counts: np.ndarray, label: int) -> str:
 
 def write_per_class(
     methods: dict[str, list[Scores]], names: tuple[str, ...], out_dir: Path, stem: str, title: str
-) -> Path:
-    """`out_dir`/per-class-`stem`.md and .json (the rows); returns the markdown's path."""
+) -> Path | None:
+    """`out_dir`/per-class-`stem`.md and .json (the rows); returns the markdown's path, or None
+    (nothing written) when no method has confusion counts (every score kept from before them)."""
+    if not any(r.confusion for runs in methods.values() for r in runs):
+        return None
     out = Path(out_dir) / f"per-class-{stem}.md"
     out.write_text(markdown(methods, names, title), encoding="utf-8")
     write_json(out.with_suffix(".json"), per_class_rows(methods, names))

@@ -235,7 +235,8 @@ def evaluate(
     names = sc.label_space(sc.sites[(sc.heldout_sites if sites == "heldout" else sc.validation_sites)[0]])
     where = "new (held-out) sites" if sites == "heldout" else "validation sites"
     per_class = write_per_class(methods, names, out, f"{sc.name}-{sites}", f"{sc.name}, {where}")
-    console.print(f"per-class recall and mistakes: {per_class}")
+    if per_class:
+        console.print(f"per-class recall and mistakes: {per_class}")
 
 
 @benchmark_app.command("report")

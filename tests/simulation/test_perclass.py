@@ -55,7 +55,7 @@ def test_confusion_is_kept_with_the_scores(tmp_path):
     assert read_scores(tmp_path / "old.json").confusion == {}
 
 
-NAMES = ("kidney-left", "kidney-right", "liver")
+NAMES = ("kidney-left", "kidney-right (gloss)", "liver")
 COUNTS = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # by hand: liver has no queries
 
 
@@ -84,3 +84,5 @@ def test_methods_without_counts_are_named_not_guessed(tmp_path):
     text = path.read_text()
     assert "No confusion counts for proto" in text and "--rescore" in text and "| class | queries | ft |" in text
     assert {r["method"] for r in json.loads(path.with_suffix(".json").read_text())} == {"ft"}
+    assert write_per_class({"proto": old}, NAMES, tmp_path, "none", "s") is None  # no counts: no file
+    assert not (tmp_path / "per-class-none.md").exists()
