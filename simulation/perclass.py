@@ -36,23 +36,29 @@ def per_class_rows(methods: dict[str, list[Scores]], names: tuple[str, ...]) -> 
             counts = pooled(runs, shots)
             if counts is None:
                 continue
+            shares = _mistake_shares(counts)
             for true in np.flatnonzero(counts.sum(axis=1)):
-                row = counts[true]
-                wrong = row.copy()
-                wrong[true] = 0
-                other = int(wrong.argmax())
+                other = int(shares[true].argmax())
                 rows.append(
                     {
                         "shots": shots,
                         "method": name,
                         "class": _name(names, int(true)),
-                        "queries": int(row.sum()),
-                        "recall": float(row[true] / row.sum()),
-                        "mistaken_for": _name(names, other) if wrong[other] else "",
-                        "mistaken_share": float(wrong[other] / row.sum()),
+                        "queries": int(counts[true].sum()),
+                        "recall": float(counts[true, true] / counts[true].sum()),
+                        "mistaken_for": _name(names, other) if shares[true, other] else "",
+                        "mistaken_share": float(shares[true, other]),
                     }
                 )
     return rows
+
+
+def _mistake_shares(counts: np.ndarray) -> np.ndarray:
+    """Each off-diagonal count as a share of its true class's queries (the diagonal zeroed)."""
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    np.fill_diagonal(shares, 0.0)
+    return shares
 
 
 def _name(names: tuple[str, ...], label: int) -> str:
@@ -63,9 +69,7 @@ def _name(names: tuple[str, ...], label: int) -> str:
 
 def top_mistakes(counts: np.ndarray, names: tuple[str, ...], top: int = TOP_MISTAKES) -> list[tuple[str, str, float]]:
     """The `top` largest confusions: (true class, predicted class, share of the true class's queries)."""
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    np.fill_diagonal(shares, 0.0)
+    shares = _mistake_shares(counts)
     order = np.argsort(shares, axis=None)[::-1][:top]
     cells = [np.unravel_index(i, shares.shape) for i in order]
     return [(_name(names, int(t)), _name(names, int(p)), float(shares[t, p])) for t, p in cells if shares[t, p] > 0]
