@@ -191,12 +191,10 @@ def tune(
             record(point, score(factory(**point), episodes))
             continue
         adapter = factory(**point, steps=counts[-1])
-        if isinstance(adapter, Trained):  # one trajectory, scored at every count
-            for steps, scores in score_steps(adapter, episodes, counts).items():
-                record({**point, "steps": steps}, scores)
-        else:
-            for steps in counts:
-                record({**point, "steps": steps}, score(factory(**point, steps=steps), episodes))
+        if not isinstance(adapter, Trained):
+            raise TypeError(f"{type(adapter).__name__} takes no steps: drop the grid's steps axis")
+        for steps, scores in score_steps(adapter, episodes, counts).items():  # one trajectory
+            record({**point, "steps": steps}, scores)
     return choose(results), results
 
 
