@@ -11,6 +11,9 @@
 #   RUN         extra run-config for every training run (e.g. "num-server-rounds=60"); each
 #               scenario's file recommends its own (its [run-config] table)
 #   SUPERVISED_RUN  extra run-config for the supervised FedAvg runs only (e.g. "num-server-rounds=100")
+#   META_RUN    extra run-config for the meta-learners and their centralized versions only (e.g.
+#               "shots=1", which new-hospital's file recommends: in RUN it would also change the
+#               supervised FedAvg runs' batches, whose tasks hold shots + queries images per class)
 #   WARM_START  1: the meta-learners (and their centralized versions) start from that seed's
 #               supervised FedAvg model (init-model); 0 (default): from scratch
 #   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
@@ -31,6 +34,7 @@ SEEDS=${SEEDS:-0 1 2}
 METHODS=${METHODS:-maml,fomaml,meta-sgd,anil,protonet}
 RUN=${RUN:-}
 SUPERVISED_RUN=${SUPERVISED_RUN:-}
+META_RUN=${META_RUN:-}
 WARM_START=${WARM_START:-0}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
@@ -62,7 +66,7 @@ for scenario in $SCENARIOS; do
             resume=()
             [[ -f "$dir/$method/checkpoint.safetensors" ]] && resume=(--resume)  # stopped midway
             "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
-                --algorithm "$method" --run-config "$warm $RUN" --out "$dir/$method" "${resume[@]}" "${SIMULATE_ARGS[@]}"
+                --algorithm "$method" --run-config "$warm $RUN $META_RUN" --out "$dir/$method" "${resume[@]}" "${SIMULATE_ARGS[@]}"
         done
         echo "$scenario seed $seed: trained in $(($(date +%s) - t)) s"
         for method in ${METHODS//,/ } ${centralized//,/ }; do

@@ -79,8 +79,7 @@ def tune(
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
         config: ModelConfig = Loaded.from_dir(supervised).model.config
         chosen = {} if retune else _kept_tuning(out, header)
-        drawn = draw_episodes(protocol)  # one draw of the validation episodes, for every adapter
-    except (ValueError, FileNotFoundError) as error:  # e.g. a validation site too small for the episodes
+    except (ValueError, FileNotFoundError) as error:
         fail(error)
     factories: dict[str, tuple[Callable[..., Any], dict[str, list]]] = {
         "finetune": (lambda **p: FineTune(supervised, **p), GRIDS["finetune"]),
@@ -92,10 +91,17 @@ def tune(
             factories[name] = (lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p), GRIDS["meta-learned"])
         else:
             console.print(f"{name}: adapts without steps (prototypes), nothing to tune")
-    for name, (factory, grid) in factories.items():
-        if name in chosen:
-            console.print(f"{name}: kept from {out} ({chosen[name]['best']})")
-            continue
+    for name in [name for name in factories if name in chosen]:
+        console.print(f"{name}: kept from {out} ({chosen[name]['best']})")
+    todo = {name: entry for name, entry in factories.items() if name not in chosen}
+    if todo:
+        try:  # one draw of the validation episodes for every adapter left, none when all are kept
+            drawn = draw_episodes(protocol)
+        except (ValueError, FileNotFoundError) as error:  # e.g. a validation site too small for the episodes
+            fail(error)
+    else:
+        console.print(f"every method is kept from {out}: no validation episodes drawn")
+    for name, (factory, grid) in todo.items():
         console.print(f"tuning {name} on the validation sites: {grid}")
         best, table = tune_grid(factory, grid, drawn)
         chosen[name] = {"best": best, "tries": table}

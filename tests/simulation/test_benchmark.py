@@ -148,6 +148,11 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert tuned_meta["maml"]["best"]["steps"] in (0, 1, 2, 5, 10, 20, 40, 80) and len(tuned_meta["maml"]["tries"]) == 8
     table = (tmp_path / "tuned.md").read_text()  # every try, readable, the choice in bold
     assert table.count("| maml |") == 8 and table.count("| maml | **steps") == 1
+    # all kept: nothing tuned again, and no validation episodes drawn for nothing
+    kept = fedmeta("tune", *tune_args, "--episodes", "2", "--model", f"maml={maml}", *out_args)
+    said = " ".join(kept.stdout.split())  # the console wraps long lines
+    assert kept.returncode == 0 and "no validation episodes drawn" in said and "tuning " not in said
+    assert json.loads((tmp_path / "tuned.json").read_text()) == tuned_meta
     other = fedmeta("tune", *tune_args, "--episodes", "3", *out_args)  # another protocol: not mixed in
     assert other.returncode == 2 and "--retune" in other.stderr
     settings = tuned_meta
