@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/fedmeta simulate --out runs/demo
 
 test: venv
-	$(PY) -m pytest -m "not gpu and not slow"
+	$(PY) -m pytest -m "not gpu and not slow" --durations=15  # the slowest tests, to keep CI under 20 min
 
 # what CI leaves out for time (about 5 minutes on 2 cores): the four-site deployment with a site killed mid-round
 test-slow: venv

@@ -41,8 +41,9 @@ EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
 read -r -a SIMULATE_ARGS <<< "${SIMULATE_ARGS:-}"
 start=$(date +%s)
-# a run that finished (results.json with its final evaluation, and its model) is not trained again
-trained() { [[ -f "$1/model/model.safetensors" && -f "$1/results.json" ]] && grep -q '"final"' "$1/results.json"; }
+# a run that finished is not trained again: its model is exported only after its final evaluation
+# (so committed models, docs/results/rerun/, copied into OUT count as trained)
+trained() { [[ -f "$1/model/model.safetensors" && -f "$1/model/model.json" ]]; }
 for scenario in $SCENARIOS; do
     models=()
     supervised=()
