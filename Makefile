@@ -24,7 +24,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest -m "not gpu and not slow" --durations=15  # the slowest tests, to keep CI under 20 min
 
-# what CI leaves out for time (about 5 minutes on 2 cores): the four-site deployment with a site killed mid-round
+# what CI leaves out for time (about 7 minutes on 2 cores): the four-site deployment with a site killed mid-round,
+# the full-size `fedmeta bench maml --json` and a federated run trained twice for bit-identical weights
 test-slow: venv
 	$(PY) -m pytest -m "slow and not gpu"
 

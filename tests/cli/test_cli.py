@@ -48,6 +48,7 @@ def test_every_command_has_help(args):
     assert "Usage: " in out.stdout
 
 
+@pytest.mark.slow  # 80 s; in CI: test_meta_gradients.py (float64) and the bench against higher (test_backbones.py)
 def test_bench_maml_json_reports_equal_gradients():
     # The issue's own workload (Conv-4, 5-way 5-shot, 5 steps, 8 tasks), one timed repeat.
     # A toy-sized workload is no cheaper check: with a handful of 16x16 noise images, lr 0.4
