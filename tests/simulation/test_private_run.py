@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.simulation.test_simulate import TINY, fedmeta
+from tests.simulation.test_simulate import THREE_ROUNDS, TINY, fedmeta
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +16,7 @@ def test_a_private_run_reports_growing_epsilon(tmp_path):
     out = tmp_path / "dp"
     result = fedmeta(
         "simulate",
-        "--rounds",
-        "3",
-        "--tasks-per-round",
-        "2",
-        "--eval-every",
-        "3",
+        *THREE_ROUNDS,
         "--out",
         str(out),
         "--run-config",

@@ -10,6 +10,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 TINY = "eval-tasks=3 model-width=8 model-groups=2 model-depth=2 inner-steps=1 ways=3 shots=2 queries=3"
+# a short run that still aggregates more than once: 3 rounds of 2 tasks, evaluated at the end
+THREE_ROUNDS = ("--rounds", "3", "--tasks-per-round", "2", "--eval-every", "3")
 
 
 def fedmeta(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -111,12 +113,7 @@ def test_the_same_seed_trains_the_same_model_bit_for_bit(tmp_path):
             "fomaml",
             "--seed",
             seed,
-            "--rounds",
-            "3",
-            "--tasks-per-round",
-            "2",
-            "--eval-every",
-            "3",
+            *THREE_ROUNDS,
             "--run-config",
             TINY,
             "--out",
