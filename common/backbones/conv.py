@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Pool
 from torch import nn
 
 from common.models import MetaNet, ModelConfig, Params
@@ -51,6 +49,9 @@ def patches(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
 
 class ConvNet(MetaNet):
     def __init__(self, config: ModelConfig) -> None:
+        from monai.networks.blocks import Convolution
+        from monai.networks.layers.factories import Pool  # MONAI loads where a model is built
+
         pool = Pool[Pool.MAX, config.spatial_dims]
         blocks: list[nn.Module] = []
         channels = config.in_channels

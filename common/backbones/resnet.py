@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import ResidualUnit
-from monai.networks.layers.factories import Pool
 from torch import nn
 
 from common.models import MetaNet, ModelConfig, Params
@@ -20,6 +18,9 @@ SUBUNITS = 2  # convolutions per residual unit
 
 class ResNet(MetaNet):
     def __init__(self, config: ModelConfig) -> None:
+        from monai.networks.blocks import ResidualUnit
+        from monai.networks.layers.factories import Pool  # MONAI loads where a model is built
+
         pool = Pool[Pool.MAX, config.spatial_dims]
         blocks: list[nn.Module] = []
         channels = config.in_channels

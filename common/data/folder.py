@@ -25,15 +25,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from monai.data import PILReader, PydicomReader, load_decathlon_datalist
-from monai.transforms import Compose, LoadImage
 
 from common.data.cache import default_cache_dir, folder_key, load_cached, save_cached
 from common.data.dataset import DataError, LabelledImages, Problem
 from common.data.preprocess import TransformChain, apply_chain, load_chain
 from common.data.transforms import match_channels, resize
+
+if TYPE_CHECKING:  # MONAI itself loads where images are read (common/data)
+    from monai.transforms import Compose, LoadImage
 
 LABELS_CSV = "labels.csv"
 DATALIST_JSON = "datalist.json"
@@ -207,6 +209,9 @@ def _image_loader() -> LoadImage:
 
     Building it also builds MONAI's GPU DICOM reader, which warns when nvImageCodec is absent;
     the fallback (plain pydicom) is what a CPU site wants, so that one warning is muted here."""
+    from monai.data import PILReader, PydicomReader
+    from monai.transforms import LoadImage
+
     plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     level = plugin_log.level
     plugin_log.setLevel(logging.ERROR)
@@ -267,6 +272,8 @@ def _read_rows(root: Path, report: FolderReport) -> list[_Row] | None:
 def _read_datalist(root: Path, report: FolderReport) -> list[_Row] | None:
     """A MONAI datalist's "training" items (read with MONAI's load_decathlon_datalist): "image"
     relative to the folder, "label" a class name or index, "patient_id" optional."""
+    from monai.data import load_decathlon_datalist
+
     path = root / DATALIST_JSON
     try:
         items = load_decathlon_datalist(str(path), is_segmentation=False, data_list_key="training", base_dir=str(root))

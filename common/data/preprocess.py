@@ -29,9 +29,12 @@ import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from monai import transforms as mt
+
+if TYPE_CHECKING:  # MONAI itself loads where a chain is built (common/data)
+    from monai import transforms as mt
 
 TRANSFORMS_TOML = "transforms.toml"
 # intensity, geometry and shape transforms that make sense before a classifier; all deterministic
@@ -65,6 +68,8 @@ class TransformChain:
         return hashlib.sha256(json.dumps(self.steps or "minmax-0-1").encode()).hexdigest()[:16]
 
     def build(self) -> mt.Compose:
+        from monai import transforms as mt
+
         if not self.steps:
             return mt.Compose([mt.ScaleIntensity(minv=0.0, maxv=1.0)])
         return mt.Compose([getattr(mt, name)(**json.loads(args)) for name, args in self.steps])
@@ -90,6 +95,8 @@ def load_chain(root: Path) -> TransformChain:
     unknown = set(document) - {"transform"}
     if unknown or not isinstance(document.get("transform", []), list):
         raise ValueError(f"{path}: give the chain as [[transform]] tables (name = ..., then MONAI's arguments)")
+    from monai import transforms as mt
+
     steps = []
     for number, table in enumerate(document.get("transform", []), start=1):
         name = table.get("name")

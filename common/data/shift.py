@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import GaussianSmooth
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,8 @@ class SiteShift:
         x = self.gain * ((x - mean) * self.contrast + mean)
         if self.blur > 0:
             # MONAI smooths each channel alone: fold the batch into channels for one call
+            from monai.transforms import GaussianSmooth  # MONAI loads in ~3 s: only where it is used
+
             smooth = GaussianSmooth(sigma=self.blur)
             x = torch.as_tensor(smooth(x.reshape(-1, *x.shape[2:]))).reshape(x.shape)
         if self.resolution < 1:

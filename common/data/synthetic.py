@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.data.synthetic import create_test_image_2d
 
 from common.data.dataset import LabelledImages
 from common.data.shift import SiteShift
@@ -45,6 +44,8 @@ def synthetic_site(
         raise ValueError(f"num_classes={num_classes}: the synthetic set has 1..{MAX_CLASSES} classes")
     if split not in STREAMS:
         raise ValueError(f"split={split!r}: use one of {tuple(STREAMS)}")
+    from monai.data.synthetic import create_test_image_2d  # MONAI loads where images are made (common/data)
+
     rng = np.random.RandomState(site_seed(seed, site_id, STREAMS[split]) % 2**32)
     scale = image_size / 28
     images, labels = [], []

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.transforms import Resize
 
 # ITU-R BT.601 luma weights: the usual grey value of an RGB image
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -34,6 +33,8 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     mode = "area" if min(images.shape[2:]) >= size else ("bilinear" if images.dim() == 4 else "trilinear")
     kwargs: dict[str, Any] = {} if mode == "area" else {"align_corners": False}
+    from monai.transforms import Resize  # MONAI loads where images are resized (common/data)
+
     transform = Resize(spatial_size=target, mode=mode, anti_aliasing=False, **kwargs)
     # MONAI resizes each channel alike: fold the batch into channels for one call
     folded = torch.as_tensor(transform(images.reshape(-1, *images.shape[2:])))
