@@ -51,8 +51,12 @@ class Processes:
         self.started.append(process)
         return process
 
-    def run(self, name: str, argv: list[str], timeout: float = 180) -> tuple[int, str]:
-        process = self.start(name, argv)
+    def run(self, name: str, argv: list[str], timeout: float = 180) -> tuple[int | None, str]:
+        return self.finish(self.start(name, argv), timeout)
+
+    @staticmethod
+    def finish(process: subprocess.Popen, timeout: float = 180) -> tuple[int | None, str]:
+        """A started process's exit code (None if it outlived `timeout`) and its output."""
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:

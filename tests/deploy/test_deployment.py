@@ -1,6 +1,6 @@
 """A real deployment on loopback: `fedmeta provision`, then `fedmeta coordinator` (Flower SuperLink
 with TLS and SuperNode authentication behind fedmeta's fleet gateway) and four `fedmeta site`
-processes (Flower SuperNodes with TLS and their keys) run a 2-round federated meta-training on
+processes (Flower SuperNodes with TLS and their keys) run a 1-round federated meta-training on
 synthetic site data. Two of the four are provisioned but hostile: site-2 says it is site-0, and
 site-1 runs a modified ClientApp (tests/deploy/hostile) whose metrics break the rules. Outsiders
 try on the way: a key the coordinator never registered, a SuperNode without TLS, one trusting
@@ -110,9 +110,9 @@ def deployment(tmp_path_factory):
         coordinator_toml,
         control_port=control,
         min_sites=4,
-        num_server_rounds=2,
+        num_server_rounds=1,  # every message kind (query, train, evaluate, shots) in one round
         tasks_per_round=2,
-        eval_every=2,
+        eval_every=1,
         eval_tasks=4,
         model_width=16,
         eval_shots="1",
@@ -145,46 +145,33 @@ def deployment(tmp_path_factory):
         set_keys(
             unregistered,
             auth_key=str(outsider / "auth.key"),
+            runtime_port=free_port(),
             log_dir=str(root / "unregistered-logs"),
             state_dir=str(root / "unregistered-state"),
         )
-        result["unregistered"] = procs.run(
-            "unregistered", [str(BIN / "fedmeta"), "site", "--config", str(unregistered)]
-        )
-        result["wrong_ca"] = procs.run(
-            "wrong-ca", [str(BIN / "fedmeta"), "site", "--config", str(outsider / "site.toml")]
-        )
+        # all at once (each waits on its own refusal); the raw requests below go in meanwhile
         supernode = str(BIN / "flower-supernode")
         site0 = root / "consortium" / "sites" / "site-0"
-        result["raw_wrong_ca"] = procs.run(
-            "raw-wrong-ca",
-            [
-                supernode,
-                "--superlink",
-                f"localhost:{fleet}",
-                "--root-certificates",
-                str(outsider / "ca.pem"),
-                "--auth-supernode-private-key",
-                str(site0 / "auth.key"),
-                "--port",
-                str(free_port()),
-                "--max-retries",
-                "1",
-            ],
-        )
-        result["raw_no_tls"] = procs.run(
-            "raw-no-tls",
-            [
-                supernode,
-                "--superlink",
-                f"localhost:{fleet}",
-                "--insecure",
-                "--port",
-                str(free_port()),
-                "--max-retries",
-                "1",
-            ],
-        )
+        raw = [supernode, "--superlink", f"localhost:{fleet}", "--max-retries", "1"]
+        intruders = {
+            "unregistered": procs.start("unregistered", [str(BIN / "fedmeta"), "site", "--config", str(unregistered)]),
+            "wrong_ca": procs.start(
+                "wrong-ca", [str(BIN / "fedmeta"), "site", "--config", str(outsider / "site.toml")]
+            ),
+            "raw_wrong_ca": procs.start(
+                "raw-wrong-ca",
+                [
+                    *raw,
+                    "--root-certificates",
+                    str(outsider / "ca.pem"),
+                    "--auth-supernode-private-key",
+                    str(site0 / "auth.key"),
+                    "--port",
+                    str(free_port()),
+                ],
+            ),
+            "raw_no_tls": procs.start("raw-no-tls", [*raw, "--insecure", "--port", str(free_port())]),
+        }
         ca = root / "consortium" / "ca" / "ca.pem"
         result["attacks"] = {(method, target): raw_request(fleet, ca, method, target) for method, target in ATTACKS}
         outsider_key = try_load_public_key(outsider / "auth.pub")
@@ -207,6 +194,8 @@ def deployment(tmp_path_factory):
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n",
         )
+
+        result.update({key: procs.finish(process) for key, process in intruders.items()})
 
         hostile = {"PYTHONPATH": str(HOSTILE_CODE), "FEDMETA_HOSTILE_STATE": str(root / "hostile-state")}
         sites = [
@@ -240,7 +229,7 @@ def test_the_federated_run_completes_and_writes_results(deployment):
     assert deployment["coordinator_code"] == 0, _log(deployment, "coordinator")[-5000:]
     out = deployment["root"] / "consortium" / "coordinator" / "results"
     results = json.loads((out / "results.json").read_text())
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert [r["round"] for r in results["rounds"]] == [1]
     assert sorted(s["name"] for s in results["sites"]) == sorted([*HONEST, HOSTILE])  # the outsiders never joined
     assert results["rounds"][-1]["summary"]["heldout"]["acc-after"][0] >= 0
     assert (out / "model").is_dir() and (out / "metrics.csv").is_file()

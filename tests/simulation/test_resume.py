@@ -12,7 +12,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from common.runconfig import parse_run_config
 from server.checkpoint import CHECKPOINT, read_checkpoint
+from simulation.run import simulate
 from tests.procs import group_gone, live_members
 from tests.simulation.test_simulate import TINY, fedmeta
 
@@ -50,13 +52,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert refused.returncode == 1 and "--resume" in refused.stderr, refused.stderr
     assert read_checkpoint(out / CHECKPOINT).round == killed_after
 
-    changed = fedmeta(*ARGS[:-1], TINY.replace("inner-steps=1", "inner-steps=2"), "--out", str(out), "--resume")
-    assert changed.returncode == 1 and "inner-steps" in " ".join(changed.stderr.split()), changed.stderr
-
-    width = next(part for part in TINY.split() if part.startswith("model-width="))
-    wider = fedmeta(*ARGS[:-1], TINY.replace(width, "model-width=24"), "--out", str(out), "--force-resume")
-    message = " ".join(wider.stderr.split())
-    assert wider.returncode == 1 and "holds another model" in message and "model-width" in message, wider.stderr
+    # a changed setting, and another model even forced: refused before the simulation starts (in this
+    # process, as `fedmeta simulate` would with those options: the command's output is checked above)
+    saved = read_checkpoint(out / CHECKPOINT).run_config
+    with pytest.raises(ValueError, match="inner-steps"):
+        simulate(parse_run_config({**saved, "inner-steps": 2, "resume": True}))
+    with pytest.raises(ValueError, match="holds another model") as wider:
+        simulate(parse_run_config({**saved, "model-width": 24, "resume": True, "force-resume": True}))
+    assert "model-width" in str(wider.value)
     assert read_checkpoint(out / CHECKPOINT).round == killed_after
 
     resumed = fedmeta(*TRACKED, "--out", str(out), "--resume")
