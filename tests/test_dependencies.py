@@ -71,3 +71,17 @@ def test_constraints_pin_every_installed_package_at_its_installed_version():
     assert not missing, f"installed but not in constraints.txt (regenerate it, see its header): {missing}"
     differ = {n: (pinned[n], v) for n, v in installed.items() if pinned[n] != v}
     assert not differ, f"constraints.txt pins (pinned, installed): {differ}; install with -c or regenerate"
+
+
+def test_reading_a_scenario_or_run_config_does_not_load_monai():
+    """MONAI takes about 3.4 s to import: a command that refuses a scenario, a run-config key or a
+    model path answers before loading it (docs/BENCHMARKS.md, start-up)."""
+    import subprocess
+
+    probe = (
+        "import sys, common.scenario, common.runconfig, common.export\n"
+        "print(sorted(m for m in sys.modules if m.startswith('monai')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
