@@ -208,6 +208,8 @@ def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Cons
     from simulation.run import simulate as run_simulation
 
     results_path = Path(cfg.train.out_dir) / RESULTS
+    # an earlier run's results (a run refused, or resumed, in the same directory) are not this run's progress
+    earlier = results_path.stat().st_mtime_ns if results_path.exists() else None
     done = threading.Event()
     with Progress(
         TextColumn("{task.description}"),
@@ -223,6 +225,8 @@ def _run_with_progress(method: str, cfg, resources, verbose: bool, console: Cons
         def watch() -> None:
             while not done.wait(1.0):
                 try:
+                    if results_path.stat().st_mtime_ns == earlier:
+                        continue
                     rows = json.loads(results_path.read_text())["rounds"]
                 except (OSError, ValueError, KeyError):
                     continue

@@ -50,6 +50,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     refused = fedmeta(*ARGS, "--out", str(out))  # forgetting --resume must not overwrite the run
     assert refused.returncode == 1 and "--resume" in refused.stderr, refused.stderr
+    assert "held-out acc" not in refused.stdout, refused.stdout  # the killed run's rounds are not shown as this one's
     assert read_checkpoint(out / CHECKPOINT).round == killed_after
 
     # a changed setting, and another model even forced: refused before the simulation starts (in this
