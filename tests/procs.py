@@ -51,9 +51,6 @@ class Processes:
         self.started.append(process)
         return process
 
-    def run(self, name: str, argv: list[str], timeout: float = 180) -> tuple[int | None, str]:
-        return self.finish(self.start(name, argv), timeout)
-
     @staticmethod
     def finish(process: subprocess.Popen, timeout: float = 180) -> tuple[int | None, str]:
         """A started process's exit code (None if it outlived `timeout`) and its output."""

@@ -19,7 +19,7 @@ SUBUNITS = 2  # convolutions per residual unit
 class ResNet(MetaNet):
     def __init__(self, config: ModelConfig) -> None:
         from monai.networks.blocks import ResidualUnit
-        from monai.networks.layers.factories import Pool  # MONAI loads where a model is built
+        from monai.networks.layers.factories import Pool  # MONAI loads here, not on import (3.4 s; docs/DEVELOPING.md)
 
         pool = Pool[Pool.MAX, config.spatial_dims]
         blocks: list[nn.Module] = []

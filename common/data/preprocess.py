@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # MONAI itself loads where a chain is built (common/data)
+if TYPE_CHECKING:  # for annotations; MONAI loads where it is used (3.4 s; docs/DEVELOPING.md)
     from monai import transforms as mt
 
 TRANSFORMS_TOML = "transforms.toml"

@@ -67,7 +67,7 @@ class SiteShift:
         x = self.gain * ((x - mean) * self.contrast + mean)
         if self.blur > 0:
             # MONAI smooths each channel alone: fold the batch into channels for one call
-            from monai.transforms import GaussianSmooth  # MONAI loads in ~3 s: only where it is used
+            from monai.transforms import GaussianSmooth  # MONAI loads here, not on import (3.4 s; docs/DEVELOPING.md)
 
             smooth = GaussianSmooth(sigma=self.blur)
             x = torch.as_tensor(smooth(x.reshape(-1, *x.shape[2:]))).reshape(x.shape)
