@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import sysconfig
 import tomllib
@@ -76,8 +77,6 @@ def test_constraints_pin_every_installed_package_at_its_installed_version():
 def test_reading_a_scenario_or_run_config_does_not_load_monai():
     """MONAI takes about 3.4 s to import: a command that refuses a scenario, a run-config key or a
     model path answers before loading it (docs/BENCHMARKS.md, start-up)."""
-    import subprocess
-
     probe = (
         "import sys, common.scenario, common.runconfig, common.export\n"
         "print(sorted(m for m in sys.modules if m.startswith('monai')))"
