@@ -13,6 +13,7 @@ site (tested).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -32,6 +33,7 @@ from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
+from simulation.progress import Part, Progress
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -120,15 +122,27 @@ class Scores:
     confusion: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def score(adapter: Adapter, episodes: Episodes, progress: Callable[[str], None] = lambda _: None) -> Scores:
-    """`adapter` on every episode: per-episode accuracy and AUROC."""
-    return _score(adapter.name, episodes, lambda episode, n: {0: adapter.logits(episode, n)}, progress)[0]
+def score(
+    adapter: Adapter,
+    episodes: Episodes,
+    progress: Callable[[str], None] = lambda _: None,
+    keep: Path | None = None,
+) -> Scores:
+    """`adapter` on every episode: per-episode accuracy and AUROC. `keep`: a file where the episodes
+    scored so far are kept as it goes, and taken up again by a run that finds it (`Progress`)."""
+    kept = Progress(keep, adapter.identity())
+    return _score(adapter.name, episodes, lambda episode, n: {0: adapter.logits(episode, n)}, progress, kept)[0]
 
 
-def score_steps(adapter: Trained, episodes: Episodes, steps: Iterable[int]) -> dict[int, Scores]:
+def score_steps(
+    adapter: Trained, episodes: Episodes, steps: Iterable[int], keep: Path | None = None
+) -> dict[int, Scores]:
     """A training adapter scored after each number of `steps`, one trajectory per episode."""
     counts = sorted(set(steps))
-    return _score(adapter.name, episodes, lambda episode, n: adapter.logits_at(episode, n, counts), lambda _: None)
+    kept = Progress(keep, {**adapter.identity(), "counts": counts})
+    return _score(
+        adapter.name, episodes, lambda episode, n: adapter.logits_at(episode, n, counts), lambda _: None, kept
+    )
 
 
 def _score(
@@ -136,45 +150,56 @@ def _score(
     episodes: Episodes,
     logits: Callable[[Episode, int], dict[int, torch.Tensor]],
     progress: Callable[[str], None],
+    kept: Progress,
 ) -> dict[int, Scores]:
     """Per key of `logits`' answer (one adapter's variants, e.g. its step counts): the scores.
     Episodes are adapted one at a time: a vmapped fit of 32 at once was measured 0.45x as fast
-    at 5 shots on 2 CPU cores (docs/RESULTS.md)."""
+    at 5 shots on 2 CPU cores (docs/RESULTS.md). What `kept` holds is not scored again."""
     out: dict[int, Scores] = {}
     classes, labels = episodes.num_classes(), episodes.num_labels()
     for shots, by_site in episodes.batches.items():
-        accs: dict[int, list[float]] = {}
-        aucs: dict[int, list[float]] = {}
-        confusion: dict[int, torch.Tensor] = {}
+        parts: dict[str, dict[int, Part]] = {}
         for site in sorted(by_site):
-            for episode in by_site[site]:
+            digest, batch = episodes.digests[shots][site], by_site[site]
+            parts[site] = kept.done(shots, site, digest)
+            start = len(next(iter(parts[site].values())).acc) if parts[site] else 0
+            if start:
+                progress(f"{name}: {shots}-shot, {site}: {start} of {len(batch)} episodes kept")
+            for i in range(start, len(batch)):
+                episode = batch[i]
                 truth = episodes.global_labels(episode, episode.query_y)
                 for key, value in logits(episode, classes).items():
-                    accs.setdefault(key, []).append(accuracy(value, episode.query_y).item())
-                    aucs.setdefault(key, []).append(
-                        auc(value.masked_fill(torch.isinf(value), -1e9), episode.query_y).item()
-                    )
+                    part = parts[site].setdefault(key, Part())
+                    part.acc.append(accuracy(value, episode.query_y).item())
+                    part.auc.append(auc(value.masked_fill(torch.isinf(value), -1e9), episode.query_y).item())
                     pairs = truth * labels + episodes.global_labels(episode, value.argmax(dim=1))
-                    counts = torch.bincount(pairs, minlength=labels * labels)
-                    confusion[key] = confusion[key] + counts if key in confusion else counts
+                    counts = torch.bincount(pairs, minlength=labels * labels).tolist()
+                    part.confusion = [a + b for a, b in zip(part.confusion, counts)] if part.confusion else counts
+                kept.update(shots, site, digest, parts[site], final=i == len(batch) - 1)
             progress(f"{name}: {shots}-shot, {site} done")
-        for key in accs:
+        for key in parts[min(parts)]:
             scores = out.setdefault(key, Scores(name))
-            scores.acc[shots], scores.auc[shots] = np.array(accs[key]), np.array(aucs[key])
-            scores.confusion[shots] = confusion[key].reshape(labels, labels).numpy()
+            ordered = [parts[site][key] for site in sorted(parts)]
+            scores.acc[shots] = np.array([a for part in ordered for a in part.acc])
+            scores.auc[shots] = np.array([a for part in ordered for a in part.auc])
+            scores.confusion[shots] = np.sum([part.confusion for part in ordered], axis=0).reshape(labels, labels)
             scores.digests[shots] = dict(episodes.digests[shots])
     return out
 
 
 def tune(
-    factory: Callable[..., Adapter], grid: Mapping[str, Iterable], source: Protocol | Episodes
+    factory: Callable[..., Adapter],
+    grid: Mapping[str, Iterable],
+    source: Protocol | Episodes,
+    keep: Path | None = None,
 ) -> tuple[dict, dict]:
     """The grid point whose adapter has the best mean accuracy on the validation sites, over all
     the protocol's shots (fewer steps preferred within TOLERANCE: `choose`); and every point's
     score. `source`: a protocol, or its episodes already drawn (to tune several adapters on one
     draw). Refuses any other role: the held-out sites are
     for the reported figures only. A `steps` axis of a training adapter costs one trajectory per
-    episode (its longest), scored at every count."""
+    episode (its longest), scored at every count. `keep`: a directory where each grid point's
+    episodes scored so far are kept (`Progress`), so a stopped tuning goes on where it stopped."""
     if source.role != "validation":
         raise ValueError("hyperparameters are chosen on the validation sites: use role='validation'")
     episodes = draw_episodes(source) if isinstance(source, Protocol) else source
@@ -188,14 +213,23 @@ def tune(
     for values in itertools.product(*(list(grid[k]) for k in names)):
         point = dict(zip(names, values))
         if not counts:
-            record(point, score(factory(**point), episodes))
+            adapter = factory(**point)
+            record(point, score(adapter, episodes, keep=_progress_file(keep, adapter.identity())))
             continue
         adapter = factory(**point, steps=counts[-1])
         if not isinstance(adapter, Trained):
             raise TypeError(f"{type(adapter).__name__} takes no steps: drop the grid's steps axis")
-        for steps, scores in score_steps(adapter, episodes, counts).items():  # one trajectory
+        kept = _progress_file(keep, {**adapter.identity(), "counts": counts})
+        for steps, scores in score_steps(adapter, episodes, counts, kept).items():  # one trajectory
             record({**point, "steps": steps}, scores)
     return choose(results), results
+
+
+def _progress_file(directory: Path | None, identity: dict) -> Path | None:
+    """One grid point's progress file in `directory`, named by a digest of what it scores."""
+    if directory is None:
+        return None
+    return directory / f"{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}.json"
 
 
 TOLERANCE = 0.002  # validation accuracy within which fewer steps win: under a third of a 100-episode CI

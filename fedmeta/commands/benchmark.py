@@ -5,6 +5,7 @@ episodes of the held-out sites and writes headline.json, tables and plots."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ def tune(
     episodes: int = typer.Option(50, min=1, help="Validation episodes per shots."),
     out: Path = typer.Option(Path("tuned.json"), help="The chosen settings and every try's validation score."),
     retune: bool = typer.Option(
-        False, help="Tune every method again; by default the methods OUT already holds (same protocol) are kept."
+        False,
+        help="Tune every method again; by default the methods OUT already holds (same protocol) are kept, "
+        "and one stopped midway goes on from its last kept episodes (e.g. tuned.progress/ beside tuned.json).",
     ),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
@@ -79,6 +82,8 @@ def tune(
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
         config: ModelConfig = Loaded.from_dir(supervised).model.config
         chosen = {} if retune else _kept_tuning(out, header)
+        if retune:  # and no episode an earlier tuning left half-way
+            shutil.rmtree(out.parent / f"{out.stem}.progress", ignore_errors=True)
     except (ValueError, FileNotFoundError) as error:
         fail(error)
     factories: dict[str, tuple[Callable[..., Any], dict[str, list]]] = {
@@ -103,10 +108,14 @@ def tune(
         console.print(f"every method is kept from {out}: no validation episodes drawn")
     for name, (factory, grid) in todo.items():
         console.print(f"tuning {name} on the validation sites: {grid}")
-        best, table = tune_grid(factory, grid, drawn)
+        kept = out.parent / f"{out.stem}.progress" / name  # a stopped tuning goes on from its last episodes
+        best, table = tune_grid(factory, grid, drawn, keep=kept)
         chosen[name] = {"best": best, "tries": table}
         console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
         write_json(out, {"protocol": header, **chosen})  # after each method: a stopped run keeps them
+        shutil.rmtree(kept, ignore_errors=True)
+        if kept.parent.is_dir() and not any(kept.parent.iterdir()):
+            kept.parent.rmdir()
     out.with_suffix(".md").write_text(tries_markdown(header, chosen), encoding="utf-8")
     console.print(f"settings: {out}, every try: {out.with_suffix('.md')}")
 
@@ -177,7 +186,8 @@ def evaluate(
     rescore: bool = typer.Option(
         False,
         help="Score every method again. By default a method-seed whose scores OUT/scores already holds "
-        "(same adapter, settings, model and episodes) is kept: a stopped evaluation resumes. "
+        "(same adapter, settings, model and episodes) is kept, and one stopped midway goes on from "
+        "its last kept episodes (NAME-SEED.progress.json beside them): a stopped evaluation resumes. "
         "Pass it after changing how an adapter works (the code is not part of the match).",
     ),
 ) -> None:
@@ -220,6 +230,10 @@ def evaluate(
     if local:
         config = Loaded.from_dir(supervised[0]).model.config
         adapters["local"] = [Scratch(config, seed=s, **best("local")) for s in range(local_seeds)]
+
+    def say(line: str) -> None:
+        console.print(f"[dim]{line}[/dim]")
+
     methods: dict[str, list] = {}
     for name, runs in adapters.items():
         methods[name] = []
@@ -229,8 +243,12 @@ def evaluate(
             identity = adapter.identity()
             scores = None if rescore else kept_scores(path, identity, episodes_)
             if scores is None:
-                scores = score(adapter, episodes_, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+                partial = path.with_name(f"{path.stem}.progress.json")  # a stopped run goes on from here
+                if rescore:
+                    partial.unlink(missing_ok=True)
+                scores = score(adapter, episodes_, progress=say, keep=partial)
                 write_scores(path, scores, identity)
+                partial.unlink(missing_ok=True)
             else:
                 console.print(f"[dim]{name} (seed {seed}): kept from {path}[/dim]")
             methods[name].append(scores)

@@ -44,6 +44,55 @@ def test_every_method_meets_byte_identical_episodes(scenario, tmp_path):
     assert all(len(s.acc[1]) == 6 and np.all((s.acc[1] >= 0) & (s.acc[1] <= 1)) for s in scored)
 
 
+class Stopped(Exception):
+    """Stands for the session ending (or a SIGKILL) in the middle of a scoring."""
+
+
+class StopsAfter(FineTune):
+    """Fine-tuning that counts the episodes it adapts to and stops after `limit` of them."""
+
+    def __init__(self, *args, limit: int = 10**9, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limit, self.adapted = limit, 0
+
+    def logits_at(self, episode, num_classes, steps):
+        if self.adapted == self.limit:
+            raise Stopped
+        self.adapted += 1
+        return super().logits_at(episode, num_classes, steps)
+
+
+def test_a_stopped_scoring_goes_on_from_its_last_kept_episode(scenario, tmp_path, monkeypatch):
+    """Stopped midway, a scoring keeps the episodes it finished; the next run adapts to the rest
+    only and gives exactly the scores of an unbroken run. Another adapter's or other episodes'
+    progress is not taken up."""
+    from simulation import progress
+
+    monkeypatch.setattr(progress, "SAVE_EVERY", 0.0)  # write after every episode, not every minute
+    model = saved(tmp_path, "fedavg")
+    episodes = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=6))  # 3 per site
+    whole = score(StopsAfter(model, steps=2), episodes)
+    keep = tmp_path / "scores.progress.json"
+    with pytest.raises(Stopped):  # the second site's 1-shot episodes: one done
+        score(StopsAfter(model, steps=2, limit=4), episodes, keep=keep)
+    again = StopsAfter(model, steps=2)
+    resumed = score(again, episodes, keep=keep)
+    assert again.adapted == 12 - 4
+    for field in ("acc", "auc", "confusion"):
+        for shots in (1, 2):
+            assert np.array_equal(getattr(resumed, field)[shots], getattr(whole, field)[shots]), (field, shots)
+    assert resumed.digests == whole.digests
+    # another setting (its identity differs): nothing taken up
+    other = StopsAfter(model, steps=3)
+    score(other, episodes, keep=keep)
+    assert other.adapted == 12
+    # other episodes of the same adapter: the file's parts are for other bytes
+    fewer = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=6, eval_seed=1))
+    same = StopsAfter(model, steps=3)
+    score(same, fewer, keep=keep)
+    assert same.adapted == 12
+
+
 def test_headline_rows_are_paired_differences_over_seeds(tmp_path):
     digests = {1: {"a": "x"}}
     ref = [Scores("fedavg+finetune", {1: np.array([0.5, 0.5, 0.5, 0.7, 0.3])}, {1: np.ones(5)}, digests)]
@@ -83,6 +132,33 @@ def test_tuning_reads_the_validation_sites_only(scenario, tmp_path, monkeypatch)
     assert set(read) == {"validation"} and len(table) == 2 and best["steps"] in (0, 3)
     with pytest.raises(ValueError, match="chosen on the validation sites"):
         tune(lambda steps: FineTune(model, steps=steps), {"steps": [1]}, Protocol(scenario, role="heldout"))
+
+
+def test_a_stopped_tuning_goes_on_from_its_last_kept_episode(scenario, tmp_path, monkeypatch):
+    """Each grid point keeps its episodes in the keep directory: a rerun adapts to the rest only
+    and chooses from the same table as an unbroken tuning."""
+    from simulation import progress
+
+    monkeypatch.setattr(progress, "SAVE_EVERY", 0.0)
+    model = saved(tmp_path, "fedavg")
+    protocol = Protocol(scenario, shots=(2,), queries=3, episodes=4, role="validation")
+    grid = {"steps": [0, 2], "lr": [1e-3, 1e-2]}  # two trajectories over 4 episodes each
+    made: list[StopsAfter] = []
+
+    def factory(*limits):  # per grid point in turn: how many episodes its adapter gets through
+        def make(**point):
+            made.append(StopsAfter(model, limit=limits[len(made)] if limits else 10**9, **point))
+            return made[-1]
+
+        return make
+
+    whole = tune(factory(), grid, protocol)
+    made.clear()
+    with pytest.raises(Stopped):  # the second rate's trajectory: one episode done
+        tune(factory(10**9, 1), grid, protocol, keep=tmp_path / "kept")
+    made.clear()
+    assert tune(factory(), grid, protocol, keep=tmp_path / "kept") == whole
+    assert [a.adapted for a in made] == [0, 3]
 
 
 def test_adapters_for_a_supervised_model_handle_new_and_absent_classes(scenario, tmp_path):
@@ -223,9 +299,27 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     # ... but not those of an adapter whose settings changed: fine-tuning at another rate scores again
     settings["finetune"]["best"] = {**settings["finetune"]["best"], "lr": 0.123}
     (tmp_path / "tuned.json").write_text(json.dumps(settings))
+    # ... and a method-seed stopped midway goes on from the episodes its progress file kept: one is
+    # planted for seed 0's first site at 1 shot (AUROC 0.123 marks it), as a stopped run leaves it
+    from common.scenario import load_scenario
+    from simulation.progress import Part, Progress
+
+    scores_dir = out / "scores" / load_scenario(scenario).name / "heldout"
+    assert not list(scores_dir.glob("*.progress.json")) and not (tmp_path / "tuned.progress").exists()
+    drawn = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=4))
+    site, labels = sorted(drawn.batches[1])[0], drawn.num_labels()
+    planted = Progress(
+        scores_dir / "fedavg+finetune-0.progress.json",
+        FineTune(supervised[0], **settings["finetune"]["best"]).identity(),
+    )
+    planted.update(1, site, drawn.digests[1][site], {0: Part([1.0, 1.0], [0.123, 0.123], [0] * labels**2)}, final=True)
     changed = fedmeta(*evaluate_args)
     assert changed.returncode == 0, changed.stderr
     assert changed.stdout.count("kept from") == 6 and "fedavg+finetune (seed" not in changed.stdout
+    assert f"{site}: 2 of 2 episodes kept" in " ".join(changed.stdout.split())
+    resumed = json.loads((scores_dir / "fedavg+finetune-0.json").read_text())
+    assert resumed["auc"]["1"][:2] == [0.123, 0.123] and 0.123 not in resumed["auc"]["1"][2:]
+    assert not (scores_dir / "fedavg+finetune-0.progress.json").exists()  # its episodes are in the scores now
     assert fedmeta(*evaluate_args, "--rescore").stdout.count("kept from") == 0
     rows = json.loads((out / "headline.json").read_text())  # now at the changed rate
     bad = fedmeta("evaluate", "--scenario", scenario, "--model", "maml=/nowhere", "--supervised", str(supervised[0]))
