@@ -394,6 +394,27 @@ def test_one_trajectory_gives_every_step_count_exactly(scenario, tmp_path):
         assert np.array_equal(scored[3].acc[2], score(make(3), episodes).acc[2]), name
 
 
+def test_fine_tuning_and_local_training_agree_with_and_without_the_fused_kernels(scenario, tmp_path):
+    """The baselines adapt with the meta-learners' fused C ops where this machine builds them:
+    the same logits as torch's operators to float rounding, and scores kept under one choice
+    are not taken for the other's (the choice is part of the adapter's identity)."""
+    from common.native import resolve_kernels
+
+    if resolve_kernels("auto") is None:
+        pytest.skip("the fused kernels do not build on this machine")
+    model = saved(tmp_path, "fedavg")
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2, role="validation"))
+    episode = next(iter(next(iter(episodes.batches[2].values()))))
+    classes = episodes.num_classes()
+    for make in (lambda k: FineTune(model, steps=5, lr=1e-2, kernels=k), lambda k: Scratch(MODEL, steps=5, kernels=k)):
+        native, torch_ops = make("native"), make("torch")
+        assert native.identity() != torch_ops.identity()
+        fused, plain = native.logits(episode, classes), torch_ops.logits(episode, classes)
+        assert torch.allclose(fused, plain, atol=1e-4) and not torch.equal(
+            fused, torch_ops.logits_at(episode, classes, [0])[0]
+        )
+
+
 def test_a_batch_of_episodes_trains_as_torch_adam_does_one_at_a_time(scenario, tmp_path):
     """A batch of episodes (how the benchmark scores them) gives each episode what torch.optim.Adam
     on that episode alone gives, in order: fine-tuning, local training and a linear probe."""
@@ -405,7 +426,8 @@ def test_a_batch_of_episodes_trains_as_torch_adam_does_one_at_a_time(scenario, t
     episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=4, role="validation"))
     batch = TaskBatch.stack([ep for site in episodes.batches[2].values() for ep in site])
     classes, steps, lr = episodes.num_classes(), 6, 1e-2
-    finetune, local = FineTune(model, steps=steps, lr=lr), Scratch(MODEL, steps=steps, lr=lr)
+    finetune = FineTune(model, steps=steps, lr=lr, kernels="torch")  # the reference below is torch's operators
+    local = Scratch(MODEL, steps=steps, lr=lr, kernels="torch")
     for adapter in (finetune, local):
         batched = adapter.batch_logits(batch, classes)
         net, params = (
