@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
-from simulation.progress import Part, Progress
+from simulation.progress import Claim, Part, Progress
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -185,6 +186,70 @@ def _score(
             scores.confusion[shots] = np.sum([part.confusion for part in ordered], axis=0).reshape(labels, labels)
             scores.digests[shots] = dict(episodes.digests[shots])
     return out
+
+
+WAIT = 5.0  # seconds between looks at a method-seed that another process is scoring
+REMIND = 600.0  # seconds between reminders of what this process is waiting for
+
+
+def score_methods(
+    adapters: Mapping[str, list[Adapter]],
+    episodes: Episodes,
+    directory: Path,
+    rescore: bool = False,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, list[Scores]]:
+    """Every method's scores, one per training seed, kept in `directory` as NAME-SEED.json:
+    - kept from an earlier run made by the same adapter on the same episodes (unless `rescore`);
+    - else scored, going on from the episodes a stopped run left in NAME-SEED.progress.json;
+    - a method-seed another process is scoring (its NAME-SEED.claim) is left to it: the rest are
+      scored first, then its scores are taken once written (or scored here if it stopped)."""
+    todo = [(name, seed) for name, runs in adapters.items() for seed in range(len(runs))]
+    done: dict[tuple[str, int], Scores] = {}
+    told: dict[tuple[str, int], float] = {}  # when this process last said it waits for a method-seed
+    while todo:
+        waiting = []
+        for name, seed in todo:
+            adapter = adapters[name][seed]
+            adapter.name = name
+            path = directory / f"{name}-{seed}.json"
+            identity = adapter.identity()
+            kept = None if rescore else kept_scores(path, identity, episodes)
+            if kept is None:
+                claim = Claim(path.with_name(f"{path.stem}.claim"))
+                if not claim.take():
+                    if time.monotonic() - told.get((name, seed), -REMIND) >= REMIND:
+                        say(f"{name} (seed {seed}): being scored by {claim.holder()}; waiting for its scores")
+                        told[name, seed] = time.monotonic()
+                    waiting.append((name, seed))
+                    continue
+                try:
+                    kept = None if rescore else kept_scores(path, identity, episodes)  # written meanwhile?
+                    if kept is None:
+                        done[name, seed] = _score_and_write(adapter, episodes, path, rescore, say)
+                        continue
+                finally:
+                    claim.release()
+            say(f"{name} (seed {seed}): kept from {path}")
+            done[name, seed] = kept
+        if waiting and len(waiting) == len(todo):  # nothing left here but others' work
+            time.sleep(WAIT)
+        todo = waiting
+    return {name: [done[name, seed] for seed in range(len(runs))] for name, runs in adapters.items()}
+
+
+def _score_and_write(
+    adapter: Adapter, episodes: Episodes, path: Path, rescore: bool, say: Callable[[str], None]
+) -> Scores:
+    """Score `adapter` (from the episodes a stopped run kept beside `path`, unless `rescore`) and
+    write its scores to `path`; the progress file goes once they are there."""
+    partial = path.with_name(f"{path.stem}.progress.json")
+    if rescore:
+        partial.unlink(missing_ok=True)
+    scores = score(adapter, episodes, say, keep=partial)
+    write_scores(path, scores, adapter.identity())
+    partial.unlink(missing_ok=True)
+    return scores
 
 
 def tune(

@@ -9,6 +9,11 @@ file goes on at the first episode it lacks, provided the file was written by the
 otherwise that part is scored again. Each episode is adapted on its own from a fixed start, so
 a resumed score is the same as an unbroken one (tested).
 
+Several `fedmeta benchmark evaluate` processes can share one scores directory (two 1-thread
+processes score 1.42x as fast as one 2-thread process on 2 cores, docs/BENCHMARKS.md): a `Claim`
+file says which process is scoring a method-seed, so another one scores the rest first and takes
+that one's scores when they are written, instead of scoring it twice.
+
 The file holds numbers only (no image, no label beyond confusion counts), like the scores it
 becomes; it is written whole or not at all, at most every SAVE_EVERY seconds and when a site is done.
 """
@@ -16,6 +21,8 @@ becomes; it is written whole or not at all, at most every SAVE_EVERY seconds and
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,4 +86,55 @@ class Progress:
     def remove(self) -> None:
         """Once the whole scores are written: the parts are in them."""
         if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+class Claim:
+    """A method-seed being scored by one process: `path` holds its pid and host. Taken atomically
+    (the file is created only if absent); a claim whose process is gone (same host, pid not alive)
+    is stale and taken over. On another host the pid cannot be checked: the claim counts as live
+    until its file is removed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.mine = path, {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def take(self) -> bool:
+        """True when this process now holds the claim (it was free or stale)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):  # a stale claim is removed once, then taken like a free one
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.holder() is not None:
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w") as file:
+                json.dump(self.mine, file)
+            return True
+        return False
+
+    def holder(self) -> str | None:
+        """Who holds the claim, e.g. "pid 4242 on this machine"; None when free or stale."""
+        try:
+            data = json.loads(self.path.read_text())
+            pid, host = int(data["pid"]), str(data["host"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):  # being written this instant, or broken
+            return f"an unreadable claim {self.path.name} (remove it if no process is scoring)"
+        if host != self.mine["host"]:
+            return f"pid {pid} on {host} (remove {self.path} if that process is gone)"
+        if pid == self.mine["pid"]:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+        return f"pid {pid} on this machine"
+
+    def release(self) -> None:
+        if self.path.is_file() and self.holder() is None:  # ours (or stale): never another's
             self.path.unlink(missing_ok=True)

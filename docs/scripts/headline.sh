@@ -26,8 +26,11 @@
 # a run stopped midway continues from its checkpoint, and the scoring keeps every method-seed it
 # finished (RESULTS_DIR/scores; `fedmeta benchmark evaluate --rescore` to redo) and, of one
 # stopped midway, the episodes it had scored (NAME-SEED.progress.json there; tuning keeps its
-# own in OUT_DIR/<scenario>/tuned.progress/). Scoring one episode at a time is about 1.4x the
-# throughput as two processes with OMP_NUM_THREADS=1 than as one with two threads on 2 cores.
+# own in OUT_DIR/<scenario>/tuned.progress/). On 2 cores, two scoring processes with
+# OMP_NUM_THREADS=1 score 1.42x as fast as one with two threads: run this script with
+# OMP_NUM_THREADS=1 and, beside it, `fedmeta benchmark evaluate` with the same --supervised
+# models, --tuned and --out (the baselines); each method-seed is claimed by the process scoring
+# it (NAME-SEED.claim), and the other takes its scores instead of scoring it twice.
 set -euo pipefail
 DATA=${1:-../shared/data/medmnist}
 OUT=${2:-runs/headline}

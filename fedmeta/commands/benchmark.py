@@ -199,10 +199,8 @@ def evaluate(
         Protocol,
         draw_episodes,
         headline_rows,
-        kept_scores,
         parse_shots,
-        score,
-        write_scores,
+        score_methods,
     )
     from simulation.headline import write_headline
     from simulation.perclass import write_per_class
@@ -234,24 +232,7 @@ def evaluate(
     def say(line: str) -> None:
         console.print(f"[dim]{line}[/dim]")
 
-    methods: dict[str, list] = {}
-    for name, runs in adapters.items():
-        methods[name] = []
-        for seed, adapter in enumerate(runs):
-            adapter.name = name
-            path = out / "scores" / sc.name / sites / f"{name}-{seed}.json"
-            identity = adapter.identity()
-            scores = None if rescore else kept_scores(path, identity, episodes_)
-            if scores is None:
-                partial = path.with_name(f"{path.stem}.progress.json")  # a stopped run goes on from here
-                if rescore:
-                    partial.unlink(missing_ok=True)
-                scores = score(adapter, episodes_, progress=say, keep=partial)
-                write_scores(path, scores, identity)
-                partial.unlink(missing_ok=True)
-            else:
-                console.print(f"[dim]{name} (seed {seed}): kept from {path}[/dim]")
-            methods[name].append(scores)
+    methods = score_methods(adapters, episodes_, out / "scores" / sc.name / sites, rescore, say)
     rows = headline_rows(sc.name, methods, sites=sites)
     chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways
     write_headline(rows, out, {sc.name: chance} if chance else None)

@@ -93,6 +93,77 @@ def test_a_stopped_scoring_goes_on_from_its_last_kept_episode(scenario, tmp_path
     assert same.adapted == 12
 
 
+def test_a_claim_is_held_by_a_live_process_and_taken_over_when_it_is_gone(tmp_path):
+    import json
+    import socket
+    import subprocess
+
+    from simulation.progress import Claim
+
+    path = tmp_path / "fedavg+finetune-0.claim"
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        path.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        claim = Claim(path)
+        assert not claim.take() and claim.holder() == f"pid {other.pid} on this machine"
+        claim.release()  # never removes another process's claim
+        assert path.is_file()
+    finally:
+        other.kill()
+        other.wait()
+    assert claim.holder() is None and claim.take()  # stale: taken over
+    assert json.loads(path.read_text())["pid"] != other.pid
+    claim.release()
+    assert not path.exists()
+    path.write_text(json.dumps({"pid": 1, "host": "another-machine"}))  # cannot be checked from here
+    assert not Claim(path).take() and "remove" in str(Claim(path).holder())
+
+
+@pytest.mark.parametrize("other_finishes", [True, False])
+def test_a_method_seed_another_process_is_scoring_is_left_to_it(scenario, tmp_path, monkeypatch, other_finishes):
+    """Two evaluations sharing a scores directory: the one that finds a method-seed claimed scores
+    the rest first and then takes the other's scores once written (it does not score them again),
+    or scores it itself if the other process stopped without them."""
+    import json
+    import socket
+    import subprocess
+
+    from simulation.benchmark import score_methods, write_scores
+
+    monkeypatch.setattr(benchmark, "WAIT", 0.05)
+    model = saved(tmp_path, "fedavg")
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=4))
+    directory = tmp_path / "scores"
+    adapters = {"first": [StopsAfter(model, steps=1)], "second": [StopsAfter(model, steps=2)]}
+    theirs = score(StopsAfter(model, steps=1, name="first"), episodes)  # what the other process writes
+    holder = subprocess.Popen(["sleep", "60"])
+    directory.mkdir()
+    (directory / "first-0.claim").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if "being scored by" in line:  # the other process ends now, with or without its scores
+            if other_finishes:  # writes its scores, then releases its claim
+                write_scores(directory / "first-0.json", theirs, adapters["first"][0].identity())
+                (directory / "first-0.claim").unlink()
+            holder.kill()
+            holder.wait()
+
+    try:
+        methods = score_methods(adapters, episodes, directory, say=say)
+    finally:
+        holder.kill()
+        holder.wait()
+    waited = next(i for i, line in enumerate(said) if "being scored by" in line)
+    second_done = next(i for i, line in enumerate(said) if line.startswith("second:") and "done" in line)
+    assert waited < second_done  # the rest was scored while the claim was held
+    assert np.array_equal(methods["first"][0].acc[2], theirs.acc[2])
+    assert adapters["first"][0].adapted == (0 if other_finishes else 4)
+    assert adapters["second"][0].adapted == 4
+    assert not list(directory.glob("*.claim")) and not list(directory.glob("*.progress.json"))
+
+
 def test_headline_rows_are_paired_differences_over_seeds(tmp_path):
     digests = {1: {"a": "x"}}
     ref = [Scores("fedavg+finetune", {1: np.array([0.5, 0.5, 0.5, 0.7, 0.3])}, {1: np.ones(5)}, digests)]
