@@ -93,7 +93,8 @@ class Claim:
     """A method-seed being scored by one process: `path` holds its pid and host. Taken atomically
     (the file is created only if absent); a claim whose process is gone (same host, pid not alive)
     is stale and taken over. On another host the pid cannot be checked: the claim counts as live
-    until its file is removed."""
+    until its file is removed. Two processes taking over one stale claim at the same instant can
+    both score that method-seed: work done twice, the same scores (each episode is deterministic)."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.mine = path, {"pid": os.getpid(), "host": socket.gethostname()}
