@@ -83,11 +83,6 @@ class Progress:
             write_json(self.path, {"identity": self.identity, "parts": self._parts})
             self._saved = time.monotonic()
 
-    def remove(self) -> None:
-        """Once the whole scores are written: the parts are in them."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
 
 class Claim:
     """A method-seed being scored by one process: `path` holds its pid and host. Taken atomically

@@ -82,8 +82,9 @@ def tune(
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
         config: ModelConfig = Loaded.from_dir(supervised).model.config
         chosen = {} if retune else _kept_tuning(out, header)
+        progress = out.parent / f"{out.stem}.progress"  # per method, the episodes a stopped tuning scored
         if retune:  # and no episode an earlier tuning left half-way
-            shutil.rmtree(out.parent / f"{out.stem}.progress", ignore_errors=True)
+            shutil.rmtree(progress, ignore_errors=True)
     except (ValueError, FileNotFoundError) as error:
         fail(error)
     factories: dict[str, tuple[Callable[..., Any], dict[str, list]]] = {
@@ -108,14 +109,14 @@ def tune(
         console.print(f"every method is kept from {out}: no validation episodes drawn")
     for name, (factory, grid) in todo.items():
         console.print(f"tuning {name} on the validation sites: {grid}")
-        kept = out.parent / f"{out.stem}.progress" / name  # a stopped tuning goes on from its last episodes
+        kept = progress / name  # a stopped tuning goes on from its last episodes
         best, table = tune_grid(factory, grid, drawn, keep=kept)
         chosen[name] = {"best": best, "tries": table}
         console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
         write_json(out, {"protocol": header, **chosen})  # after each method: a stopped run keeps them
         shutil.rmtree(kept, ignore_errors=True)
-        if kept.parent.is_dir() and not any(kept.parent.iterdir()):
-            kept.parent.rmdir()
+        if progress.is_dir() and not any(progress.iterdir()):
+            progress.rmdir()
     out.with_suffix(".md").write_text(tries_markdown(header, chosen), encoding="utf-8")
     console.print(f"settings: {out}, every try: {out.with_suffix('.md')}")
 
