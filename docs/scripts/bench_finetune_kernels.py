@@ -6,7 +6,7 @@ difference between the two settings' query logits.
 
     .venv/bin/python docs/scripts/bench_finetune_kernels.py MODEL_DIR [DATA_DIR]
 
-MODEL_DIR: e.g. docs/results/rerun/new-hospital/seed-0/fedavg-supervised/model.
+MODEL_DIR: e.g. docs/results/models/new-hospital/seed-0/fedavg-supervised/model.
 """
 
 from __future__ import annotations

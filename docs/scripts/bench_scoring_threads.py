@@ -8,7 +8,7 @@ ratio of two 1-thread processes to one 2-thread process.
     .venv/bin/python docs/scripts/bench_scoring_threads.py MODEL_DIR [DATA_DIR]
 
 MODEL_DIR: a supervised FedAvg model trained on new-hospital (e.g.
-docs/results/rerun/new-hospital/seed-0/fedavg-supervised/model). Run it with nothing else busy.
+docs/results/models/new-hospital/seed-0/fedavg-supervised/model). Run it with nothing else busy.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ RESULTS_DIR=${RESULTS_DIR:-docs/results}
 read -r -a SIMULATE_ARGS <<< "${SIMULATE_ARGS:-}"
 start=$(date +%s)
 # a run that finished is not trained again: its model is exported only after its final evaluation
-# (so committed models, docs/results/rerun/, copied into OUT count as trained)
+# (so the committed models, docs/results/models/<scenario>/, count as trained: pass docs/results/models as OUT_DIR)
 trained() { [[ -f "$1/model/model.safetensors" && -f "$1/model/model.json" ]]; }
 for scenario in $SCENARIOS; do
     models=()

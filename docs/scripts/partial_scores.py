@@ -5,7 +5,7 @@ paired difference to FedAvg + fine-tune over the seeds *it* has so far, on the s
 For progress reports only: the headline tables come from `fedmeta benchmark evaluate` once every
 method-seed is scored.
 
-    .venv/bin/python docs/scripts/partial_scores.py docs/results/rerun/scores/new-hospital/heldout
+    .venv/bin/python docs/scripts/partial_scores.py docs/results/scores/new-hospital/heldout
 """
 
 from __future__ import annotations
