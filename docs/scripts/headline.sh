@@ -47,9 +47,8 @@ EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
 read -r -a SIMULATE_ARGS <<< "${SIMULATE_ARGS:-}"
 start=$(date +%s)
-# a run that finished is not trained again: its model is exported only after its final evaluation
-# (so the committed models, docs/results/models/<scenario>/, count as trained: pass docs/results/models as OUT_DIR)
-trained() { [[ -f "$1/model/model.safetensors" && -f "$1/model/model.json" ]]; }
+# a run that finished is not trained again (pass docs/results/models as OUT_DIR to reuse the committed models)
+source "$(dirname "$0")/trained.sh"
 for scenario in $SCENARIOS; do
     models=()
     supervised=()

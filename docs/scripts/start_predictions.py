@@ -7,7 +7,7 @@ scores at chance with one distinct prediction is not a classifier until its inne
         docs/results/models/new-hospital/seed-0/fomaml/model [DATA_DIR] [EPISODES]
 
 DATA_DIR defaults to ../shared/data/medmnist, EPISODES (per site, 1 shot) to 10. One thread:
-about a minute on the new-hospital models.
+about 30 s on the new-hospital models.
 """
 
 from __future__ import annotations

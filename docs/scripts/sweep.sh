@@ -34,9 +34,7 @@ read -r -a seeds <<< "$SEEDS"
 (( ${#seeds[@]} > 0 )) || { echo "SEEDS is empty: give at least one training seed" >&2; exit 2; }
 # one seed keeps the single-run layout (OUT_DIR/<name>); several get a folder each
 runs_of() { if (( ${#seeds[@]} > 1 )); then echo "$OUT/seed-$1"; else echo "$OUT"; fi; }
-# a run is trained once its model is exported (after its final evaluation), so a model directory
-# linked in from elsewhere (e.g. docs/results/models/<scenario>/seed-<s>/<method>) counts too
-trained() { [[ -f "$1/model/model.safetensors" && -f "$1/model/model.json" ]]; }
+source "$(dirname "$0")/trained.sh"
 trim() { local s="$1"; s="${s#"${s%%[![:space:]]*}"}"; echo "${s%"${s##*[![:space:]]}"}"; }
 models=()
 first=()  # the first seed's recipes: their evaluation steps are tuned with the baselines'

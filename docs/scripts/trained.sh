@@ -1,0 +1,4 @@
+# Sourced by headline.sh and sweep.sh. A run is trained once its model is exported: `fedmeta
+# simulate` exports it only after the final evaluation, so a model directory committed or linked
+# in from elsewhere (docs/results/models/<scenario>/seed-<s>/<method>) counts as trained too.
+trained() { [[ -f "$1/model/model.safetensors" && -f "$1/model/model.json" ]]; }
