@@ -46,6 +46,7 @@ native-source: venv
 DATA ?= ../shared/data/medmnist
 results: venv
 	SCENARIOS=new-hospital METHODS=fomaml META_RUN='shots=1' docs/scripts/headline.sh $(DATA) runs/headline
+	SCENARIOS=new-hospital-blood METHODS=fomaml META_RUN='shots=1' docs/scripts/headline.sh $(DATA) runs/headline
 	SCENARIOS=new-classes METHODS=protonet docs/scripts/headline.sh $(DATA) runs/headline
 
 bench: venv
