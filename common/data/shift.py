@@ -59,9 +59,19 @@ class SiteShift:
         return self == SiteShift()
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(M, C, *S) in [0, 1] -> shifted images of the same shape (float32)."""
+        """(M, C, *S) in [0, 1] -> shifted images of the same shape (float32), the same bytes
+        whatever torch's thread count: computed on one thread (with two, some sites' images
+        differed in the last bit, so their episodes' digests did too)."""
         if self.is_identity:
             return images
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._shifted(images, generator)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _shifted(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = images.float().clamp(0, 1) ** self.gamma
         mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
         x = self.gain * ((x - mean) * self.contrast + mean)
