@@ -82,6 +82,14 @@ class Trained(Adapter):
         return self.logits_at(episode, num_classes, [self.steps])[self.steps]
 
 
+def support_classes(episode: Episode, num_classes: int) -> torch.Tensor:
+    """(num_classes,) bool: the classes `episode`'s support set holds (a hospital's own, with
+    global labels), the only ones a head fitted to that support can tell apart."""
+    present = torch.zeros(num_classes, dtype=torch.bool)
+    present[episode.support_y.unique()] = True
+    return present
+
+
 def _fit(params: Params, trainable: list[str], loss_fn, steps: Iterable[int], lr: float) -> dict[int, Params]:
     """Adam on `loss_fn(params)` over the `trainable` entries (the rest stay fixed): the parameters
     after each number of `steps`, from one trajectory (a 10-step fit is the first 10 of 100)."""
@@ -221,8 +229,7 @@ class LinearProbe(Trained):
             query = self.loaded.features(self.loaded.params, episode.query_x)
         scale = support.norm(dim=1).mean().clamp(min=1e-6)  # features on a unit scale: one lr fits all
         support, query = support / scale, query / scale
-        present = torch.zeros(num_classes, dtype=torch.bool)
-        present[episode.support_y.unique()] = True
+        present = support_classes(episode, num_classes)
         head = {"w": torch.zeros(num_classes, support.shape[1]), "b": torch.zeros(num_classes)}
 
         def loss(p: Params) -> torch.Tensor:

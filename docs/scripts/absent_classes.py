@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from simulation.adapters import FineTune, MetaLearned
+from simulation.adapters import FineTune, MetaLearned, support_classes
 from simulation.benchmark import Protocol, draw_episodes
 
 
@@ -48,8 +48,7 @@ def main() -> None:
                 for i in range(len(batch)):
                     episode = batch[i]
                     logits = adapter.logits(episode, episodes.num_classes())
-                    present = torch.zeros(logits.shape[-1], dtype=torch.bool)
-                    present[episode.support_y.unique()] = True
+                    present = support_classes(episode, episodes.num_classes())
                     predicted = logits.argmax(-1)
                     masked = logits.masked_fill(~present, float("-inf")).argmax(-1)
                     correct += int((predicted == episode.query_y).sum())
