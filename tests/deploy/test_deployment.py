@@ -135,7 +135,7 @@ def deployment(tmp_path_factory):
         result["coordinator"] = coordinator
         wait_for_port(coordinator, fleet, root / "consortium" / "ca" / "ca.pem")
 
-        # intruders, before the real sites: the run must still start with exactly the three of them
+        # intruders, started before the real sites: the run must still start with exactly the three of them
         unregistered = root / "unregistered.toml"
         unregistered.write_text(
             (outsider / "site.toml")
@@ -195,8 +195,6 @@ def deployment(tmp_path_factory):
             b"Sec-WebSocket-Version: 13\r\n\r\n",
         )
 
-        result.update({key: procs.finish(process) for key, process in intruders.items()})
-
         hostile = {"PYTHONPATH": str(HOSTILE_CODE), "FEDMETA_HOSTILE_STATE": str(root / "hostile-state")}
         sites = [
             procs.start(
@@ -206,6 +204,8 @@ def deployment(tmp_path_factory):
             )
             for name in SITES
         ]
+        # the sites join while the intruders are still trying (a refused SuperNode takes half a minute to exit)
+        result.update({key: procs.finish(process) for key, process in intruders.items()})
         result["sites"] = sites
         try:
             result["coordinator_code"] = coordinator.wait(RUN_TIMEOUT)
