@@ -65,10 +65,20 @@ class MetaConfig:
     execution: str = "auto"
     local_lr: float = 0.05
     first_order_rounds: int = 0  # MAML / Meta-SGD / ANIL: first-order meta-gradients up to this round (warm start)
+    # MAML family: weight of the query loss at the start itself (before any inner step), added to the
+    # loss after adaptation, so the start stays a classifier of the scenario's labels (0: MAML's objective)
+    start_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.first_order_rounds < 0:
             raise ValueError(f"first_order_rounds={self.first_order_rounds}: must be >= 0")
+        if not 0 <= self.start_loss_weight < float("inf"):
+            raise ValueError(f"start_loss_weight={self.start_loss_weight}: must be a finite number >= 0")
+        if self.start_loss_weight and self.algorithm in ("protonet", "fedavg"):
+            raise ValueError(
+                f"start_loss_weight={self.start_loss_weight} with algorithm={self.algorithm!r}: it weighs the loss "
+                "before MAML's inner loop; use it with maml, fomaml, meta-sgd or anil, or leave it at 0"
+            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if self.execution not in EXECUTIONS:

@@ -182,6 +182,7 @@ _KEYS = {
     "chunk-size": ("meta", "chunk_size"),
     "local-lr": ("meta", "local_lr"),
     "first-order-rounds": ("meta", "first_order_rounds"),
+    "start-loss-weight": ("meta", "start_loss_weight"),
     "execution": ("meta", "execution"),
     "model": ("model", "backbone"),
     "model-width": ("model", "width"),

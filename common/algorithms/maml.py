@@ -56,8 +56,13 @@ class MAML(MetaAlgorithm):
         fast = self.inner_loop(
             meta, self.features(meta, support_x), support_y, self.config.inner_steps, grad_fn, not self.first_order
         )
-        logits = self.logits(fast, self.features(meta, query_x))
-        return cross_entropy(logits, query_y), logits
+        query = self.features(meta, query_x)
+        logits = self.logits(fast, query)
+        loss = cross_entropy(logits, query_y)
+        if self.config.start_loss_weight:  # the start must classify too, not only adapt fast
+            start = self.logits(self.adaptable(meta), query)
+            loss = loss + self.config.start_loss_weight * cross_entropy(start, query_y)
+        return loss, logits
 
     def adapt(self, meta, support_x, support_y, steps=None):
         steps = self.config.eval_inner_steps if steps is None else steps

@@ -136,3 +136,36 @@ def test_first_and_second_order_match_closed_form_on_linear_model():
     torch.testing.assert_close(results["fomaml"], first, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(results["maml"], second, rtol=1e-10, atol=1e-12)
     assert (results["maml"] - results["fomaml"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil"])
+def test_the_start_loss_adds_its_weight_times_the_gradient_at_the_start(tiny_model, tiny_batch, algorithm):
+    """start-loss-weight w: meta-gradient = MAML's + w * the gradient of the query loss of the start
+    itself, on every execution path."""
+    plain = build_algorithm(tiny_model, meta_config(algorithm, execution="loop"))
+    meta = plain.init_meta_params()
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in meta.items()}
+    start = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(plain.logits(plain.adaptable(leaves), plain.features(leaves, qx)), qy)
+            for _, _, qx, qy in (ep.tensors() for ep in tiny_batch)
+        ]
+    ).mean()
+    at_start = dict(zip(leaves, torch.autograd.grad(start, list(leaves.values()), allow_unused=True), strict=True))
+    expected = {
+        k: g + 0.5 * (at_start[k] if at_start[k] is not None else 0)
+        for k, g in plain.meta_gradient(meta, tiny_batch).grads.items()
+    }
+    for execution in ("loop", "vmap"):
+        weighted = build_algorithm(tiny_model, meta_config(algorithm, execution=execution, start_loss_weight=0.5))
+        got = weighted.meta_gradient(meta, tiny_batch).grads
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-9, atol=1e-12)
+    assert any((got[k] - plain.meta_gradient(meta, tiny_batch).grads[k]).abs().max() > 1e-6 for k in got)
+
+
+def test_the_start_loss_is_refused_where_there_is_no_inner_loop():
+    with pytest.raises(ValueError, match=r"start_loss_weight=0\.5 with algorithm='protonet'.*maml, fomaml"):
+        meta_config("protonet", start_loss_weight=0.5)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        meta_config("fomaml", start_loss_weight=-1.0)
