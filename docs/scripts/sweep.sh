@@ -18,6 +18,9 @@
 #         does: a recipe is chosen on its mean over seeds, not on one seed's luck (on new-hospital,
 #         FOMAML's held-out accuracy spans 6.9 points over three seeds; see docs/RESULTS.md)
 #   SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
+#   LOCAL default 1; LOCAL=0 leaves local training out of the scoring (a recipe comparison against
+#         fine-tuning does not need it, and on 2 cores it is the longest part: about 15 min on
+#         new-hospital-blood's validation hospitals at 100 episodes)
 # Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the adaptation
 # settings OUT_DIR/tuned.json (tuned on the first seed's models), times.tsv beside the runs and
 # the validation table OUT_DIR/headline.md (+ headline.json, plots).
@@ -30,6 +33,7 @@ FEDMETA=${FEDMETA:-.venv/bin/fedmeta}
 SEEDS=${SEEDS:-${SEED:-0}}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-200}
+LOCAL=${LOCAL:-1}
 read -r -a seeds <<< "$SEEDS"
 (( ${#seeds[@]} > 0 )) || { echo "SEEDS is empty: give at least one training seed" >&2; exit 2; }
 # one seed keeps the single-run layout (OUT_DIR/<name>); several get a folder each
@@ -66,4 +70,5 @@ mkdir -p "$OUT"
 "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
     --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json"
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
-    --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT"
+    --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT" \
+    "$([[ "$LOCAL" == 0 ]] && echo --no-local || echo --local)"
