@@ -23,6 +23,7 @@ def reject_unknown(where: str, given: Iterable[str], known: Iterable[str]) -> No
 
 
 ALGORITHMS = ("maml", "fomaml", "meta-sgd", "anil", "protonet", "fedavg")
+INNER_LOOP_ALGORITHMS = ALGORITHMS[:4]  # the MAML family: an inner loop adapts the start
 EXECUTIONS = ("auto", "loop", "threads", "vmap")
 
 
@@ -74,13 +75,13 @@ class MetaConfig:
             raise ValueError(f"first_order_rounds={self.first_order_rounds}: must be >= 0")
         if not 0 <= self.start_loss_weight < float("inf"):
             raise ValueError(f"start_loss_weight={self.start_loss_weight}: must be a finite number >= 0")
-        if self.start_loss_weight and self.algorithm in ("protonet", "fedavg"):
-            raise ValueError(
-                f"start_loss_weight={self.start_loss_weight} with algorithm={self.algorithm!r}: it weighs the loss "
-                "before MAML's inner loop; use it with maml, fomaml, meta-sgd or anil, or leave it at 0"
-            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        if self.start_loss_weight and self.algorithm not in INNER_LOOP_ALGORITHMS:
+            raise ValueError(
+                f"start_loss_weight={self.start_loss_weight} with algorithm={self.algorithm!r}: it weighs the loss "
+                f"before MAML's inner loop; use it with {', '.join(INNER_LOOP_ALGORITHMS)}, or leave it at 0"
+            )
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution={self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
         if self.inner_steps < 1 or self.eval_inner_steps < 1:
