@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.device import torch_threads
+
 
 @dataclass(frozen=True)
 class SiteShift:
@@ -64,12 +66,8 @@ class SiteShift:
         differed in the last bit, so their episodes' digests did too)."""
         if self.is_identity:
             return images
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return self._shifted(images, generator)
-        finally:
-            torch.set_num_threads(threads)
 
     def _shifted(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = images.float().clamp(0, 1) ** self.gamma

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from common.data import SiteShift
+from common.device import torch_threads
 
 
 def images():
@@ -67,11 +68,8 @@ def test_a_shift_gives_the_same_bytes_whatever_the_thread_count():
     images = torch.randint(0, 256, (21, 3, 28, 28), generator=torch.Generator().manual_seed(0)).float() / 255
     threads = torch.get_num_threads()
     out = {}
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
+    for count in (1, 2):
+        with torch_threads(count):
             out[count] = shift(images, torch.Generator().manual_seed(1))
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(out[1], out[2])
     assert torch.get_num_threads() == threads
