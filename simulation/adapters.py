@@ -150,18 +150,30 @@ class Loaded:
 
 
 class MetaLearned(Trained):
-    """A meta-model adapted with its own algorithm: `steps` inner steps at its own rate (None: the
-    steps it was meta-trained with for evaluation, `eval-inner-steps`; ProtoNet takes none)."""
+    """A meta-model adapted with its own algorithm: `steps` inner steps (None: the steps it was
+    meta-trained with for evaluation, `eval-inner-steps`; ProtoNet takes none) at `lr_scale`
+    times its own inner rate (Meta-SGD: its learned rates). Both are settings chosen on the
+    validation sites, as fine-tuning's steps and rate are: a start that already classifies can
+    overshoot at the rate it was meta-trained with."""
 
-    def __init__(self, model_dir: Path, steps: int | None = None, kernels: str = "auto", name: str = "") -> None:
+    def __init__(
+        self, model_dir: Path, steps: int | None = None, lr_scale: float = 1.0, kernels: str = "auto", name: str = ""
+    ) -> None:
         meta, model_config, meta_config, _, _ = load_meta_model(model_dir)
         self.meta, self.kernels, self.digest = meta, kernels, model_digest(model_dir)
         self.steps = steps  # type: ignore[assignment]  # None: the model's own eval-inner-steps
-        self.algorithm = build_algorithm(build_model(model_config), meta_config, resolve_kernels(kernels))
+        self.lr_scale = lr_scale
         self.name = name or meta_config.algorithm
+        algorithm = build_algorithm(build_model(model_config), meta_config, resolve_kernels(kernels))
+        try:
+            self.algorithm = algorithm.with_rate_scale(lr_scale)
+        except ValueError as error:
+            raise ValueError(f"{self.name} ({model_dir}): {error}; drop lr_scale") from None
 
     def _settings(self) -> dict:
-        return {"model": self.digest, "steps": self.steps, "kernels": self.kernels}
+        # the model's own rate adds no key: scores kept from before the rate was a setting still match
+        scale = {} if self.lr_scale == 1.0 else {"lr_scale": self.lr_scale}
+        return {"model": self.digest, "steps": self.steps, "kernels": self.kernels, **scale}
 
     def takes_steps(self) -> bool:
         """Whether the number of adaptation steps is a setting of this meta-model (not ProtoNet's)."""

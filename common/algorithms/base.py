@@ -67,6 +67,13 @@ class MetaAlgorithm(ABC):
         """This algorithm without second-order terms (itself when it has none)."""
         return self
 
+    def with_rate_scale(self, factor: float) -> MetaAlgorithm:
+        """This algorithm adapting at `factor` times its inner rate (a setting chosen at the new
+        site, as fine-tuning's rate is); algorithms whose adaptation takes no steps have none."""
+        if factor == 1.0:
+            return self
+        raise ValueError(f"{self.name} adapts without gradient steps: it has no inner rate to scale")
+
     # -- what each algorithm defines ------------------------------------------------------
     @abstractmethod
     def task_loss(

@@ -7,6 +7,7 @@ Hessian terms that a copy-and-step implementation silently drops.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -18,6 +19,17 @@ from common.functional import GradFn, Params, autograd_grad, cross_entropy
 class MAML(MetaAlgorithm):
     name = "maml"
     first_order = False
+    rate_scale = 1.0  # times the inner rate at adaptation (with_rate_scale); meta-training keeps 1
+
+    def with_rate_scale(self, factor: float) -> MAML:
+        """The same algorithm stepping at `factor` times its rate (Meta-SGD: its learned rates)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"an inner-rate scale of {factor}: give a positive, finite factor (1 keeps the rate)")
+        if factor == self.rate_scale:
+            return self
+        twin = copy.copy(self)
+        twin.rate_scale = factor
+        return twin
 
     def first_order_twin(self) -> MAML:
         """The same algorithm (Meta-SGD's rates, ANIL's frozen body included) with first-order
@@ -40,7 +52,7 @@ class MAML(MetaAlgorithm):
         return self.model.logits(fast, features, self.kernels)
 
     def step_size(self, meta: Params, name: str) -> torch.Tensor | float:  # noqa: ARG002 -- hook: Meta-SGD reads both
-        return self.config.inner_lr
+        return self.rate_scale * self.config.inner_lr
 
     def inner_loop(
         self, meta: Params, features: Any, labels: torch.Tensor, steps: int, grad_fn: GradFn, create_graph: bool

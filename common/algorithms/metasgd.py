@@ -23,4 +23,5 @@ class MetaSGD(MAML):
         return {**weights, **rates}
 
     def step_size(self, meta: Params, name: str) -> torch.Tensor:
-        return meta[PREFIX + name]
+        rates = meta[PREFIX + name]
+        return rates if self.rate_scale == 1.0 else self.rate_scale * rates

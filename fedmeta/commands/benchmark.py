@@ -27,10 +27,13 @@ GRIDS: dict[str, dict[str, list]] = {
     "finetune": {"steps": [0, 25, 50, 100, 200], "lr": [3e-5, 1e-4, 3e-4, 1e-3]},
     "linear-probe": {"steps": [100, 200, 400], "lr": [1e-2, 1e-1], "weight_decay": [0.0, 1e-4, 1e-2]},
     "local": {"steps": [25, 100, 200], "lr": [1e-3, 3e-3, 1e-2]},
-    # a meta-model adapts with its own inner loop and rate: only how many steps it takes at the
-    # new site is chosen (0: the meta-model as it is; it was meta-trained with eval-inner-steps).
-    # On new-hospital FOMAML still gained from 10 to 20 steps (77.2 to 77.6%), hence 40 and 80
-    "meta-learned": {"steps": [0, 1, 2, 5, 10, 20, 40, 80]},
+    # a meta-model adapts with its own inner loop: how many steps it takes at the new site (0: the
+    # meta-model as it is) and at what fraction of its meta-trained rate, as fine-tuning's steps
+    # and rate are chosen (22 distinct tries against fine-tuning's 20: steps 0 is one). On
+    # new-hospital FOMAML still gained from 10 to 20 steps (77.2 to 77.6%), hence 40 and 80; a
+    # start warm-started from the supervised model overshot at its own rate (76.1% with no step,
+    # 57.0% after 2: docs/sweeps/new-hospital-8.txt), hence the smaller rates
+    "meta-learned": {"steps": [0, 1, 2, 5, 10, 20, 40, 80], "lr_scale": [0.1, 0.3, 1.0]},
 }
 
 

@@ -98,3 +98,38 @@ def test_every_algorithm_takes_hospital_tasks_with_global_labels(algorithm):
         adapted = algo.adapt(meta, batch[0].support_x, batch[0].support_y)
         predicted = algo.predict(adapted, batch[0].query_x).argmax(1)
         assert set(predicted.tolist()) <= {1, 4, 6}
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "meta-sgd", "fedavg"])
+def test_a_rate_scale_adapts_at_that_fraction_of_the_inner_rate(tiny_model, tiny_batch, algorithm):
+    """with_rate_scale(f) adapts exactly as the same meta-model would at f times its inner rate
+    (Meta-SGD: f times each learned rate), and differs from the unscaled adaptation."""
+    from dataclasses import replace
+
+    from common.algorithms.metasgd import PREFIX
+
+    algo = build_algorithm(tiny_model, meta_config(algorithm, execution="loop"))
+    meta, episode = algo.init_meta_params(), tiny_batch[0]
+    scaled = algo.with_rate_scale(0.25).adapt(meta, episode.support_x, episode.support_y, steps=2)
+    if algorithm == "meta-sgd":
+        meta_slow = {k: 0.25 * v if k.startswith(PREFIX) else v for k, v in meta.items()}
+        expected = algo.adapt(meta_slow, episode.support_x, episode.support_y, steps=2)
+    else:
+        slow = build_algorithm(tiny_model, replace(algo.config, inner_lr=0.25 * algo.config.inner_lr))
+        expected = slow.adapt(meta, episode.support_x, episode.support_y, steps=2)
+    assert scaled.keys() == expected.keys()
+    assert all(torch.equal(scaled[k], expected[k]) for k in scaled)
+    unscaled = algo.adapt(meta, episode.support_x, episode.support_y, steps=2)
+    assert any(not torch.equal(scaled[k], unscaled[k]) for k in scaled)
+    assert algo.with_rate_scale(1.0) is algo and algo.rate_scale == 1.0  # meta-training keeps its rate
+
+
+def test_a_rate_scale_is_refused_where_it_means_nothing(tiny_model):
+    protonet = build_algorithm(tiny_model, meta_config("protonet"))
+    assert protonet.with_rate_scale(1.0) is protonet
+    with pytest.raises(ValueError, match="protonet adapts without gradient steps"):
+        protonet.with_rate_scale(0.5)
+    maml = build_algorithm(tiny_model, meta_config("maml"))
+    for bad in (0.0, -0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive, finite factor"):
+            maml.with_rate_scale(bad)

@@ -292,9 +292,11 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     assert with_meta.stdout.count("kept from") == 3 and "tuning maml" in with_meta.stdout
     tuned_meta = json.loads((tmp_path / "tuned.json").read_text())
     assert {k: tuned_meta[k] for k in settings} == settings  # the baselines' choice untouched
-    assert tuned_meta["maml"]["best"]["steps"] in (0, 1, 2, 5, 10, 20, 40, 80) and len(tuned_meta["maml"]["tries"]) == 8
+    best = tuned_meta["maml"]["best"]  # its steps and the fraction of its own inner rate
+    assert best["steps"] in (0, 1, 2, 5, 10, 20, 40, 80) and best["lr_scale"] in (0.1, 0.3, 1.0)
+    assert len(tuned_meta["maml"]["tries"]) == 24
     table = (tmp_path / "tuned.md").read_text()  # every try, readable, the choice in bold
-    assert table.count("| maml |") == 8 and table.count("| maml | **steps") == 1
+    assert table.count("| maml |") == 24 and table.count("| maml | **lr_scale") == 1
     # all kept: nothing tuned again, and no validation episodes drawn for nothing
     kept = fedmeta("tune", *tune_args, "--episodes", "2", "--model", f"maml={maml}", *out_args)
     said = " ".join(kept.stdout.split())  # the console wraps long lines
@@ -441,6 +443,20 @@ def test_a_meta_models_trajectory_gives_every_step_count_exactly(scenario, tmp_p
         assert torch.equal(at[count], MetaLearned(model_dir, steps=count).logits(episode, 3))
     assert not torch.equal(at[1], at[3])
     assert torch.equal(MetaLearned(model_dir).logits(episode, 3), MetaLearned(model_dir, steps=2).logits(episode, 3))
+
+
+def test_a_meta_models_inner_rate_is_a_setting_at_the_new_site(scenario, tmp_path):
+    """lr_scale adapts at a fraction of the meta-trained rate: the same start, another trajectory,
+    a score identity of its own; the default adds no key, so scores kept from before still match."""
+    episode = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=1, role="validation")).batches[2]
+    episode = next(iter(episode.values()))[0]
+    model_dir = saved(tmp_path, "maml")
+    own, slow = MetaLearned(model_dir), MetaLearned(model_dir, lr_scale=0.3)
+    assert "lr_scale" not in own.identity() and slow.identity() == {**own.identity(), "lr_scale": 0.3}
+    at_own, at_slow = own.logits_at(episode, 3, [0, 2]), slow.logits_at(episode, 3, [0, 2])
+    assert torch.equal(at_own[0], at_slow[0]) and not torch.equal(at_own[2], at_slow[2])
+    with pytest.raises(ValueError, match=r"protonet .*no inner rate to scale; drop lr_scale"):
+        MetaLearned(saved(tmp_path, "protonet"), lr_scale=0.3)
 
 
 def test_one_trajectory_gives_every_step_count_exactly(scenario, tmp_path):
