@@ -21,6 +21,11 @@
 #   LOCAL default 1; LOCAL=0 leaves local training out of the scoring (a recipe comparison against
 #         fine-tuning does not need it, and on 2 cores it is the longest part: about 15 min on
 #         new-hospital-blood's validation hospitals at 100 episodes)
+#   REUSE default "": recipe names whose models are the headline run's, linked from
+#         docs/results/models/SCENARIO/seed-<s>/<name> (`supervised`: its fedavg-supervised)
+#         instead of trained again; their lines stay in RECIPES to say how they were trained.
+#         With `supervised` reused, the baselines' tuning is taken from that run's tuned.json
+#         (the meta-models' entries are left out: they are tuned again, on today's grid)
 # Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the adaptation
 # settings OUT_DIR/tuned.json (tuned on the first seed's models), times.tsv beside the runs and
 # the validation table OUT_DIR/headline.md (+ headline.json, plots).
@@ -34,6 +39,8 @@ SEEDS=${SEEDS:-${SEED:-0}}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-200}
 LOCAL=${LOCAL:-1}
+REUSE=" ${REUSE:-} "
+HEADLINE=docs/results/models/$SCENARIO
 read -r -a seeds <<< "$SEEDS"
 (( ${#seeds[@]} > 0 )) || { echo "SEEDS is empty: give at least one training seed" >&2; exit 2; }
 # one seed keeps the single-run layout (OUT_DIR/<name>); several get a folder each
@@ -52,6 +59,11 @@ for seed in "${seeds[@]}"; do
         method=$(trim "$method")
         config=$(trim "$config")
         config=${config//@supervised/\'$runs/supervised/model\'}
+        if [[ "$REUSE" == *" $name "* ]] && ! trained "$runs/$name"; then
+            reused="$HEADLINE/seed-$seed/$([[ "$name" == supervised ]] && echo fedavg-supervised || echo "$name")"
+            trained "$reused" || { echo "REUSE $name: no headline model at $reused/model" >&2; exit 2; }
+            ln -sfn "$(realpath "$reused")" "$runs/$name"
+        fi
         if ! trained "$runs/$name"; then
             t=$(date +%s)
             "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$seed" --algorithm "$method" \
@@ -65,6 +77,12 @@ for seed in "${seeds[@]}"; do
     supervised+=(--supervised "$runs/supervised/model")
 done
 mkdir -p "$OUT"
+if [[ "$REUSE" == *" supervised "* && ! -f "$OUT/tuned.json" ]]; then  # the baselines' tuning of the same models
+    "${PYTHON:-python3}" -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+json.dump({k: v for k, v in d.items() if k in ("protocol", "finetune", "linear-probe", "local")}, open(sys.argv[2], "w"))' \
+        "$HEADLINE/tuned.json" "$OUT/tuned.json"
+fi
 # the baselines' adaptation and the recipes' evaluation steps, tuned on the first seed's models
 # (what OUT_DIR/tuned.json already holds is kept)
 "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
