@@ -67,7 +67,8 @@ def tune(
     out: Path = typer.Option(Path("tuned.json"), help="The chosen settings and every try's validation score."),
     retune: bool = typer.Option(
         False,
-        help="Tune every method again; by default the methods OUT already holds (same protocol) are kept, "
+        help="Tune every method again; by default the methods OUT already holds (same protocol, and the same "
+        "model where OUT records it: a method whose model was trained again is tuned again) are kept, "
         "and one stopped midway goes on from its last kept episodes (e.g. tuned.progress/ beside tuned.json).",
     ),
 ) -> None:
@@ -75,7 +76,7 @@ def tune(
     steps) on the validation sites only."""
     from common.files import write_json
     from common.models import ModelConfig
-    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch
+    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch, model_digest
     from simulation.benchmark import Protocol, draw_episodes, parse_shots
     from simulation.benchmark import tune as tune_grid
 
@@ -95,13 +96,19 @@ def tune(
         "linear-probe": (lambda **p: LinearProbe(supervised, **p), GRIDS["linear-probe"]),
         "local": (lambda **p: Scratch(config, **p), GRIDS["local"]),
     }
+    tuned_on = dict.fromkeys(factories, model_digest(supervised))  # the model each method's settings suit
     for name, dirs in _models(model).items():
         if MetaLearned(dirs[0]).takes_steps():
             factories[name] = (lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p), GRIDS["meta-learned"])
+            tuned_on[name] = model_digest(dirs[0])
         else:
             console.print(f"{name}: adapts without steps (prototypes), nothing to tune")
     for name in [name for name in factories if name in chosen]:
-        console.print(f"{name}: kept from {out} ({chosen[name]['best']})")
+        if chosen[name].get("model", tuned_on[name]) != tuned_on[name]:  # e.g. a recipe trained again
+            console.print(f"{name}: tuned again, {out} holds settings tuned on another model")
+            del chosen[name]
+        else:
+            console.print(f"{name}: kept from {out} ({chosen[name]['best']})")
     todo = {name: entry for name, entry in factories.items() if name not in chosen}
     if todo:
         try:  # one draw of the validation episodes for every adapter left, none when all are kept
@@ -114,7 +121,7 @@ def tune(
         console.print(f"tuning {name} on the validation sites: {grid}")
         kept = progress / name  # a stopped tuning goes on from its last episodes
         best, table = tune_grid(factory, grid, drawn, keep=kept)
-        chosen[name] = {"best": best, "tries": table}
+        chosen[name] = {"best": best, "tries": table, "model": tuned_on[name]}
         console.print(f"  {name}: {best} (validation accuracy {table[json.dumps(best, sort_keys=True)]:.3f})")
         write_json(out, {"protocol": header, **chosen})  # after each method: a stopped run keeps them
         shutil.rmtree(kept, ignore_errors=True)

@@ -14,7 +14,7 @@ from common.config import EpisodeConfig, MetaConfig
 from common.export import save_meta_model
 from common.models import ModelConfig
 from simulation import benchmark
-from simulation.adapters import FineTune, LinearProbe, MetaLearned, Prototypes, Scratch
+from simulation.adapters import FineTune, LinearProbe, MetaLearned, Prototypes, Scratch, model_digest
 from simulation.benchmark import Protocol, Scores, draw_episodes, headline_rows, score, tune
 
 MODEL = ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2)
@@ -302,6 +302,18 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     said = " ".join(kept.stdout.split())  # the console wraps long lines
     assert kept.returncode == 0 and "no validation episodes drawn" in said and "tuning " not in said
     assert json.loads((tmp_path / "tuned.json").read_text()) == tuned_meta
+    # a method's model trained again (another model under the same name): its settings are tuned
+    # again, the baselines' (the same supervised model) kept
+    assert tuned_meta["maml"]["model"] == model_digest(maml)
+    assert tuned_meta["finetune"]["model"] == model_digest(supervised[0])
+    other_model = saved(tmp_path, "fomaml")
+    again = fedmeta("tune", *tune_args, "--episodes", "2", "--model", f"maml={other_model}", *out_args)
+    said = " ".join(again.stdout.split())
+    assert again.returncode == 0 and "maml: tuned again" in said and "tuning maml" in said
+    assert said.count("kept from") == 3
+    tuned_meta = json.loads((tmp_path / "tuned.json").read_text())
+    assert tuned_meta["maml"]["model"] == model_digest(other_model)
+    assert {k: tuned_meta[k] for k in settings} == settings
     other = fedmeta("tune", *tune_args, "--episodes", "3", *out_args)  # another protocol: not mixed in
     assert other.returncode == 2 and "--retune" in other.stderr
     # evaluate's time is the steps tuned.json holds (up to 200 on this grid): 2 steps exercise the same
