@@ -1,0 +1,51 @@
+"""Paired comparison against FedAvg + fine-tune on ONE held-out hospital, from the committed
+per-episode scores (docs/results/scores/SCENARIO/heldout/NAME-SEED.json), seeds averaged per
+episode as the headline does. For when the two hospitals cannot be pooled yet: each method's
+episodes of SITE are checked byte-identical (their digests) to fine-tuning's, or it stops.
+
+    .venv/bin/python docs/scripts/site_paired.py new-hospital-blood new-hospital-b [METHOD ...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.stats import paired_interval, t_interval
+
+REFERENCE = "fedavg+finetune"
+
+
+def site_accuracy(runs: list[dict], shots: str, site: str) -> np.ndarray:
+    names = sorted(runs[0]["digests"][shots])  # episodes are stored site by site, in name order
+    i = names.index(site)
+    per_seed = [np.asarray(r["acc"][shots]) for r in runs]
+    n = len(per_seed[0]) // len(names)
+    return np.mean([p[i * n : (i + 1) * n] for p in per_seed], axis=0)
+
+
+def main(scenario: str, site: str, methods: list[str]) -> None:
+    directory = Path("docs/results/scores", scenario, "heldout")
+    runs = {m: [json.loads(p.read_text()) for p in sorted(directory.glob(f"{m}-[0-9].json"))] for m in methods}
+    reference = [json.loads(p.read_text()) for p in sorted(directory.glob(f"{REFERENCE}-[0-9].json"))]
+    print(f"| shots | method | {site} accuracy % (95% CI) | vs {REFERENCE}, points (95% CI) | seeds | episodes |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for shots in reference[0]["acc"]:
+        digest = reference[0]["digests"][shots][site]
+        base = site_accuracy(reference, shots, site)
+        for name, scored in runs.items():
+            if any(r["digests"][shots][site] != digest for r in scored + reference):
+                sys.exit(f"{name}: its {shots}-shot episodes of {site} are not those {REFERENCE} was scored on")
+            acc = site_accuracy(scored, shots, site)
+            a, d = t_interval(acc), paired_interval(acc, base)
+            print(
+                f"| {shots} | {name} | {100 * a.mean:.1f} ± {100 * (a.high - a.mean):.1f} | "
+                f"{100 * d.mean:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {len(scored)} | {len(acc)} |"
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2], sys.argv[3:] or ["fomaml", "centralized-fomaml"])
