@@ -311,7 +311,7 @@ def choose(tries: Mapping[str, float], tolerance: float = TOLERANCE) -> dict:
     return json.loads(min(near, key=lambda key: (json.loads(key).get("steps", 0), -tries[key])))
 
 
-def _mean_over_seeds(runs: list[Scores], shots: int, metric: str) -> np.ndarray:
+def mean_over_seeds(runs: list[Scores], shots: int, metric: str) -> np.ndarray:
     """Per-episode values averaged over a method's training seeds (every run on the same episodes)."""
     digests = {json.dumps(r.digests[shots], sort_keys=True) for r in runs}
     if len(digests) != 1:
@@ -329,12 +329,12 @@ def headline_rows(
         raise ValueError(f"the comparison needs the reference method {reference!r}; have {sorted(methods)}")
     rows = []
     for shots in sorted(methods[reference][0].acc):
-        base = _mean_over_seeds(methods[reference], shots, "acc")
+        base = mean_over_seeds(methods[reference], shots, "acc")
         base_digest = methods[reference][0].digests[shots]
         for name, runs in methods.items():
             if runs[0].digests[shots] != base_digest:
                 raise ValueError(f"{name} and {reference} were scored on different {shots}-shot episodes")
-            acc = _mean_over_seeds(runs, shots, "acc")
+            acc = mean_over_seeds(runs, shots, "acc")
             acc_ci: Interval = t_interval(acc)
             diff = paired_interval(acc, base)
             rows.append(
@@ -344,7 +344,7 @@ def headline_rows(
                     "method": name,
                     "acc": acc_ci.mean,
                     "acc_ci": acc_ci.half_width,
-                    "auc": float(np.nanmean(_mean_over_seeds(runs, shots, "auc"))),
+                    "auc": float(np.nanmean(mean_over_seeds(runs, shots, "auc"))),
                     "diff_vs_fedavg_ft": diff.mean,
                     "diff_ci_low": diff.low,
                     "diff_ci_high": diff.high,

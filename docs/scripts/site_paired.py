@@ -6,36 +6,37 @@ episodes of SITE are checked byte-identical (their digests) to fine-tuning's, or
     .venv/bin/python docs/scripts/site_paired.py new-hospital-blood new-hospital-b [METHOD ...]
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from common.stats import paired_interval, t_interval
+from simulation.benchmark import Scores, mean_over_seeds, read_scores
 
 REFERENCE = "fedavg+finetune"
 
 
-def site_accuracy(runs: list[dict], shots: str, site: str) -> np.ndarray:
-    names = sorted(runs[0]["digests"][shots])  # episodes are stored site by site, in name order
+def site_accuracy(runs: list[Scores], shots: int, site: str) -> np.ndarray:
+    """The seed-averaged accuracy of SITE's episodes (stored site by site, in name order)."""
+    names = sorted(runs[0].digests[shots])
+    per_episode = mean_over_seeds(runs, shots, "acc")
+    n = len(per_episode) // len(names)
     i = names.index(site)
-    per_seed = [np.asarray(r["acc"][shots]) for r in runs]
-    n = len(per_seed[0]) // len(names)
-    return np.mean([p[i * n : (i + 1) * n] for p in per_seed], axis=0)
+    return per_episode[i * n : (i + 1) * n]
 
 
 def main(scenario: str, site: str, methods: list[str]) -> None:
     directory = Path("docs/results/scores", scenario, "heldout")
-    runs = {m: [json.loads(p.read_text()) for p in sorted(directory.glob(f"{m}-[0-9].json"))] for m in methods}
-    reference = [json.loads(p.read_text()) for p in sorted(directory.glob(f"{REFERENCE}-[0-9].json"))]
+    runs = {m: [read_scores(p) for p in sorted(directory.glob(f"{m}-[0-9].json"))] for m in methods}
+    reference = [read_scores(p) for p in sorted(directory.glob(f"{REFERENCE}-[0-9].json"))]
     print(f"| shots | method | {site} accuracy % (95% CI) | vs {REFERENCE}, points (95% CI) | seeds | episodes |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for shots in reference[0]["acc"]:
-        digest = reference[0]["digests"][shots][site]
+    for shots in reference[0].acc:
+        digest = reference[0].digests[shots][site]
         base = site_accuracy(reference, shots, site)
         for name, scored in runs.items():
-            if any(r["digests"][shots][site] != digest for r in scored + reference):
+            if any(r.digests[shots][site] != digest for r in scored):
                 sys.exit(f"{name}: its {shots}-shot episodes of {site} are not those {REFERENCE} was scored on")
             acc = site_accuracy(scored, shots, site)
             a, d = t_interval(acc), paired_interval(acc, base)
