@@ -76,7 +76,7 @@ def tune(
     steps) on the validation sites only."""
     from common.files import write_json
     from common.models import ModelConfig
-    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch, model_digest
+    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch
     from simulation.benchmark import Protocol, draw_episodes, parse_shots
     from simulation.benchmark import tune as tune_grid
 
@@ -84,7 +84,8 @@ def tune(
     header = {"scenario": scenario, "shots": list(parse_shots(shots)), "episodes": episodes, "role": "validation"}
     try:
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
-        config: ModelConfig = Loaded.from_dir(supervised).model.config
+        reference = Loaded.from_dir(supervised)
+        config: ModelConfig = reference.model.config
         chosen = {} if retune else _kept_tuning(out, header)
         progress = out.parent / f"{out.stem}.progress"  # per method, the episodes a stopped tuning scored
         if retune:  # and no episode an earlier tuning left half-way
@@ -96,11 +97,12 @@ def tune(
         "linear-probe": (lambda **p: LinearProbe(supervised, **p), GRIDS["linear-probe"]),
         "local": (lambda **p: Scratch(config, **p), GRIDS["local"]),
     }
-    tuned_on = dict.fromkeys(factories, model_digest(supervised))  # the model each method's settings suit
+    tuned_on = dict.fromkeys(factories, reference.digest)  # the model each method's settings suit
     for name, dirs in _models(model).items():
-        if MetaLearned(dirs[0]).takes_steps():
+        meta_model = MetaLearned(dirs[0])
+        if meta_model.takes_steps():
             factories[name] = (lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p), GRIDS["meta-learned"])
-            tuned_on[name] = model_digest(dirs[0])
+            tuned_on[name] = meta_model.digest
         else:
             console.print(f"{name}: adapts without steps (prototypes), nothing to tune")
     for name in [name for name in factories if name in chosen]:
