@@ -6,7 +6,8 @@ method on the same episodes in the same way.
   or prototypes (ProtoNet).
 - `FineTune`: a supervised model (FedAvg with global labels) fine-tunes every weight on the
   support set; where its head does not fit the episode's classes, a new head starts from the
-  support set's class means (Chen et al.'s Baseline, with a warm head).
+  support set's class means (Chen et al.'s Baseline, with a warm head). A ProtoNet meta-model
+  fine-tunes the same way from its prototypes (`NAME+finetune` rows).
 - `LinearProbe`: the supervised model's features stay frozen; a linear head is fit on them.
 - `Prototypes`: the supervised model's features stay frozen; the nearest class mean (cosine)
   predicts (Chen et al.'s Baseline++ at test time).
@@ -202,18 +203,31 @@ class MetaLearned(Trained):
 
 
 class FineTune(Trained):
+    """Every weight of a trained model fine-tuned on the support set. `head_from_prototypes`: the head
+    always starts from the support's class means, as it does where the model's head does not fit
+    the episode's classes: a ProtoNet's head is never trained, so fine-tuning a ProtoNet starts
+    from the prototypes it would predict with (Hu et al. 2022's pre-train, meta-train, fine-tune)."""
+
     def __init__(
-        self, model_dir: Path, steps: int = 50, lr: float = 1e-3, kernels: str = "auto", name: str = "fedavg+finetune"
+        self,
+        model_dir: Path,
+        steps: int = 50,
+        lr: float = 1e-3,
+        kernels: str = "auto",
+        name: str = "fedavg+finetune",
+        head_from_prototypes: bool = False,
     ) -> None:
         self.loaded, self.steps, self.lr, self.name = Loaded.from_dir(model_dir), steps, lr, name
         self.kernels, self._kernels = kernels, resolve_kernels(kernels)
+        self.head_from_prototypes = head_from_prototypes
 
     def _settings(self) -> dict:
-        return {"model": self.loaded.digest, "steps": self.steps, "lr": self.lr, "kernels": self.kernels}
+        head = {"head_from_prototypes": True} if self.head_from_prototypes else {}  # kept FedAvg scores still match
+        return {"model": self.loaded.digest, "steps": self.steps, "lr": self.lr, "kernels": self.kernels, **head}
 
     def logits_at(self, episode: Episode, num_classes: int, steps: Iterable[int]) -> dict[int, torch.Tensor]:
         params = dict(self.loaded.params)
-        if self.loaded.model.config.num_classes != num_classes:  # new classes: a head from the support's class means
+        if self.head_from_prototypes or self.loaded.model.config.num_classes != num_classes:  # head from class means
             with torch.no_grad():
                 features = self.loaded.features(params, episode.support_x)
                 params |= prototype_head(features, episode.support_y, num_classes)

@@ -37,6 +37,11 @@ GRIDS: dict[str, dict[str, list]] = {
 }
 
 
+def finetuned(name: str) -> str:
+    """The method a prototype meta-model named `name` becomes when fine-tuned from its prototypes."""
+    return f"{name}+finetune"
+
+
 def _models(specs: list[str]) -> dict[str, list[Path]]:
     """`NAME=DIR` options into {name: [dir, ...]} (several dirs of one name: its training seeds)."""
     out: dict[str, list[Path]] = {}
@@ -57,8 +62,8 @@ def tune(
     supervised: Path = typer.Option(..., help="A supervised FedAvg model directory (its fine-tuning is tuned)."),
     model: list[str] = typer.Option(
         [],
-        help="NAME=DIR of a meta-model (one training seed): its evaluation inner steps are tuned too, "
-        "as the baselines' are (ProtoNet takes no steps and is skipped).",
+        help="NAME=DIR of a meta-model (one training seed): its evaluation inner steps and rate are tuned too, "
+        "as the baselines' are (ProtoNet takes no steps: NAME+finetune, fine-tuning from its prototypes, is tuned).",
     ),
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="MedMNIST files."),
     shots: str = typer.Option("1,5", help="Shots the settings must do well at (mean accuracy over them)."),
@@ -103,8 +108,14 @@ def tune(
         if meta_model.takes_steps():
             factories[name] = (lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p), GRIDS["meta-learned"])
             tuned_on[name] = meta_model.digest
-        else:
-            console.print(f"{name}: adapts without steps (prototypes), nothing to tune")
+        else:  # prototypes take no steps; fine-tuning from them does
+            tuned = finetuned(name)
+            console.print(f"{name}: adapts without steps (prototypes); tuning {tuned}, fine-tuned from its prototypes")
+            factories[tuned] = (
+                lambda d=dirs[0], n=tuned, **p: FineTune(d, name=n, head_from_prototypes=True, **p),
+                GRIDS["finetune"],
+            )
+            tuned_on[tuned] = meta_model.digest
     for name in [name for name in factories if name in chosen]:
         if chosen[name].get("model", tuned_on[name]) != tuned_on[name]:  # e.g. a recipe trained again
             console.print(f"{name}: tuned again, {out} holds settings tuned on another model")
@@ -235,6 +246,11 @@ def evaluate(
         return settings.get(name, {}).get("best", {})
 
     adapters: dict[str, list] = {n: [MetaLearned(d, name=n, **best(n)) for d in dirs] for n, dirs in models.items()}
+    for n, dirs in models.items():  # a ProtoNet also fine-tuned from its prototypes, where `tune` chose how
+        if finetuned(n) in settings:
+            adapters[finetuned(n)] = [
+                FineTune(d, name=finetuned(n), head_from_prototypes=True, **best(finetuned(n))) for d in dirs
+            ]
     adapters["fedavg+finetune"] = [FineTune(d, **best("finetune")) for d in supervised]
     adapters["fedavg+linear-probe"] = [LinearProbe(d, **best("linear-probe")) for d in supervised]
     adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]

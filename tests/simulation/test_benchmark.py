@@ -251,6 +251,57 @@ def test_adapters_for_a_supervised_model_handle_new_and_absent_classes(scenario,
         assert set(adapter.logits(two, 3).argmax(1).tolist()) <= {0, 1}
 
 
+def test_a_protonet_fine_tunes_from_its_prototypes(scenario, tmp_path):
+    """`protonet+finetune` starts where the ProtoNet predicts (its never-trained head replaced by
+    the support's prototypes), then moves; without `head_from_prototypes` a head of the episode's
+    size is kept as it is. The flag is part of the score identity; FedAvg's identity is unchanged."""
+    episode = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=1, role="validation")).batches[2]
+    episode = next(iter(episode.values()))[0]
+    model_dir = saved(tmp_path, "protonet")
+    predicted = MetaLearned(model_dir).logits(episode, 3)
+    tuned = FineTune(model_dir, steps=3, lr=1e-2, head_from_prototypes=True, name="protonet+finetune")
+    at = tuned.logits_at(episode, 3, [0, 3])
+    assert torch.allclose(at[0], predicted, rtol=1e-4, atol=1e-4) and not torch.allclose(at[3], at[0])
+    assert not torch.allclose(FineTune(model_dir, steps=0).logits(episode, 3), predicted, rtol=1e-4, atol=1e-4)
+    plain = FineTune(model_dir, steps=3, lr=1e-2).identity()
+    assert "head_from_prototypes" not in plain and tuned.identity() == {**plain, "head_from_prototypes": True}
+
+
+def test_the_cli_tunes_and_scores_a_protonet_fine_tuned_from_its_prototypes(scenario, tmp_path):
+    """`tune --model protonet=DIR` chooses fine-tuning's steps and rate for the ProtoNet on the
+    validation sites (recording its model); `evaluate` then scores `protonet+finetune` beside it."""
+    import json
+    import subprocess
+    import sys
+
+    supervised, protonet = saved(tmp_path / "s", "fedavg"), saved(tmp_path, "protonet")
+
+    def fedmeta(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
+        )
+
+    common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"protonet={protonet}")
+    small = ("--shots", "2", "--queries", "3", "--episodes", "2")
+    tuned = fedmeta("tune", *common, *small, "--out", str(tmp_path / "tuned.json"))
+    assert tuned.returncode == 0, tuned.stderr
+    assert "tuning protonet+finetune" in " ".join(tuned.stdout.split())
+    settings = json.loads((tmp_path / "tuned.json").read_text())
+    entry = settings["protonet+finetune"]
+    assert entry["model"] == model_digest(protonet) and len(entry["tries"]) == 20  # fine-tuning's grid
+    assert "protonet" not in settings  # prototypes themselves take no setting
+    settings["protonet+finetune"]["best"] = {"steps": 2, "lr": 1e-3}  # the test's time, whatever was chosen
+    (tmp_path / "tuned.json").write_text(json.dumps(settings))
+    out = tmp_path / "results"
+    tuned_file = ("--tuned", str(tmp_path / "tuned.json"))
+    done = fedmeta("evaluate", *common, *small, "--no-local", *tuned_file, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
+    assert {"protonet", "protonet+finetune", "fedavg+finetune"} <= set(rows)
+    kept = json.loads((out / "scores" / "tiny-roles" / "heldout" / "protonet+finetune-0.json").read_text())
+    assert kept["identity"]["head_from_prototypes"] is True and kept["identity"]["steps"] == 2
+
+
 def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path):
     """`fedmeta benchmark tune` then `evaluate` in real subprocesses: every method's row, the
     paired differences, the plots, and headline.json rows in the shape the docs are built from."""

@@ -79,3 +79,19 @@ def test_the_results_page_tables_are_generated_from_the_rows_between_its_markers
     doc.write_text("# Results without markers\n")
     with pytest.raises(ValueError, match=re.escape(f"needs one {BEGIN} line")):
         embed(ROWS, doc, "x")
+
+
+def test_a_protonet_fine_tuned_from_its_prototypes_counts_as_fedmeta():
+    """`protonet+finetune` is a meta-model's row (its centralized twin is compared with it);
+    fedavg+finetune and centralized rows are not FedMeta."""
+    rows = [
+        row("fedavg+finetune", 5, 0.70),
+        row("protonet", 5, 0.69, -0.01, -0.02, 0.0),
+        row("protonet+finetune", 5, 0.73, 0.03, 0.01, 0.05),
+        row("centralized-protonet+finetune", 5, 0.76),
+        row("local", 5, 0.72),
+    ]
+    checks = {c["target"].split()[0] + c["target"].split()[-1]: c for c in targets(rows)}
+    assert checks["best0"]["met"] and checks["best0"]["measured"].startswith("protonet+finetune: +3.0")
+    assert checks["everyversion"]["measured"] == "protonet+finetune -3.0" and not checks["everyversion"]["met"]
+    assert checks["besttraining"]["measured"] == "protonet+finetune 73.0 vs local 72.0"
