@@ -24,8 +24,9 @@
 #   REUSE default "": recipe names whose models are the headline run's, linked from
 #         docs/results/models/SCENARIO/seed-<s>/<name> (`supervised`: its fedavg-supervised)
 #         instead of trained again; their lines stay in RECIPES to say how they were trained.
-#         With `supervised` reused, the baselines' tuning is taken from that run's tuned.json
-#         (the meta-models' entries are left out: they are tuned again, on today's grid)
+#         With `supervised` reused, the baselines' tuning is taken from that run's tuned.json, and
+#         every entry that records the model it was tuned on (`tune` tunes it again if the model
+#         differs); older meta-model entries, which do not, are left out and tuned again
 # Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the adaptation
 # settings OUT_DIR/tuned.json (tuned on the first seed's models), times.tsv beside the runs and
 # the validation table OUT_DIR/headline.md (+ headline.json, plots).
@@ -80,7 +81,8 @@ mkdir -p "$OUT"
 if [[ "$REUSE" == *" supervised "* && ! -f "$OUT/tuned.json" ]]; then  # the baselines' tuning of the same models
     "${PYTHON:-python3}" -c 'import json, sys
 d = json.load(open(sys.argv[1]))
-json.dump({k: v for k, v in d.items() if k in ("protocol", "finetune", "linear-probe", "local")}, open(sys.argv[2], "w"))' \
+keep = ("protocol", "finetune", "linear-probe", "local")  # and entries that name their model: tune checks it
+json.dump({k: v for k, v in d.items() if k in keep or "model" in v}, open(sys.argv[2], "w"))' \
         "$HEADLINE/tuned.json" "$OUT/tuned.json"
 fi
 # the baselines' adaptation and the recipes' evaluation steps, tuned on the first seed's models
