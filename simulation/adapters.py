@@ -202,6 +202,14 @@ class MetaLearned(Trained):
         return out
 
 
+FROM_PROTOTYPES = "+finetune"  # NAME+finetune: the prototype meta-model NAME fine-tuned from its prototypes
+
+
+def finetuned(name: str) -> str:
+    """The method a prototype meta-model named `name` becomes when fine-tuned from its prototypes."""
+    return name + FROM_PROTOTYPES
+
+
 class FineTune(Trained):
     """Every weight of a trained model fine-tuned on the support set. `head_from_prototypes`: the head
     always starts from the support's class means, as it does where the model's head does not fit
@@ -220,6 +228,11 @@ class FineTune(Trained):
         self.loaded, self.steps, self.lr, self.name = Loaded.from_dir(model_dir), steps, lr, name
         self.kernels, self._kernels = kernels, resolve_kernels(kernels)
         self.head_from_prototypes = head_from_prototypes
+
+    @classmethod
+    def from_prototypes(cls, model_dir: Path, name: str, **settings) -> FineTune:
+        """The prototype meta-model `name` (model_dir) fine-tuned from its prototypes: `finetuned(name)`."""
+        return cls(model_dir, name=finetuned(name), head_from_prototypes=True, **settings)
 
     def _settings(self) -> dict:
         head = {"head_from_prototypes": True} if self.head_from_prototypes else {}  # kept FedAvg scores still match

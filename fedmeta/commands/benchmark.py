@@ -37,11 +37,6 @@ GRIDS: dict[str, dict[str, list]] = {
 }
 
 
-def finetuned(name: str) -> str:
-    """The method a prototype meta-model named `name` becomes when fine-tuned from its prototypes."""
-    return f"{name}+finetune"
-
-
 def _models(specs: list[str]) -> dict[str, list[Path]]:
     """`NAME=DIR` options into {name: [dir, ...]} (several dirs of one name: its training seeds)."""
     out: dict[str, list[Path]] = {}
@@ -81,7 +76,7 @@ def tune(
     steps) on the validation sites only."""
     from common.files import write_json
     from common.models import ModelConfig
-    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch
+    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch, finetuned
     from simulation.benchmark import Protocol, draw_episodes, parse_shots
     from simulation.benchmark import tune as tune_grid
 
@@ -111,10 +106,7 @@ def tune(
         else:  # prototypes take no steps; fine-tuning from them does
             tuned = finetuned(name)
             console.print(f"{name}: adapts without steps (prototypes); tuning {tuned}, fine-tuned from its prototypes")
-            factories[tuned] = (
-                lambda d=dirs[0], n=tuned, **p: FineTune(d, name=n, head_from_prototypes=True, **p),
-                GRIDS["finetune"],
-            )
+            factories[tuned] = (lambda d=dirs[0], n=name, **p: FineTune.from_prototypes(d, n, **p), GRIDS["finetune"])
             tuned_on[tuned] = meta_model.digest
     for name in [name for name in factories if name in chosen]:
         if chosen[name].get("model", tuned_on[name]) != tuned_on[name]:  # e.g. a recipe trained again
@@ -218,7 +210,7 @@ def evaluate(
     """Score every method on the same episodes of the held-out (or validation) sites; paired CIs
     against FedAvg + fine-tune."""
     from common.scenario import load_scenario
-    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch
+    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch, finetuned
     from simulation.benchmark import (
         Protocol,
         draw_episodes,
@@ -248,9 +240,7 @@ def evaluate(
     adapters: dict[str, list] = {n: [MetaLearned(d, name=n, **best(n)) for d in dirs] for n, dirs in models.items()}
     for n, dirs in models.items():  # a ProtoNet also fine-tuned from its prototypes, where `tune` chose how
         if finetuned(n) in settings:
-            adapters[finetuned(n)] = [
-                FineTune(d, name=finetuned(n), head_from_prototypes=True, **best(finetuned(n))) for d in dirs
-            ]
+            adapters[finetuned(n)] = [FineTune.from_prototypes(d, n, **best(finetuned(n))) for d in dirs]
     adapters["fedavg+finetune"] = [FineTune(d, **best("finetune")) for d in supervised]
     adapters["fedavg+linear-probe"] = [LinearProbe(d, **best("linear-probe")) for d in supervised]
     adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]
