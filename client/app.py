@@ -142,7 +142,7 @@ def _private_meta_gradient(site: Site, msg: Message) -> tuple[dict[str, torch.Te
     server_round = int(one(msg.content.config_records["config"], "server-round"))
     cfg = site.cfg
     tasks = site_tasks(
-        site.data, cfg.episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round
+        site.data, cfg.train_episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round
     )
     start = time.perf_counter()
     step = site.algorithm.for_round(server_round).meta_gradient(meta, tasks)

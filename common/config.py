@@ -69,6 +69,9 @@ class MetaConfig:
     # MAML family: weight of the query loss at the start itself (before any inner step), added to the
     # loss after adaptation, so the start stays a classifier of the scenario's labels (0: MAML's objective)
     start_loss_weight: float = 0.0
+    # ProtoNet: classes per training episode (0: the episodes' `ways`, as evaluation uses); training
+    # with more ways than a new site will have sharpens the embedding (Snell et al. 2017, sec. 3.3)
+    train_ways: int = 0
 
     def __post_init__(self) -> None:
         if self.first_order_rounds < 0:
@@ -81,6 +84,14 @@ class MetaConfig:
             raise ValueError(
                 f"start_loss_weight={self.start_loss_weight} with algorithm={self.algorithm!r}: it weighs the loss "
                 f"before MAML's inner loop; use it with {', '.join(INNER_LOOP_ALGORITHMS)}, or leave it at 0"
+            )
+        if self.train_ways < 0 or self.train_ways == 1:
+            raise ValueError(f"train_ways={self.train_ways}: give 2 or more classes (0: the episodes' ways)")
+        if self.train_ways and self.algorithm != "protonet":
+            raise ValueError(
+                f"train_ways={self.train_ways} with algorithm={self.algorithm!r}: its classifier head has one "
+                "output per class of the episodes it is scored on, so it trains on those; train_ways is for "
+                "protonet, whose predictions need no head (leave it at 0)"
             )
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution={self.execution!r}: choose one of {', '.join(EXECUTIONS)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from common.backbones import check_backbone
@@ -169,6 +169,11 @@ class RunConfig:
     train: TrainConfig
     data: DataConfig
 
+    @property
+    def train_episode(self) -> EpisodeConfig:
+        """The training episodes: `ways` replaced by `train-ways` where it is set (ProtoNet)."""
+        return replace(self.episode, ways=self.meta.train_ways) if self.meta.train_ways else self.episode
+
 
 # run-config key -> (section, dataclass field); every key of [tool.flwr.app.config] is here
 _KEYS = {
@@ -183,6 +188,7 @@ _KEYS = {
     "local-lr": ("meta", "local_lr"),
     "first-order-rounds": ("meta", "first_order_rounds"),
     "start-loss-weight": ("meta", "start_loss_weight"),
+    "train-ways": ("meta", "train_ways"),
     "execution": ("meta", "execution"),
     "model": ("model", "backbone"),
     "model-width": ("model", "width"),

@@ -155,10 +155,11 @@ def _evaluate(
 def _sampler(site: SiteData, cfg: RunConfig) -> EpisodeSampler | HospitalSampler:
     """A site's training tasks: episodes over its classes with at least shots + queries examples,
     or (hospital tasks) its own problem with global labels."""
+    episode = cfg.train_episode
     if site.tasks == "hospital":
-        return HospitalSampler.from_data(site.train, cfg.episode, f"site {site.spec.name!r}")
+        return HospitalSampler.from_data(site.train, episode, f"site {site.spec.name!r}")
     data = site.train
-    return EpisodeSampler.from_data(data, cfg.episode, classes=data.classes_with(cfg.episode.per_class))
+    return EpisodeSampler.from_data(data, episode, classes=data.classes_with(episode.per_class))
 
 
 def _pooled_sources(sites: list[SiteData], train_ids: list[int], tasks: str, cfg: RunConfig) -> list:
@@ -172,5 +173,6 @@ def _pooled_sources(sites: list[SiteData], train_ids: list[int], tasks: str, cfg
     if tasks == "hospital":
         return [(_sampler(sites[i], cfg), i, count) for i in train_ids]
     pooled = pool({sites[i].spec.name: sites[i].train for i in train_ids})
-    sampler = EpisodeSampler.from_data(pooled, cfg.episode, classes=pooled.classes_with(cfg.episode.per_class))
+    episode = cfg.train_episode
+    sampler = EpisodeSampler.from_data(pooled, episode, classes=pooled.classes_with(episode.per_class))
     return [(sampler, POOLED_INDEX, count * len(train_ids))]

@@ -47,7 +47,7 @@ class ProtoNet(MetaAlgorithm):
 
     def task_loss(self, meta, episode, grad_fn):  # noqa: ARG002 -- MetaAlgorithm's signature; no inner loop
         support_x, support_y, query_x, query_y = episode
-        ways = self.model.config.num_classes
+        ways = max(self.model.config.num_classes, self.config.train_ways)  # training episodes may have more
         protos, present = prototypes(self.embed(meta, support_x), support_y, ways)
         logits = proto_logits(self.embed(meta, query_x), protos).masked_fill(~present, float("-inf"))
         return cross_entropy(logits, query_y), logits

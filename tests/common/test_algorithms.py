@@ -133,3 +133,33 @@ def test_a_rate_scale_is_refused_where_it_means_nothing(tiny_model):
     for bad in (0.0, -0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="positive, finite factor"):
             maml.with_rate_scale(bad)
+
+
+def test_protonet_trains_on_more_ways_than_it_is_scored_on(tiny_model):
+    """train_ways=6 on a model scored 3-way (TINY's head): the 6-way training episodes' loss and
+    meta-gradient are those of a ProtoNet whose model has 6 outputs (a 3-way one would leave
+    classes 3..5 without a prototype); scoring at 3 ways is unchanged."""
+    from dataclasses import replace as with_
+
+    images, labels = labelled_set(num_classes=6)
+    six_way = EpisodeSampler(images, labels, EpisodeConfig(ways=6, shots=2, queries=3)).sample_batch(
+        2, site_generator(seed=3, site_id=0)
+    )
+    trained = build_algorithm(tiny_model, meta_config("protonet", execution="loop", train_ways=6))
+    assert tiny_model.config.num_classes == 3
+    torch.manual_seed(0)
+    wide_model = type(tiny_model)(with_(tiny_model.config, num_classes=6)).double()
+    wide = build_algorithm(wide_model, meta_config("protonet", execution="loop"))
+    meta = trained.init_meta_params()
+    step, reference = trained.meta_gradient(meta, six_way), wide.meta_gradient(meta, six_way)
+    assert step.loss == pytest.approx(reference.loss) and step.loss < float("inf")
+    for key in subset(step.grads, "body."):
+        torch.testing.assert_close(step.grads[key], reference.grads[key])
+    narrow = build_algorithm(tiny_model, meta_config("protonet", execution="loop"))
+    with pytest.raises(IndexError):  # a 3-way ProtoNet has no prototype for labels 3..5
+        narrow.meta_gradient(meta, six_way)
+    three_way = EpisodeSampler(images, labels, EpisodeConfig(ways=3, shots=2, queries=3)).sample_batch(
+        2, site_generator(seed=3, site_id=1)
+    )
+    for a, b in zip(trained.evaluate(meta, three_way).values(), narrow.evaluate(meta, three_way).values()):
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b))

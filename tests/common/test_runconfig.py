@@ -32,6 +32,8 @@ def test_overrides_are_typed():
         ({"chunk-size": 0}, "chunk_size=0"),
         ({"eval-shots": "1,ten"}, "eval-shots='1,ten': give comma-separated shot counts >= 1"),
         ({"eval-shots": "0"}, "eval-shots='0'"),
+        ({"train-ways": 9}, "train_ways=9 with algorithm='maml'.*train_ways is for protonet"),
+        ({"algorithm": "protonet", "train-ways": 1}, "train_ways=1: give 2 or more classes"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(values, message):
@@ -47,6 +49,13 @@ def test_flat_run_config_round_trips():
     assert parse_overrides("inner-lr=0.1 algorithm='anil' seed=3") == {"inner-lr": 0.1, "algorithm": "anil", "seed": 3}
     with pytest.raises(ValueError, match="space-separated key=value"):
         parse_overrides("inner-lr=")
+
+
+def test_train_ways_changes_the_training_episodes_only():
+    cfg = parse_run_config({"algorithm": "protonet", "train-ways": 9})
+    assert cfg.train_episode.ways == 9 and cfg.train_episode.shots == cfg.episode.shots
+    assert cfg.episode.ways == cfg.model.num_classes == 5, "scored, and saved, at the episodes' ways"
+    assert parse_run_config({}).train_episode == parse_run_config({}).episode
 
 
 def test_eval_shots_parse_in_order_without_repeats():
