@@ -102,3 +102,22 @@ def test_a_baseline_asked_for_cuda_without_one_says_so_before_reading_data(tmp_p
     with pytest.raises(ValueError, match="sees no CUDA device"):
         run_baseline("centralized", cfg)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_protonet_trains_on_train_ways_and_is_scored_and_saved_at_ways(tmp_path):
+    from common.scenario import load_scenario, load_site
+    from simulation.baselines import _pooled_sources, _sampler
+
+    cfg = parse_run_config(
+        {**TINY, "num-server-rounds": 1, "algorithm": "protonet", "train-ways": 5, "out-dir": str(tmp_path)}
+    )
+    scenario = load_scenario(cfg.data.scenario, cfg.data.tasks)
+    sites = [load_site(scenario, i, None) for i in range(len(scenario.sites))]
+    pooled = _pooled_sources(sites, scenario.training_sites, scenario.tasks, cfg)[0][0]
+    for sampler in (pooled, _sampler(sites[0], cfg)):
+        batch = sampler.sample_batch(2, torch.Generator().manual_seed(0))
+        assert batch.support_y.unique().tolist() == list(range(5)), "training episodes hold train-ways classes"
+    results = run_baseline("centralized", cfg)
+    assert results["final"]["summary"]["heldout"]["acc-after"][2] == 6  # scored on 3-way episodes
+    _, model_config, meta_config, episode, _ = load_meta_model(tmp_path / "model")
+    assert (model_config.num_classes, episode.ways, meta_config.train_ways) == (3, 3, 5)
