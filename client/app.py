@@ -30,6 +30,7 @@ from flwr.supercore import log
 from client import secure
 from client.records import one
 from common.algorithms import MetaAlgorithm, build_algorithm
+from common.augment import Augmenter
 from common.backbones import build_model
 from common.config import MetaConfig
 from common.data.dataset import DataError
@@ -144,6 +145,8 @@ def _private_meta_gradient(site: Site, msg: Message) -> tuple[dict[str, torch.Te
     tasks = site_tasks(
         site.data, cfg.train_episode, cfg.train.seed, site.index, "train", cfg.train.tasks_per_round, server_round
     )
+    augmenter = Augmenter.from_text(cfg.train.augment, site.algorithm.model.config.spatial_dims, cfg.train.seed)
+    tasks = augmenter(tasks, site.index, server_round)
     start = time.perf_counter()
     step = site.algorithm.for_round(server_round).meta_gradient(meta, tasks)
     metrics = {

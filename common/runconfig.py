@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from common.augment import parse_augment
 from common.backbones import check_backbone
 from common.config import EpisodeConfig, MetaConfig, reject_unknown
 from common.models import ModelConfig
@@ -47,6 +48,7 @@ class TrainConfig:
     outer_lr: float = 0.001
     outer_lr_schedule: str = "constant"  # or cosine: decays to outer_lr / 100 at the last round
     outer_lr_warmup: int = 0  # rounds of linear warm-up to outer_lr (any schedule)
+    augment: str = ""  # training images only, e.g. "flip,rot90,shift,intensity" (common/augment.py)
     init_model: str = ""  # a model directory whose fitting weights start meta-training (the coordinator reads it)
     fraction_train: float = 1.0
     eval_every: int = 5
@@ -84,6 +86,7 @@ class TrainConfig:
                 f"outer-lr-schedule={self.outer_lr_schedule!r}, outer-lr-warmup={self.outer_lr_warmup}: "
                 f"choose one of {', '.join(LR_SCHEDULES)} and a warm-up of >= 0 rounds"
             )
+        parse_augment(self.augment)
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
         if min(self.num_server_rounds, self.tasks_per_round, self.eval_every, self.eval_tasks, self.min_sites) < 1:

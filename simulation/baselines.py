@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from common.algorithms import build_algorithm
+from common.augment import Augmenter
 from common.backbones import build_model
 from common.config import ALGORITHMS, EpisodeConfig
 from common.data.dataset import pool
@@ -92,6 +93,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         }
     # the coordinator's own outer optimizer and schedule, one per learner
     state = {name: OuterOptimizer(init, cfg.train.outer_optimizer, cfg.train.outer_lr) for name in learners}
+    augmenter = Augmenter.from_text(cfg.train.augment, model_config.spatial_dims, cfg.train.seed)
     start = time.monotonic()
     for server_round in range(1, cfg.train.num_server_rounds + 1):
         round_start = time.monotonic()
@@ -100,7 +102,12 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
             meta = {k: v.to(device) for k, v in state[name].params.items()}  # the master copy stays on the CPU
             steps = [
                 algorithm.for_round(server_round).meta_gradient(
-                    meta, sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0))
+                    meta,
+                    augmenter(
+                        sampler.sample_batch(count, site_generator(cfg.train.seed, index, server_round, 0)),
+                        index,
+                        server_round,
+                    ),
                 )
                 for sampler, index, count in sources
             ]

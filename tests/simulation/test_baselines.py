@@ -121,3 +121,16 @@ def test_a_protonet_trains_on_train_ways_and_is_scored_and_saved_at_ways(tmp_pat
     assert results["final"]["summary"]["heldout"]["acc-after"][2] == 6  # scored on 3-way episodes
     _, model_config, meta_config, episode, _ = load_meta_model(tmp_path / "model")
     assert (model_config.num_classes, episode.ways, meta_config.train_ways) == (3, 3, 5)
+
+
+def test_augmentation_changes_what_a_baseline_learns_and_is_reproducible(tmp_path):
+    from safetensors.torch import load_file
+
+    def trained(run: str, augment: str) -> dict:
+        cfg = parse_run_config({**TINY, "num-server-rounds": 1, "augment": augment, "out-dir": str(tmp_path / run)})
+        run_baseline("centralized", cfg)
+        return load_file(tmp_path / run / "model" / "model.safetensors")
+
+    plain, a, b = trained("plain", ""), trained("a", "flip,shift"), trained("b", "flip,shift")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
