@@ -21,6 +21,10 @@
 #   LOCAL default 1; LOCAL=0 leaves local training out of the scoring (a recipe comparison against
 #         fine-tuning does not need it, and on 2 cores it is the longest part: about 15 min on
 #         new-hospital-blood's validation hospitals at 100 episodes)
+#   SCREEN default 0; SCREEN=1 scores the recipes as they come (a ProtoNet's prototypes alone, a
+#         MAML at its own evaluation steps) without tuning their adaptation first: a cheap first
+#         screen of many recipes (tuning ProtoNet + fine-tune costs about 12 min per model on 2 cores);
+#         run again without it for the recipes worth tuning (scores already made are kept)
 #   REUSE default "": recipe names whose models are the headline run's, linked from
 #         docs/results/models/SCENARIO/seed-<s>/<name> (`supervised`: its fedavg-supervised)
 #         instead of trained again; their lines stay in RECIPES to say how they were trained.
@@ -40,6 +44,7 @@ SEEDS=${SEEDS:-${SEED:-0}}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-200}
 LOCAL=${LOCAL:-1}
+SCREEN=${SCREEN:-0}
 REUSE=" ${REUSE:-} "
 HEADLINE=docs/results/models/$SCENARIO
 read -r -a seeds <<< "$SEEDS"
@@ -87,7 +92,8 @@ json.dump({k: v for k, v in d.items() if k in keep or "model" in v}, open(sys.ar
 fi
 # the baselines' adaptation and the recipes' evaluation steps, tuned on the first seed's models
 # (what OUT_DIR/tuned.json already holds is kept)
-"$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
+if [[ "$SCREEN" == 1 ]]; then first=(); fi  # the recipes' adaptation is not tuned: scored as trained
+"$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" ${first[@]+"${first[@]}"} \
     --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json"
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
     --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT" \
