@@ -69,8 +69,8 @@ class MetaConfig:
     # MAML family: weight of the query loss at the start itself (before any inner step), added to the
     # loss after adaptation, so the start stays a classifier of the scenario's labels (0: MAML's objective)
     start_loss_weight: float = 0.0
-    # ProtoNet: classes per training episode (0: the episodes' `ways`, as evaluation uses); training
-    # with more ways than a new site will have sharpens the embedding (Snell et al. 2017, sec. 3.3)
+    # ProtoNet: classes per training episode (0: the episodes' `ways`, as evaluation uses). Snell et
+    # al. 2017 train with more ways than they test; on new-classes it did not help (RESULTS.md, sweep 3)
     train_ways: int = 0
 
     def __post_init__(self) -> None:
