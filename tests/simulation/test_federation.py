@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.algorithms import build_algorithm
+from common.augment import Augmenter
 from common.backbones import build_model
 from common.protocol import site_tasks
 from common.runconfig import parse_run_config
@@ -63,9 +64,13 @@ def tiny_run(tmp_path, **keys):
     return parse_run_config({**values, **{k.replace("_", "-"): v for k, v in keys.items()}})
 
 
-def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp_path):
+# the default MAML, and a ProtoNet trained on 3-way episodes of augmented images: the clients must
+# sample at train-ways and augment with the run's seed per (site, round), exactly as recomputed here
+@pytest.mark.parametrize("keys", [{}, {"algorithm": "protonet", "train_ways": 3, "augment": "flip,shift,intensity"}])
+def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp_path, keys):
     cfg = tiny_run(
         tmp_path,
+        **keys,
         num_server_rounds=2,
         tasks_per_round=2,
         eval_every=1,
@@ -93,17 +98,22 @@ def test_two_rounds_move_the_meta_parameters_by_the_aggregated_meta_gradient(tmp
     algorithm = build_algorithm(build_model(scenario.model_config(cfg.model)), cfg.meta)
     params = init = algorithm.init_meta_params()
     sites = {name: load_site(scenario, name) for name in ("a", "b")}
+    augmenter = Augmenter.from_text(cfg.train.augment, 2, cfg.train.seed)
     for server_round in (1, 2):
         steps = [
             algorithm.meta_gradient(
                 params,
-                site_tasks(
-                    site,
-                    cfg.episode,
-                    cfg.train.seed,
+                augmenter(
+                    site_tasks(
+                        site,
+                        cfg.train_episode,
+                        cfg.train.seed,
+                        scenario.site_index(name),
+                        "train",
+                        cfg.train.tasks_per_round,
+                        server_round,
+                    ),
                     scenario.site_index(name),
-                    "train",
-                    cfg.train.tasks_per_round,
                     server_round,
                 ),
             )
