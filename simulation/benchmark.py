@@ -373,10 +373,11 @@ def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> No
 
 
 def read_scores(path: Path) -> Scores:
-    return _scores(json.loads(Path(path).read_text()))
+    return parse_scores(json.loads(Path(path).read_text()))
 
 
-def _scores(data: dict) -> Scores:
+def parse_scores(data: dict) -> Scores:
+    """Scores from what `write_scores` wrote (e.g. read from an earlier commit)."""
     return Scores(
         data["method"],
         {int(k): np.array(v) for k, v in data["acc"].items()},
@@ -395,7 +396,7 @@ def kept_scores(path: Path, identity: dict, episodes: Episodes) -> Scores | None
         return None
     try:
         data = json.loads(path.read_text())
-        kept = _scores(data)
+        kept = parse_scores(data)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a file cut short: score again
         return None
     if data.get("identity") != json.loads(json.dumps(identity)) or kept.digests != episodes.digests:

@@ -1,0 +1,53 @@
+"""Paired comparison of a method's committed per-episode scores against the same method's scores
+at an earlier git commit: what a retraining or a new recipe changed, on the same episodes (the
+headline pairs methods only on byte-identical episodes, and this checks the same digests).
+Seeds are averaged per episode, as the headline does.
+
+    .venv/bin/python docs/scripts/versus_commit.py new-classes 0899695 protonet protonet+finetune
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common.stats import paired_interval, t_interval
+from simulation.benchmark import Scores, mean_over_seeds, parse_scores, read_scores
+
+
+def at_commit(commit: str, path: Path) -> Scores:
+    """The scores file `path` as committed at `commit`."""
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{commit}:{path.as_posix()}"], check=True, capture_output=True, text=True
+        ).stdout
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"{path} at {commit}: {error.stderr.strip()} (give a commit that holds these scores)")
+    return parse_scores(json.loads(text))
+
+
+def main(scenario: str, commit: str, methods: list[str]) -> None:
+    directory = Path("docs/results/scores", scenario, "heldout")
+    print(f"| shots | method | now % | at {commit} % | now - then, points (95% CI) | seeds | episodes |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in methods:
+        paths = sorted(directory.glob(f"{name}-[0-9].json"))
+        if not paths:
+            sys.exit(f"{directory}: no scores of {name!r} (NAME-SEED.json)")
+        now = [read_scores(p) for p in paths]
+        then = [at_commit(commit, p) for p in paths]
+        for shots in sorted(now[0].acc):
+            if any(a.digests[shots] != b.digests[shots] for a, b in zip(now, then)):
+                sys.exit(f"{name}: its {shots}-shot episodes changed since {commit}; the runs cannot be paired")
+            a, b = mean_over_seeds(now, shots, "acc"), mean_over_seeds(then, shots, "acc")
+            d = paired_interval(a, b)
+            print(
+                f"| {shots} | {name} | {100 * t_interval(a).mean:.1f} | {100 * t_interval(b).mean:.1f} | "
+                f"{100 * d.mean:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {len(now)} | {len(a)} |"
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
