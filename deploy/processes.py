@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.procs import descendants
+
 
 def flower_command(name: str) -> str:
     """`flower-superlink` etc. from this Python's environment (also when it is not on PATH)."""
@@ -115,23 +117,6 @@ class Child:
         self.process.wait()
         self._reader.join(timeout=5)
         self._log.close()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` in the process tree (Linux /proc; elsewhere none)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _pgid(pid: int) -> int | None:

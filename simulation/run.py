@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from common.procs import terminate_descendants
 from common.runconfig import RunConfig, flat_run_config
 from common.scenario import load_scenario
 from server.app import meta_template
@@ -158,6 +159,14 @@ def simulate(
                 verbose_logging=verbose,
             )
     finally:
+        if not resources.ray_address:  # a cluster's processes are the cluster's own
+            left = stop_orphaned_ray()
+            if left:
+                logging.getLogger("flwr").warning(
+                    "stopped %d Ray processes a failed local Ray start left running (pids %s)",
+                    len(left),
+                    ", ".join(map(str, left)),
+                )
         _detach(handler)
     results_path = out_dir / RESULTS
     if not results_path.is_file():
@@ -166,6 +175,21 @@ def simulate(
     if not results.get("final"):
         raise RuntimeError(f"the simulation ended before its last round; see {out_dir / 'simulation.log'}")
     return results
+
+
+def stop_orphaned_ray() -> list[int]:
+    """Stop the Ray processes this process started and no Ray session owns any more; their pids.
+
+    A local Ray whose raylet does not register within Ray's fixed 30 s (seen on 2 cores busy with
+    scoring) fails inside `ray.init`, before Ray records the node, and its GCS server, dashboard
+    and monitors outlive the run (and the Python process). A finished simulation has shut Ray down
+    already, so this finds nothing then; while Ray is still up (someone else's session) it does
+    nothing."""
+    import ray
+
+    if ray.is_initialized():
+        return []
+    return terminate_descendants(str(Path(ray.__file__).parent))
 
 
 def _log_to(path: Path, verbose: bool) -> logging.Handler:

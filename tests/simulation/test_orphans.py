@@ -1,0 +1,26 @@
+"""A simulation's cleanup after a failed local Ray start: real processes carrying Ray's path."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.common.test_procs import _sleeper, _wait
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+
+def test_a_simulation_stops_ray_processes_that_a_failed_start_left():
+    import ray
+
+    from simulation.run import stop_orphaned_ray
+
+    assert not ray.is_initialized()
+    orphan = _sleeper(str(Path(ray.__file__).parent / "core" / "src" / "ray" / "gcs" / "gcs_server"))
+    try:
+        time.sleep(0.2)
+        assert stop_orphaned_ray() == [orphan.pid]
+        assert _wait(orphan) == -15
+    finally:
+        orphan.kill()
+        orphan.wait()
