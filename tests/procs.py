@@ -12,6 +12,8 @@ from pathlib import Path
 from deploy.processes import tls_check
 
 BIN = Path(sys.executable).parent
+# a child that sleeps a minute; arguments after it land on its command line (a marker to find it by)
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
 def live_members(pgid: int) -> list[str]:
