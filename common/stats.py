@@ -24,6 +24,11 @@ class Interval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
+    def points(self) -> str:
+        """A difference of accuracies (fractions) in percentage points with its interval:
+        "+2.4 (+1.9 to +2.8)", as the docs' tables write it."""
+        return f"{100 * self.mean:+.1f} ({100 * self.low:+.1f} to {100 * self.high:+.1f})"
+
 
 def t_quantile(dof: int, level: float = 0.95) -> float:
     """The two-sided `level` quantile of Student's t with `dof` degrees of freedom (2.093 for 19)."""

@@ -42,7 +42,7 @@ def main(scenario: str, site: str, methods: list[str]) -> None:
             a, d = t_interval(acc), paired_interval(acc, base)
             print(
                 f"| {shots} | {name} | {100 * a.mean:.1f} ± {100 * (a.high - a.mean):.1f} | "
-                f"{100 * d.mean:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {len(scored)} | {len(acc)} |"
+                f"{d.points()} | {len(scored)} | {len(acc)} |"
             )
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.stats import paired_interval, t_interval
+from common.stats import paired_interval
 from simulation.benchmark import Scores, mean_over_seeds, parse_scores, read_scores
 
 
@@ -40,10 +40,9 @@ def main(scenario: str, commit: str, methods: list[str]) -> None:
             if any(a.digests[shots] != b.digests[shots] for a, b in zip(now, then)):
                 sys.exit(f"{name}: its {shots}-shot episodes changed since {commit}; the runs cannot be paired")
             a, b = mean_over_seeds(now, shots, "acc"), mean_over_seeds(then, shots, "acc")
-            d = paired_interval(a, b)
             print(
-                f"| {shots} | {name} | {100 * t_interval(a).mean:.1f} | {100 * t_interval(b).mean:.1f} | "
-                f"{100 * d.mean:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {len(now)} | {len(a)} |"
+                f"| {shots} | {name} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
+                f"{paired_interval(a, b).points()} | {len(now)} | {len(a)} |"
             )
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from common.stats import episodes_hash, paired_interval, t_interval
+from common.stats import Interval, episodes_hash, paired_interval, t_interval
 
 
 def test_t_interval_by_hand():
@@ -40,3 +40,8 @@ def test_the_episode_hash_changes_with_any_byte():
     x[1, 2] = 1e-30
     assert episodes_hash(x, y) != same
     assert episodes_hash(torch.zeros(3, 2), y) != same  # shape counts too
+
+
+def test_an_interval_reads_as_points_with_its_ci():
+    assert Interval(0.024, 0.0191, 0.028, 600).points() == "+2.4 (+1.9 to +2.8)"
+    assert Interval(-0.004, -0.008, 0.0, 600).points() == "-0.4 (-0.8 to +0.0)"
