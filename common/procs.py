@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -34,13 +35,23 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def terminate_descendants(match: str, pid: int | None = None) -> list[int]:
+def terminate_descendants(match: str, pid: int | None = None, grace: float = 5.0) -> list[int]:
     """SIGTERM to every process below `pid` (default: this one) whose command line contains
-    `match`; returns their pids. Processes that are already gone are skipped."""
+    `match`, then SIGKILL to those of them still running `grace` seconds later; returns their pids.
+    Processes that are already gone are skipped (an exited child not yet reaped counts as gone)."""
     stopped = []
     for child in descendants(os.getpid() if pid is None else pid):
         if match in command_line(child):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
                 stopped.append(child)
+    deadline = time.monotonic() + grace
+    running = stopped
+    while running := [child for child in running if match in command_line(child)]:
+        if time.monotonic() >= deadline:
+            for child in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            break
+        time.sleep(0.05)
     return stopped

@@ -26,3 +26,27 @@ def test_only_the_children_whose_command_line_matches_are_stopped(tmp_path):
         assert terminate_descendants(str(tmp_path / "site-packages" / "ray")) == []  # gone: nothing to stop
     finally:
         procs.kill_all()
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    marker = str(tmp_path / "site-packages" / "ray" / "raylet")
+    stubborn = [
+        SLEEPER[0],
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+        "time.sleep(60)",
+        marker,
+    ]
+    procs = Processes(tmp_path)
+    child = procs.start("stubborn", stubborn)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in child.log_path.read_text():  # SIGTERM is ignored from here on
+            assert time.monotonic() < deadline and child.poll() is None, child.log_path.read_text()
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert terminate_descendants(str(tmp_path / "site-packages" / "ray"), grace=0.5) == [child.pid]
+        assert time.monotonic() - started >= 0.5, "SIGKILL waits out the grace period"
+        assert procs.finish(child, 10)[0] == -9  # SIGTERM ignored, SIGKILL after 0.5 s
+    finally:
+        procs.kill_all()
