@@ -15,7 +15,9 @@ method on the same episodes in the same way.
   support set.
 
 Every adapter is deterministic given its seed; its hyperparameters (steps, learning rate) are
-chosen on the validation sites (`simulation.benchmark.tune`), never on the test sites.
+chosen on the validation sites (`simulation.benchmark.tune`), never on the test sites. Each
+adapts on the CPU unless moved (`Adapter.to`): on a GPU the C kernels give way to torch's
+operators, and its scores are named by the device (they agree with the CPU's to float rounding).
 """
 
 from __future__ import annotations
@@ -47,13 +49,35 @@ def model_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+CPU = torch.device("cpu")
+
+
 class Adapter(ABC):
     name: str = ""
+    device: torch.device = CPU
 
     def identity(self) -> dict:
-        """Everything an adapter's scores depend on besides the episodes: its kind, its settings
-        and the exact model it starts from. A kept scores file is reused only when this matches."""
-        return {"adapter": type(self).__name__, **self._settings()}
+        """Everything an adapter's scores depend on besides the episodes: its kind, its settings,
+        the exact model it starts from and, off the CPU, the device type it adapts on (scores
+        kept from before the device was recorded are the CPU's). A kept scores file is reused
+        only when this matches."""
+        where = {} if self.device.type == "cpu" else {"device": self.device.type}
+        return {"adapter": type(self).__name__, **self._settings(), **where}
+
+    def to(self, device: torch.device) -> Adapter:
+        """Adapt on `device` from now on: its model moves there, episodes are moved there as they
+        come (`on_device`), and the C kernels (CPU only) give way to torch's operators off the CPU."""
+        self.device = device
+        self._move(device)
+        return self
+
+    @abstractmethod
+    def _move(self, device: torch.device) -> None:
+        """Move what the adapter holds (its model) to `device`."""
+
+    def on_device(self, episode: Episode) -> Episode:
+        """`episode` where this adapter computes (itself on the CPU)."""
+        return episode if self.device.type == "cpu" else episode.to(self.device)
 
     @abstractmethod
     def _settings(self) -> dict:
@@ -86,7 +110,7 @@ class Trained(Adapter):
 def support_classes(episode: Episode, num_classes: int) -> torch.Tensor:
     """(num_classes,) bool: the classes `episode`'s support set holds (a hospital's own, with
     global labels), the only ones a head fitted to that support can tell apart."""
-    present = torch.zeros(num_classes, dtype=torch.bool)
+    present = torch.zeros(num_classes, dtype=torch.bool, device=episode.support_y.device)
     present[episode.support_y.unique()] = True
     return present
 
@@ -149,6 +173,15 @@ class Loaded:
     def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(params, self.model.prepare(x))
 
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+        self.params = {k: v.to(device) for k, v in self.params.items()}
+
+
+def _kernels_on(choice: str, device: torch.device) -> NativeKernels | None:
+    """The C kernels for `choice` where they run (the CPU), torch's operators elsewhere."""
+    return resolve_kernels(choice) if device.type == "cpu" else None
+
 
 class MetaLearned(Trained):
     """A meta-model adapted with its own algorithm: `steps` inner steps (None: the steps it was
@@ -165,11 +198,20 @@ class MetaLearned(Trained):
         self.steps = steps  # type: ignore[assignment]  # None: the model's own eval-inner-steps
         self.lr_scale = lr_scale
         self.name = name or meta_config.algorithm
-        algorithm = build_algorithm(build_model(model_config), meta_config, resolve_kernels(kernels))
+        self._configs = model_config, meta_config
         try:
-            self.algorithm = algorithm.with_rate_scale(lr_scale)
+            self.algorithm = self._build(CPU)
         except ValueError as error:
             raise ValueError(f"{self.name} ({model_dir}): {error}; drop lr_scale") from None
+
+    def _build(self, device: torch.device):
+        model_config, meta_config = self._configs
+        model = build_model(model_config).to(device)
+        return build_algorithm(model, meta_config, _kernels_on(self.kernels, device)).with_rate_scale(self.lr_scale)
+
+    def _move(self, device: torch.device) -> None:
+        self.meta = {k: v.to(device) for k, v in self.meta.items()}
+        self.algorithm = self._build(device)
 
     def _settings(self) -> dict:
         # the model's own rate adds no key: scores kept from before the rate was a setting still match
@@ -229,6 +271,10 @@ class FineTune(Trained):
         self.kernels, self._kernels = kernels, resolve_kernels(kernels)
         self.head_from_prototypes = head_from_prototypes
 
+    def _move(self, device: torch.device) -> None:
+        self.loaded.to(device)
+        self._kernels = _kernels_on(self.kernels, device)
+
     @classmethod
     def from_prototypes(cls, model_dir: Path, name: str, **settings) -> FineTune:
         """The prototype meta-model `name` (model_dir) fine-tuned from its prototypes: `finetuned(name)`."""
@@ -259,6 +305,9 @@ class LinearProbe(Trained):
         self.loaded, self.name = Loaded.from_dir(model_dir), name
         self.steps, self.lr, self.weight_decay = steps, lr, weight_decay
 
+    def _move(self, device: torch.device) -> None:
+        self.loaded.to(device)
+
     def _settings(self) -> dict:
         return {"model": self.loaded.digest, "steps": self.steps, "lr": self.lr, "weight_decay": self.weight_decay}
 
@@ -269,7 +318,7 @@ class LinearProbe(Trained):
         scale = support.norm(dim=1).mean().clamp(min=1e-6)  # features on a unit scale: one lr fits all
         support, query = support / scale, query / scale
         present = support_classes(episode, num_classes)
-        head = {"w": torch.zeros(num_classes, support.shape[1]), "b": torch.zeros(num_classes)}
+        head = {"w": support.new_zeros(num_classes, support.shape[1]), "b": support.new_zeros(num_classes)}
 
         def loss(p: Params) -> torch.Tensor:
             logits = (support @ p["w"].T + p["b"]).masked_fill(~present, float("-inf"))
@@ -284,6 +333,9 @@ class LinearProbe(Trained):
 class Prototypes(Adapter):
     def __init__(self, model_dir: Path, name: str = "fedavg+prototypes") -> None:
         self.loaded, self.name = Loaded.from_dir(model_dir), name
+
+    def _move(self, device: torch.device) -> None:
+        self.loaded.to(device)
 
     def _settings(self) -> dict:
         return {"model": self.loaded.digest}
@@ -312,6 +364,10 @@ class Scratch(Trained):
         self.kernels, self._kernels = kernels, resolve_kernels(kernels)
         self._initial: dict[int, tuple[MetaNet, Params]] = {}  # per class count: built once, not per episode
 
+    def _move(self, device: torch.device) -> None:
+        self._initial.clear()  # built again where it computes, from the same seed
+        self._kernels = _kernels_on(self.kernels, device)
+
     def _settings(self) -> dict:
         return {
             "model_config": asdict(self.config),
@@ -326,6 +382,7 @@ class Scratch(Trained):
             with torch.random.fork_rng():  # the same initialization for every episode: only the data differs
                 torch.manual_seed(self.seed)
                 model = build_model(replace(self.config, num_classes=num_classes))
+            model.to(self.device)  # initialized on the CPU: the same weights wherever it trains
             self._initial[num_classes] = model, init_params(model)
         model, params = self._initial[num_classes]
         return _trained_logits(model, params, episode, steps, self.lr, self._kernels)

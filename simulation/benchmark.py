@@ -132,7 +132,11 @@ def score(
     """`adapter` on every episode: per-episode accuracy and AUROC. `keep`: a file where the episodes
     scored so far are kept as it goes, and taken up again by a run that finds it (`Progress`)."""
     kept = Progress(keep, adapter.identity())
-    return _score(adapter.name, episodes, lambda episode, n: {0: adapter.logits(episode, n)}, progress, kept)[0]
+
+    def logits(episode: Episode, n: int) -> dict[int, torch.Tensor]:
+        return {0: adapter.logits(adapter.on_device(episode), n).cpu()}
+
+    return _score(adapter.name, episodes, logits, progress, kept)[0]
 
 
 def score_steps(
@@ -141,9 +145,11 @@ def score_steps(
     """A training adapter scored after each number of `steps`, one trajectory per episode."""
     counts = sorted(set(steps))
     kept = Progress(keep, {**adapter.identity(), "counts": counts})
-    return _score(
-        adapter.name, episodes, lambda episode, n: adapter.logits_at(episode, n, counts), lambda _: None, kept
-    )
+
+    def logits(episode: Episode, n: int) -> dict[int, torch.Tensor]:
+        return {k: v.cpu() for k, v in adapter.logits_at(adapter.on_device(episode), n, counts).items()}
+
+    return _score(adapter.name, episodes, logits, lambda _: None, kept)
 
 
 def _score(

@@ -19,6 +19,9 @@
 #   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
 #   SIMULATE_ARGS  extra options for every `fedmeta simulate`, e.g. "--gpus-per-site 0.25" on a GPU
 #               machine (with RUN="device='cuda' ...": see docs/RESULTS.md for the longer GPU setting)
+#   DEVICE      where tuning and scoring adapt, default cpu (the reported figures); cuda on a GPU
+#               machine, whose scores are named by the device (docs/scripts/gpu_score.sh scores one
+#               scenario's models on a GPU with several processes)
 #
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
 # and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
@@ -45,6 +48,7 @@ WARM_START=${WARM_START:-0}
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
+DEVICE=${DEVICE:-cpu}
 read -r -a SIMULATE_ARGS <<< "${SIMULATE_ARGS:-}"
 start=$(date +%s)
 # a run that finished is not trained again (pass docs/results/models as OUT_DIR to reuse the committed models)
@@ -88,9 +92,10 @@ for scenario in $SCENARIOS; do
         first+=(--model "$method=$OUT/$scenario/seed-$first_seed/$method/model")
     done
     "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
-        --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json"
+        --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json" \
+        --device "$DEVICE"
     "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
-        "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR"
+        "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR" --device "$DEVICE"
 done
 # the results page's headline tables, regenerated from headline.json (only for the reported results)
 [[ "$RESULTS_DIR" == docs/results ]] && "$FEDMETA" benchmark report --results "$RESULTS_DIR" --doc docs/RESULTS.md

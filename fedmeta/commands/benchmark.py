@@ -71,9 +71,15 @@ def tune(
         "model where OUT records it: a method whose model was trained again is tuned again) are kept, "
         "and one stopped midway goes on from its last kept episodes (e.g. tuned.progress/ beside tuned.json).",
     ),
+    device: str = typer.Option(
+        "cpu",
+        help="Where each method adapts: cpu (the reported figures), cuda or cuda:N (a GPU; scores are "
+        "named by the device, so CPU scores are not reused for it), or auto.",
+    ),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
     steps) on the validation sites only."""
+    from common.device import resolve_device
     from common.files import write_json
     from common.models import ModelConfig
     from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch, finetuned
@@ -84,6 +90,7 @@ def tune(
     header = {"scenario": scenario, "shots": list(parse_shots(shots)), "episodes": episodes, "role": "validation"}
     try:
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, role="validation")
+        compute_on = resolve_device(device)
         reference = Loaded.from_dir(supervised)
         config: ModelConfig = reference.model.config
         chosen = {} if retune else _kept_tuning(out, header)
@@ -93,20 +100,26 @@ def tune(
     except (ValueError, FileNotFoundError) as error:
         fail(error)
     factories: dict[str, tuple[Callable[..., Any], dict[str, list]]] = {
-        "finetune": (lambda **p: FineTune(supervised, **p), GRIDS["finetune"]),
-        "linear-probe": (lambda **p: LinearProbe(supervised, **p), GRIDS["linear-probe"]),
-        "local": (lambda **p: Scratch(config, **p), GRIDS["local"]),
+        "finetune": (lambda **p: FineTune(supervised, **p).to(compute_on), GRIDS["finetune"]),
+        "linear-probe": (lambda **p: LinearProbe(supervised, **p).to(compute_on), GRIDS["linear-probe"]),
+        "local": (lambda **p: Scratch(config, **p).to(compute_on), GRIDS["local"]),
     }
     tuned_on = dict.fromkeys(factories, reference.digest)  # the model each method's settings suit
     for name, dirs in _models(model).items():
         meta_model = MetaLearned(dirs[0])
         if meta_model.takes_steps():
-            factories[name] = (lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p), GRIDS["meta-learned"])
+            factories[name] = (
+                lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p).to(compute_on),
+                GRIDS["meta-learned"],
+            )
             tuned_on[name] = meta_model.digest
         else:  # prototypes take no steps; fine-tuning from them does
             tuned = finetuned(name)
             console.print(f"{name}: adapts without steps (prototypes); tuning {tuned}, fine-tuned from its prototypes")
-            factories[tuned] = (lambda d=dirs[0], n=name, **p: FineTune.from_prototypes(d, n, **p), GRIDS["finetune"])
+            factories[tuned] = (
+                lambda d=dirs[0], n=name, **p: FineTune.from_prototypes(d, n, **p).to(compute_on),
+                GRIDS["finetune"],
+            )
             tuned_on[tuned] = meta_model.digest
     for name in [name for name in factories if name in chosen]:
         if chosen[name].get("model", tuned_on[name]) != tuned_on[name]:  # e.g. a recipe trained again
@@ -206,9 +219,15 @@ def evaluate(
         "its last kept episodes (NAME-SEED.progress.json beside them): a stopped evaluation resumes. "
         "Pass it after changing how an adapter works (the code is not part of the match).",
     ),
+    device: str = typer.Option(
+        "cpu",
+        help="Where each method adapts: cpu (the reported figures), cuda or cuda:N (a GPU; scores are "
+        "named by the device, so CPU scores are not reused for it), or auto.",
+    ),
 ) -> None:
     """Score every method on the same episodes of the held-out (or validation) sites; paired CIs
     against FedAvg + fine-tune."""
+    from common.device import resolve_device
     from common.scenario import load_scenario
     from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch, finetuned
     from simulation.benchmark import (
@@ -224,6 +243,7 @@ def evaluate(
     console = Console()
     try:
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, eval_seed, sites)
+        compute_on = resolve_device(device)
         out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
@@ -247,6 +267,9 @@ def evaluate(
     if local:
         config = Loaded.from_dir(supervised[0]).model.config
         adapters["local"] = [Scratch(config, seed=s, **best("local")) for s in range(local_seeds)]
+    for runs in adapters.values():
+        for adapter in runs:
+            adapter.to(compute_on)
 
     def say(line: str) -> None:
         console.print(f"[dim]{line}[/dim]")

@@ -622,3 +622,33 @@ def test_tuning_prefers_fewer_steps_only_within_the_tolerance():
         "lr": 0.01,
         "weight_decay": 0.0,
     }
+
+
+def test_an_adapter_on_the_cpu_keeps_its_identity_and_its_scores(scenario, tmp_path):
+    """`--device cpu` (the default) changes nothing: the same identity (kept CPU scores still
+    match) and the same scores to the bit; the device is named only off the CPU."""
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2))
+    model = saved(tmp_path, "fedavg")
+    for make in (lambda: FineTune(model, steps=3), lambda: Scratch(MODEL, steps=3), lambda: MetaLearned(model)):
+        plain, moved = make(), make().to(torch.device("cpu"))
+        assert moved.identity() == plain.identity() and "device" not in moved.identity()
+        assert np.array_equal(score(moved, episodes).acc[2], score(plain, episodes).acc[2])
+
+
+def test_the_cli_refuses_a_gpu_it_does_not_have(scenario, tmp_path):
+    """`--device cuda` on a machine whose torch sees no GPU stops before scoring, saying what to do."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from typer.testing import CliRunner
+
+    from fedmeta.cli import app
+
+    model = saved(tmp_path, "fedavg")
+    for command in (
+        ["benchmark", "evaluate", "--scenario", scenario, "--supervised", str(model), "--out", str(tmp_path / "o")],
+        ["benchmark", "tune", "--scenario", scenario, "--supervised", str(model), "--out", str(tmp_path / "t.json")],
+    ):
+        result = CliRunner().invoke(app, [*command, "--device", "cuda"])
+        assert result.exit_code != 0
+        assert "sees no CUDA device" in result.output and "device=cpu" in result.output, result.output
+        assert not (tmp_path / "o").exists() and not (tmp_path / "t.json").exists()

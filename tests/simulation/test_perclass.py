@@ -21,6 +21,9 @@ class Fixed(Adapter):
     def _settings(self) -> dict:
         return {"right": self.right}
 
+    def _move(self, device):
+        pass
+
     def logits(self, episode, num_classes):
         said = episode.query_y if self.right else torch.zeros_like(episode.query_y)
         return torch.nn.functional.one_hot(said, num_classes).float()
