@@ -72,6 +72,17 @@ class Progress:
         parts = {int(key): Part(**value) for key, value in kept["keys"].items()}
         return parts if len({len(p.acc) for p in parts.values()}) == 1 else {}
 
+    @classmethod
+    def scored(cls, path: Path) -> dict[tuple[int, str], dict[int, Part]]:
+        """Everything the progress file at `path` holds, whichever adapter wrote it: per (shots,
+        site), per key, the episodes scored so far (reports on a stopped scoring)."""
+        progress = cls(path, json.loads(path.read_text())["identity"])
+        out = {}
+        for where, kept in progress._parts.items():
+            shots, site = where.split("/", 1)
+            out[int(shots), site] = progress.done(int(shots), site, kept["digest"])
+        return out
+
     def update(self, shots: int, site: str, digest: str, parts: dict[int, Part], final: bool = False) -> None:
         """Record the episodes scored so far; written when `final` (the site is done) or when the
         last write is SAVE_EVERY seconds old."""

@@ -18,16 +18,14 @@ import numpy as np
 
 from common.stats import paired_interval
 from simulation.benchmark import REFERENCE
+from simulation.progress import Progress
 
 
 def episodes_scored(path: Path) -> dict[tuple[int, str], np.ndarray]:
     """(shots, site) -> accuracy per episode scored, sites in name order, from either file kind."""
+    if path.name.endswith(".progress.json"):
+        return {where: np.array(parts[0].acc) for where, parts in Progress.scored(path).items()}
     data = json.loads(path.read_text())
-    if "parts" in data:
-        return {
-            (int(key.split("/")[0]), key.split("/", 1)[1]): np.array(part["keys"]["0"]["acc"])
-            for key, part in data["parts"].items()
-        }
     sites = sorted(next(iter(data["digests"].values())))
     out = {}
     for shots, acc in data["acc"].items():

@@ -37,6 +37,12 @@ GRIDS: dict[str, dict[str, list]] = {
 }
 
 
+DEVICE_HELP = (
+    "Where each method adapts: cpu (the reported figures), cuda or cuda:N (a GPU; scores are "
+    "named by the device, so CPU scores are not reused for it), or auto."
+)
+
+
 def _models(specs: list[str]) -> dict[str, list[Path]]:
     """`NAME=DIR` options into {name: [dir, ...]} (several dirs of one name: its training seeds)."""
     out: dict[str, list[Path]] = {}
@@ -73,8 +79,7 @@ def tune(
     ),
     device: str = typer.Option(
         "cpu",
-        help="Where each method adapts: cpu (the reported figures), cuda or cuda:N (a GPU; scores are "
-        "named by the device, so CPU scores are not reused for it), or auto.",
+        help=DEVICE_HELP,
     ),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
@@ -221,8 +226,7 @@ def evaluate(
     ),
     device: str = typer.Option(
         "cpu",
-        help="Where each method adapts: cpu (the reported figures), cuda or cuda:N (a GPU; scores are "
-        "named by the device, so CPU scores are not reused for it), or auto.",
+        help=DEVICE_HELP,
     ),
 ) -> None:
     """Score every method on the same episodes of the held-out (or validation) sites; paired CIs
