@@ -23,6 +23,7 @@ operators, and its scores are named by the device (they agree with the CPU's to 
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +40,12 @@ from common.functional import Params
 from common.models import MetaNet, ModelConfig, init_params
 from common.native import NativeKernels, resolve_kernels
 from common.tasks import Episode, TaskBatch
+
+
+def architecture_digest(config: ModelConfig) -> str:
+    """A digest of a backbone's shape alone: what local training's settings suit (it trains no
+    consortium weights, so another model of the same shape keeps them)."""
+    return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
 
 
 def model_digest(model_dir: Path) -> str:

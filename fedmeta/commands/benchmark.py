@@ -74,7 +74,8 @@ def tune(
     retune: bool = typer.Option(
         False,
         help="Tune every method again; by default the methods OUT already holds (same protocol, and the same "
-        "model where OUT records it: a method whose model was trained again is tuned again) are kept, "
+        "model where OUT records it: a method whose model was trained again is tuned again; local "
+        "training's settings follow the backbone's shape, not the supervised weights) are kept, "
         "and one stopped midway goes on from its last kept episodes (e.g. tuned.progress/ beside tuned.json).",
     ),
     device: str = typer.Option(
@@ -87,7 +88,15 @@ def tune(
     from common.device import resolve_device
     from common.files import write_json
     from common.models import ModelConfig
-    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Scratch, finetuned
+    from simulation.adapters import (
+        FineTune,
+        LinearProbe,
+        Loaded,
+        MetaLearned,
+        Scratch,
+        architecture_digest,
+        finetuned,
+    )
     from simulation.benchmark import Protocol, draw_episodes, parse_shots
     from simulation.benchmark import tune as tune_grid
 
@@ -110,6 +119,9 @@ def tune(
         "local": (lambda **p: Scratch(config, **p).to(compute_on), GRIDS["local"]),
     }
     tuned_on = dict.fromkeys(factories, reference.digest)  # the model each method's settings suit
+    tuned_on["local"] = architecture_digest(config)  # local training suits a shape, not weights
+    # a local entry written before it was keyed by shape names the supervised model it was tuned beside
+    also = {"local": reference.digest}
     for name, dirs in _models(model).items():
         meta_model = MetaLearned(dirs[0])
         if meta_model.takes_steps():
@@ -127,7 +139,7 @@ def tune(
             )
             tuned_on[tuned] = meta_model.digest
     for name in [name for name in factories if name in chosen]:
-        if chosen[name].get("model", tuned_on[name]) != tuned_on[name]:  # e.g. a recipe trained again
+        if chosen[name].get("model", tuned_on[name]) not in (tuned_on[name], also.get(name)):  # e.g. retrained
             console.print(f"{name}: tuned again, {out} holds settings tuned on another model")
             del chosen[name]
         else:

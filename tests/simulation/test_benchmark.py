@@ -14,14 +14,23 @@ from common.config import EpisodeConfig, MetaConfig
 from common.export import save_meta_model
 from common.models import ModelConfig
 from simulation import benchmark
-from simulation.adapters import FineTune, LinearProbe, MetaLearned, Prototypes, Scratch, model_digest
+from simulation.adapters import (
+    FineTune,
+    LinearProbe,
+    Loaded,
+    MetaLearned,
+    Prototypes,
+    Scratch,
+    architecture_digest,
+    model_digest,
+)
 from simulation.benchmark import Protocol, Scores, draw_episodes, headline_rows, score, tune
 
 MODEL = ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2)
 
 
-def saved(tmp_path: Path, algorithm: str, num_classes: int = 3) -> Path:
-    torch.manual_seed(0)
+def saved(tmp_path: Path, algorithm: str, num_classes: int = 3, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     config = MODEL if num_classes == 3 else ModelConfig(**{**MODEL.__dict__, "num_classes": num_classes})
     algo = build_algorithm(build_model(config), MetaConfig(algorithm, eval_inner_steps=2))
     return save_meta_model(
@@ -365,6 +374,20 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     tuned_meta = json.loads((tmp_path / "tuned.json").read_text())
     assert tuned_meta["maml"]["model"] == model_digest(other_model)
     assert {k: tuned_meta[k] for k in settings} == settings
+    # another supervised model of the same shape (e.g. FedAvg trained for fewer rounds): its
+    # fine-tuning and linear probe are tuned again; local training, which starts from no weights, is kept
+    assert tuned_meta["local"]["model"] == architecture_digest(Loaded.from_dir(supervised[0]).model.config)
+    reseeded = saved(tmp_path / "reseeded", "fedavg", seed=1)
+    swap = ("--scenario", scenario, "--supervised", str(reseeded), "--shots", "2", "--queries", "3")
+    swap_out = tmp_path / "swap" / "tuned.json"
+    swap_out.parent.mkdir()
+    swap_out.write_text((tmp_path / "tuned.json").read_text())
+    swapped = fedmeta("tune", *swap, "--episodes", "2", "--out", str(swap_out))
+    said = " ".join(swapped.stdout.split())
+    assert swapped.returncode == 0, swapped.stderr
+    assert "finetune: tuned again" in said and "linear-probe: tuned again" in said and "local: kept from" in said
+    retuned = json.loads(swap_out.read_text())
+    assert retuned["finetune"]["model"] == model_digest(reseeded) and retuned["local"] == tuned_meta["local"]
     other = fedmeta("tune", *tune_args, "--episodes", "3", *out_args)  # another protocol: not mixed in
     assert other.returncode == 2 and "--retune" in other.stderr
     # evaluate's time is the steps tuned.json holds (up to 200 on this grid): 2 steps exercise the same
