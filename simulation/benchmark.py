@@ -204,12 +204,15 @@ def score_methods(
     directory: Path,
     rescore: bool = False,
     say: Callable[[str], None] = lambda _: None,
+    accept: Iterable[str] = (),
 ) -> dict[str, list[Scores]]:
     """Every method's scores, one per training seed, kept in `directory` as NAME-SEED.json:
     - kept from an earlier run made by the same adapter on the same episodes (unless `rescore`);
     - else scored, going on from the episodes a stopped run left in NAME-SEED.progress.json;
     - a method-seed another process is scoring (its NAME-SEED.claim) is left to it: the rest are
-      scored first, then its scores are taken once written (or scored here if it stopped)."""
+      scored first, then its scores are taken once written (or scored here if it stopped);
+    - `accept`: device types whose finished scores are kept too (`kept_scores`)."""
+    accept = tuple(accept)
     todo = [(name, seed) for name, runs in adapters.items() for seed in range(len(runs))]
     done: dict[tuple[str, int], Scores] = {}
     told: dict[tuple[str, int], float] = {}  # when this process last said it waits for a method-seed
@@ -220,7 +223,7 @@ def score_methods(
             adapter.name = name
             path = directory / f"{name}-{seed}.json"
             identity = adapter.identity()
-            kept = None if rescore else kept_scores(path, identity, episodes)
+            kept = None if rescore else kept_scores(path, identity, episodes, accept)
             if kept is None:
                 claim = Claim(path.with_name(f"{path.stem}.claim"))
                 if not claim.take():
@@ -230,13 +233,15 @@ def score_methods(
                     waiting.append((name, seed))
                     continue
                 try:
-                    kept = None if rescore else kept_scores(path, identity, episodes)  # written meanwhile?
+                    kept = None if rescore else kept_scores(path, identity, episodes, accept)  # written meanwhile?
                     if kept is None:
                         done[name, seed] = _score_and_write(adapter, episodes, path, rescore, say)
                         continue
                 finally:
                     claim.release()
-            say(f"{name} (seed {seed}): kept from {path}")
+            made_on = json.loads(path.read_text())["identity"].get("device", "cpu")
+            elsewhere = "" if made_on == adapter.device.type else f" (scored on {made_on})"
+            say(f"{name} (seed {seed}): kept from {path}{elsewhere}")
             done[name, seed] = kept
         if waiting and len(waiting) == len(todo):  # nothing left here but others' work
             time.sleep(WAIT)
@@ -393,10 +398,19 @@ def parse_scores(data: dict) -> Scores:
     )
 
 
-def kept_scores(path: Path, identity: dict, episodes: Episodes) -> Scores | None:
+def on_device(identity: dict, device: str) -> dict:
+    """`identity` as the same adapter's on `device` (a device type; the CPU's names none)."""
+    rest = {k: v for k, v in identity.items() if k != "device"}
+    return rest if device == "cpu" else {**rest, "device": device}
+
+
+def kept_scores(path: Path, identity: dict, episodes: Episodes, accept: Iterable[str] = ()) -> Scores | None:
     """The scores an earlier run left at `path`, if they were made by the same adapter (its
     identity: kind, settings, the exact model) on byte-identical episodes; else None (score again).
-    A long evaluation stopped midway thus resumes at the first method-seed it had not finished."""
+    A long evaluation stopped midway thus resumes at the first method-seed it had not finished.
+    `accept`: device types (cpu, cuda) whose scores by an otherwise identical adapter are taken
+    too, e.g. a table finished on the CPU around methods a GPU scored (their logits agree to about
+    1e-3: tests/simulation/test_gpu_scoring.py; say so where the table is reported)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -405,7 +419,8 @@ def kept_scores(path: Path, identity: dict, episodes: Episodes) -> Scores | None
         kept = parse_scores(data)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a file cut short: score again
         return None
-    if data.get("identity") != json.loads(json.dumps(identity)) or kept.digests != episodes.digests:
+    allowed = [json.loads(json.dumps(i)) for i in (identity, *(on_device(identity, d) for d in accept))]
+    if data.get("identity") not in allowed or kept.digests != episodes.digests:
         return None
     return kept
 

@@ -15,6 +15,8 @@
 #   METHODS   meta-models scored with their centralized versions, default "fomaml"
 #   WORKERS   default 6; EPISODES default 600; SHOTS default "1,5"; DEVICE default "cuda"
 #   FEDMETA   default "python3 -m fedmeta"
+#   ACCEPT    device types whose finished scores are kept too (evaluate --accept-device), e.g.
+#             DEVICE=cpu ACCEPT=cuda finishes on the CPU a table a GPU scored in part
 # Writes RESULTS_DIR/worker-<n>.log (each line stamped with seconds since the start) beside the
 # scores; the scores are named by the device (`cuda`), so CPU scores are never taken for them.
 set -euo pipefail
@@ -31,6 +33,7 @@ read -r -a FEDMETA <<< "${FEDMETA:-python3 -m fedmeta}"
 [[ -f "$RUN/tuned.json" ]] || { echo "$RUN/tuned.json is missing: run \`fedmeta benchmark tune\` first (headline.sh does)" >&2; exit 2; }
 args=(--scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" --tuned "$RUN/tuned.json"
       --device "$DEVICE" --out "$RESULTS")
+for kind in ${ACCEPT:-}; do args+=(--accept-device "$kind"); done
 for seed_dir in "$RUN"/seed-*; do
     for method in ${METHODS//,/ }; do
         for name in "$method" "centralized-$method"; do

@@ -240,6 +240,14 @@ def evaluate(
         "cpu",
         help=DEVICE_HELP,
     ),
+    accept_device: list[str] = typer.Option(
+        [],
+        "--accept-device",
+        help="Also keep finished scores made on this device type (cpu or cuda; repeat for both) by "
+        "otherwise identical adapters on the same episodes, e.g. to finish on the CPU a table a GPU "
+        "scored in part. CPU and CUDA logits agree to about 1e-3; the console names each kept "
+        "score's device: say so where the table is reported.",
+    ),
 ) -> None:
     """Score every method on the same episodes of the held-out (or validation) sites; paired CIs
     against FedAvg + fine-tune."""
@@ -260,6 +268,9 @@ def evaluate(
     try:
         protocol = Protocol(scenario, str(data_dir or ""), parse_shots(shots), queries, episodes, eval_seed, sites)
         compute_on = resolve_device(device)
+        unknown = sorted(set(accept_device) - {"cpu", "cuda"})
+        if unknown:
+            raise ValueError(f"--accept-device {', '.join(unknown)}: give a device type, cpu or cuda")
         out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
@@ -290,7 +301,7 @@ def evaluate(
     def say(line: str) -> None:
         console.print(f"[dim]{line}[/dim]")
 
-    methods = score_methods(adapters, episodes_, out / "scores" / sc.name / sites, rescore, say)
+    methods = score_methods(adapters, episodes_, out / "scores" / sc.name / sites, rescore, say, accept_device)
     rows = headline_rows(sc.name, methods, sites=sites)
     chance = None if sc.tasks == "hospital" else 1 / sc.episode.ways
     write_headline(rows, out, {sc.name: chance} if chance else None)

@@ -675,3 +675,59 @@ def test_the_cli_refuses_a_gpu_it_does_not_have(scenario, tmp_path):
         assert result.exit_code != 0
         assert "sees no CUDA device" in result.output and "device=cpu" in result.output, result.output
         assert not (tmp_path / "o").exists() and not (tmp_path / "t.json").exists()
+
+
+def test_scores_a_gpu_made_are_kept_on_the_cpu_only_when_accepted(scenario, tmp_path):
+    """A scores file a GPU run left (its identity names `cuda`) is not taken by a CPU evaluation,
+    unless `accept` names cuda: then it is kept as written and the console says where it was made;
+    scores another adapter setting made are still scored again."""
+    from simulation.benchmark import on_device, score_methods, write_scores
+
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2))
+    model = saved(tmp_path, "fedavg")
+    adapter = Prototypes(model)
+    directory = tmp_path / "scores"
+    directory.mkdir()
+    made = score(adapter, episodes)
+    marked = Scores(made.method, {2: np.full_like(made.acc[2], 0.125)}, made.auc, made.digests, made.confusion)
+    gpu_identity = on_device(adapter.identity(), "cuda")
+    assert (
+        gpu_identity == {**adapter.identity(), "device": "cuda"}
+        and on_device(gpu_identity, "cpu") == adapter.identity()
+    )
+    write_scores(directory / "fedavg+prototypes-0.json", marked, gpu_identity)
+    said: list[str] = []
+    plain = score_methods({"fedavg+prototypes": [adapter]}, episodes, directory, say=said.append)
+    assert np.array_equal(plain["fedavg+prototypes"][0].acc[2], made.acc[2])  # scored again on the CPU
+    write_scores(directory / "fedavg+prototypes-0.json", marked, gpu_identity)
+    said.clear()
+    kept = score_methods({"fedavg+prototypes": [adapter]}, episodes, directory, say=said.append, accept=("cuda",))
+    assert np.all(kept["fedavg+prototypes"][0].acc[2] == 0.125)  # the GPU's file, as written
+    assert any("(scored on cuda)" in line for line in said), said
+    other = LinearProbe(model, steps=1)  # another adapter's GPU scores are never taken for it
+    write_scores(
+        directory / "fedavg+linear-probe-0.json", marked, on_device(LinearProbe(model, steps=2).identity(), "cuda")
+    )
+    again = score_methods({"fedavg+linear-probe": [other]}, episodes, directory, accept=("cuda",))
+    assert not np.all(again["fedavg+linear-probe"][0].acc[2] == 0.125)
+
+
+def test_the_cli_refuses_an_unknown_device_to_accept(scenario, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmeta.cli import app
+
+    model = saved(tmp_path, "fedavg")
+    command = [
+        "benchmark",
+        "evaluate",
+        "--scenario",
+        scenario,
+        "--supervised",
+        str(model),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    result = CliRunner().invoke(app, [*command, "--accept-device", "tpu"])
+    assert result.exit_code != 0 and "--accept-device tpu" in result.output and "cpu or cuda" in result.output
+    assert not (tmp_path / "o").exists()
