@@ -398,7 +398,7 @@ def parse_scores(data: dict) -> Scores:
     )
 
 
-def on_device(identity: dict, device: str) -> dict:
+def identity_on(identity: dict, device: str) -> dict:
     """`identity` as the same adapter's on `device` (a device type; the CPU's names none)."""
     rest = {k: v for k, v in identity.items() if k != "device"}
     return rest if device == "cpu" else {**rest, "device": device}
@@ -419,7 +419,7 @@ def kept_scores(path: Path, identity: dict, episodes: Episodes, accept: Iterable
         kept = parse_scores(data)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a file cut short: score again
         return None
-    allowed = [json.loads(json.dumps(i)) for i in (identity, *(on_device(identity, d) for d in accept))]
+    allowed = [json.loads(json.dumps(i)) for i in (identity, *(identity_on(identity, d) for d in accept))]
     if data.get("identity") not in allowed or kept.digests != episodes.digests:
         return None
     return kept

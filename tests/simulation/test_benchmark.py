@@ -681,7 +681,7 @@ def test_scores_a_gpu_made_are_kept_on_the_cpu_only_when_accepted(scenario, tmp_
     """A scores file a GPU run left (its identity names `cuda`) is not taken by a CPU evaluation,
     unless `accept` names cuda: then it is kept as written and the console says where it was made;
     scores another adapter setting made are still scored again."""
-    from simulation.benchmark import on_device, score_methods, write_scores
+    from simulation.benchmark import identity_on, score_methods, write_scores
 
     episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=2))
     model = saved(tmp_path, "fedavg")
@@ -690,10 +690,10 @@ def test_scores_a_gpu_made_are_kept_on_the_cpu_only_when_accepted(scenario, tmp_
     directory.mkdir()
     made = score(adapter, episodes)
     marked = Scores(made.method, {2: np.full_like(made.acc[2], 0.125)}, made.auc, made.digests, made.confusion)
-    gpu_identity = on_device(adapter.identity(), "cuda")
+    gpu_identity = identity_on(adapter.identity(), "cuda")
     assert (
         gpu_identity == {**adapter.identity(), "device": "cuda"}
-        and on_device(gpu_identity, "cpu") == adapter.identity()
+        and identity_on(gpu_identity, "cpu") == adapter.identity()
     )
     write_scores(directory / "fedavg+prototypes-0.json", marked, gpu_identity)
     said: list[str] = []
@@ -706,7 +706,7 @@ def test_scores_a_gpu_made_are_kept_on_the_cpu_only_when_accepted(scenario, tmp_
     assert any("(scored on cuda)" in line for line in said), said
     other = LinearProbe(model, steps=1)  # another adapter's GPU scores are never taken for it
     write_scores(
-        directory / "fedavg+linear-probe-0.json", marked, on_device(LinearProbe(model, steps=2).identity(), "cuda")
+        directory / "fedavg+linear-probe-0.json", marked, identity_on(LinearProbe(model, steps=2).identity(), "cuda")
     )
     again = score_methods({"fedavg+linear-probe": [other]}, episodes, directory, accept=("cuda",))
     assert not np.all(again["fedavg+linear-probe"][0].acc[2] == 0.125)
