@@ -22,6 +22,8 @@
 #   DEVICE      where tuning and scoring adapt, default cpu (the reported figures); cuda on a GPU
 #               machine, whose scores are named by the device (docs/scripts/gpu_score.sh scores one
 #               scenario's models on a GPU with several processes)
+#   ACCEPT      device types whose finished scores are kept too (evaluate --accept-device), e.g.
+#               "cuda": the committed new-hospital scores are part GPU-made (docs/RESULTS.md)
 #
 # Writes OUT_DIR/<scenario>/seed-<s>/<method>/ (results, model), OUT_DIR/<scenario>/tuned.json,
 # and docs/results/headline.json, headline.md and the plots (RESULTS_DIR to write elsewhere).
@@ -49,6 +51,8 @@ SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
 DEVICE=${DEVICE:-cpu}
+accept=()
+for kind in ${ACCEPT:-}; do accept+=(--accept-device "$kind"); done
 read -r -a SIMULATE_ARGS <<< "${SIMULATE_ARGS:-}"
 start=$(date +%s)
 # a run that finished is not trained again (pass docs/results/models as OUT_DIR to reuse the committed models)
@@ -95,7 +99,8 @@ for scenario in $SCENARIOS; do
         --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json" \
         --device "$DEVICE"
     "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
-        "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR" --device "$DEVICE"
+        "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR" --device "$DEVICE" \
+        ${accept[@]+"${accept[@]}"}
 done
 # the results page's headline tables, regenerated from headline.json (only for the reported results)
 [[ "$RESULTS_DIR" == docs/results ]] && "$FEDMETA" benchmark report --results "$RESULTS_DIR" --doc docs/RESULTS.md
