@@ -4,7 +4,9 @@ episodes scored so far), per shots and site over the episodes EVERY method-seed 
 the same for all: episodes are scored in order), seed-averaged per episode, with a t interval.
 For reports of an unfinished run only; the headline comes from `fedmeta benchmark evaluate`.
 
-    .venv/bin/python docs/scripts/progress_paired.py docs/sweeps/heldout-200/scores/new-hospital/heldout
+    .venv/bin/python docs/scripts/progress_paired.py RESULTS_DIR/scores/new-hospital/heldout
+
+(e.g. a `docs/scripts/gpu_score.sh` run's RESULTS_DIR while its workers are still scoring)
 """
 
 from __future__ import annotations
