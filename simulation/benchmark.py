@@ -123,6 +123,14 @@ class Scores:
     confusion: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+def split_sites(values: np.ndarray, sites: Iterable[str]) -> dict[str, np.ndarray]:
+    """One shots' per-episode `values` (a Scores' acc or auc, or their mean over seeds) per site:
+    `draw_episodes` gives every site as many episodes, and `score` keeps them site after site, in
+    name order."""
+    names = sorted(sites)
+    return dict(zip(names, np.split(np.asarray(values), len(names)), strict=True))
+
+
 def score(
     adapter: Adapter,
     episodes: Episodes,
@@ -239,10 +247,10 @@ def score_methods(
                         continue
                 finally:
                     claim.release()
-            made_on = json.loads(path.read_text())["identity"].get("device", "cpu")
+            scores, made_on = kept
             elsewhere = "" if made_on == adapter.device.type else f" (scored on {made_on})"
             say(f"{name} (seed {seed}): kept from {path}{elsewhere}")
-            done[name, seed] = kept
+            done[name, seed] = scores
         if waiting and len(waiting) == len(todo):  # nothing left here but others' work
             time.sleep(WAIT)
         todo = waiting
@@ -404,9 +412,12 @@ def identity_on(identity: dict, device: str) -> dict:
     return rest if device == "cpu" else {**rest, "device": device}
 
 
-def kept_scores(path: Path, identity: dict, episodes: Episodes, accept: Iterable[str] = ()) -> Scores | None:
-    """The scores an earlier run left at `path`, if they were made by the same adapter (its
-    identity: kind, settings, the exact model) on byte-identical episodes; else None (score again).
+def kept_scores(
+    path: Path, identity: dict, episodes: Episodes, accept: Iterable[str] = ()
+) -> tuple[Scores, str] | None:
+    """The scores an earlier run left at `path` and the device type they were made on, if they were
+    made by the same adapter (its identity: kind, settings, the exact model) on byte-identical
+    episodes; else None (score again).
     A long evaluation stopped midway thus resumes at the first method-seed it had not finished.
     `accept`: device types (cpu, cuda) whose scores by an otherwise identical adapter are taken
     too, e.g. a table finished on the CPU around methods a GPU scored (their logits agree to about
@@ -422,7 +433,7 @@ def kept_scores(path: Path, identity: dict, episodes: Episodes, accept: Iterable
     allowed = [json.loads(json.dumps(i)) for i in (identity, *(identity_on(identity, d) for d in accept))]
     if data.get("identity") not in allowed or kept.digests != episodes.digests:
         return None
-    return kept
+    return kept, data["identity"].get("device", "cpu")
 
 
 def protocol_dict(protocol: Protocol) -> dict:

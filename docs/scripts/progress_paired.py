@@ -11,7 +11,6 @@ For reports of an unfinished run only; the headline comes from `fedmeta benchmar
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.stats import paired_interval
-from simulation.benchmark import REFERENCE
+from simulation.benchmark import REFERENCE, read_scores, split_sites
 from simulation.progress import Progress
 
 
@@ -27,13 +26,12 @@ def episodes_scored(path: Path) -> dict[tuple[int, str], np.ndarray]:
     """(shots, site) -> accuracy per episode scored, sites in name order, from either file kind."""
     if path.name.endswith(".progress.json"):
         return {where: np.array(parts[0].acc) for where, parts in Progress.scored(path).items()}
-    data = json.loads(path.read_text())
-    sites = sorted(next(iter(data["digests"].values())))
-    out = {}
-    for shots, acc in data["acc"].items():
-        each = np.array_split(np.array(acc), len(sites))  # sites in name order, equal counts
-        out |= {(int(shots), site): part for site, part in zip(sites, each)}
-    return out
+    scores = read_scores(path)
+    return {
+        (shots, site): part
+        for shots, acc in scores.acc.items()
+        for site, part in split_sites(acc, scores.digests[shots]).items()
+    }
 
 
 def main(directory: Path) -> None:

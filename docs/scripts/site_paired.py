@@ -12,18 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from common.stats import paired_interval, t_interval
-from simulation.benchmark import Scores, mean_over_seeds, read_scores
+from simulation.benchmark import Scores, mean_over_seeds, read_scores, split_sites
 
 REFERENCE = "fedavg+finetune"
 
 
 def site_accuracy(runs: list[Scores], shots: int, site: str) -> np.ndarray:
-    """The seed-averaged accuracy of SITE's episodes (stored site by site, in name order)."""
-    names = sorted(runs[0].digests[shots])
-    per_episode = mean_over_seeds(runs, shots, "acc")
-    n = len(per_episode) // len(names)
-    i = names.index(site)
-    return per_episode[i * n : (i + 1) * n]
+    """The seed-averaged accuracy of SITE's episodes."""
+    return split_sites(mean_over_seeds(runs, shots, "acc"), runs[0].digests[shots])[site]
 
 
 def main(scenario: str, site: str, methods: list[str]) -> None:
