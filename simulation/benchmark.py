@@ -121,6 +121,10 @@ class Scores:
     # shots -> (labels, labels) query counts over every episode: row the true class, column the
     # predicted one, in the scenario's label space (empty in scores kept from before it existed)
     confusion: dict[int, np.ndarray] = field(default_factory=dict)
+    # shots -> site -> the same counts at that site alone (summed over sites they are `confusion`;
+    # empty in scores kept from before they were kept per site): which classes a method loses at
+    # one new hospital, where pooled counts mix both hospitals' classes
+    site_confusion: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def split_sites(values: np.ndarray, sites: Iterable[str]) -> dict[str, np.ndarray]:
@@ -197,7 +201,10 @@ def _score(
             ordered = [parts[site][key] for site in sorted(parts)]
             scores.acc[shots] = np.array([a for part in ordered for a in part.acc])
             scores.auc[shots] = np.array([a for part in ordered for a in part.auc])
-            scores.confusion[shots] = np.sum([part.confusion for part in ordered], axis=0).reshape(labels, labels)
+            scores.site_confusion[shots] = {
+                site: np.asarray(parts[site][key].confusion).reshape(labels, labels) for site in sorted(parts)
+            }
+            scores.confusion[shots] = np.sum(list(scores.site_confusion[shots].values()), axis=0)
             scores.digests[shots] = dict(episodes.digests[shots])
     return out
 
@@ -387,6 +394,10 @@ def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> No
         "acc": {str(k): v.tolist() for k, v in scores.acc.items()},
         "auc": {str(k): v.tolist() for k, v in scores.auc.items()},
         "confusion": {str(k): v.tolist() for k, v in scores.confusion.items()},
+        "site_confusion": {
+            str(k): {site: counts.tolist() for site, counts in by_site.items()}
+            for k, by_site in scores.site_confusion.items()
+        },
     }
     write_json(path, data)  # whole or not at all: a stopped run never leaves half a file to keep
 
@@ -403,6 +414,10 @@ def parse_scores(data: dict) -> Scores:
         {int(k): np.array(v) for k, v in data["auc"].items()},
         {int(k): v for k, v in data["digests"].items()},
         {int(k): np.array(v) for k, v in data.get("confusion", {}).items()},
+        {
+            int(k): {site: np.array(counts) for site, counts in by_site.items()}
+            for k, by_site in data.get("site_confusion", {}).items()
+        },
     )
 
 

@@ -4,7 +4,9 @@ the confusion counts `simulation.benchmark` keeps with each method's scores).
 
 These are descriptive counts, not tests: queries of one episode share its support set, so no
 interval is given. They answer "why is this accuracy low", e.g. two look-alike classes taking
-each other's queries, which the headline's one number per method cannot show."""
+each other's queries, which the headline's one number per method cannot show. Where the scores
+keep their counts per site (scores made since 2026-12-04), each site's recall follows too: two new
+hospitals hold different classes, so pooled counts cannot say which classes a method loses at one."""
 
 from __future__ import annotations
 
@@ -18,38 +20,60 @@ from simulation.benchmark import Scores
 TOP_MISTAKES = 3  # per method and shots: the largest off-diagonal shares
 
 
-def pooled(runs: list[Scores], shots: int) -> np.ndarray | None:
-    """A method's confusion counts summed over its seeds; None where a run has none (scores kept
-    from before confusion was recorded: rescore them)."""
-    if any(shots not in r.confusion for r in runs):
+ALL = "all"  # the site of rows pooled over every site
+
+
+def pooled(runs: list[Scores], shots: int, site: str = ALL) -> np.ndarray | None:
+    """A method's confusion counts summed over its seeds, over every site or at one `site`; None
+    where a run has none (scores kept from before confusion, or confusion per site, was recorded:
+    rescore them)."""
+    if site == ALL:
+        if any(shots not in r.confusion for r in runs):
+            return None
+        return np.sum([r.confusion[shots] for r in runs], axis=0)
+    if any(site not in r.site_confusion.get(shots, {}) for r in runs):
         return None
-    return np.sum([r.confusion[shots] for r in runs], axis=0)
+    return np.sum([r.site_confusion[shots][site] for r in runs], axis=0)
+
+
+def sites_of(methods: dict[str, list[Scores]], shots: int) -> list[str]:
+    """The sites every run of every method has confusion counts for at `shots` (none in scores
+    kept from before they were kept per site)."""
+    runs = [r for rs in methods.values() for r in rs]
+    held = [set(r.site_confusion.get(shots, {})) for r in runs]
+    return sorted(set.intersection(*held)) if held else []
 
 
 def per_class_rows(methods: dict[str, list[Scores]], names: tuple[str, ...]) -> list[dict]:
-    """One row per (shots, method, true class with queries): its recall, its query count and the
-    class it is most often mistaken for (with that share of its queries). `names`: the label
-    space's class names (index = label)."""
+    """One row per (shots, method, site, true class with queries): its recall, its query count and
+    the class it is most often mistaken for (with that share of its queries); site "all" pools every
+    site, then one row set per site where the scores keep them. `names`: the label space's class
+    names (index = label)."""
     rows = []
     for name, runs in methods.items():
         for shots in sorted(runs[0].acc):
-            counts = pooled(runs, shots)
-            if counts is None:
-                continue
-            shares = _mistake_shares(counts)
-            for true in np.flatnonzero(counts.sum(axis=1)):
-                other = int(shares[true].argmax())
-                rows.append(
-                    {
-                        "shots": shots,
-                        "method": name,
-                        "class": _name(names, int(true)),
-                        "queries": int(counts[true].sum()),
-                        "recall": float(counts[true, true] / counts[true].sum()),
-                        "mistaken_for": _name(names, other) if shares[true, other] else "",
-                        "mistaken_share": float(shares[true, other]),
-                    }
-                )
+            for site in [ALL, *sites_of({name: runs}, shots)]:
+                counts = pooled(runs, shots, site)
+                if counts is not None:
+                    rows += _rows(counts, names, {"shots": shots, "method": name, "site": site})
+    return rows
+
+
+def _rows(counts: np.ndarray, names: tuple[str, ...], where: dict) -> list[dict]:
+    shares = _mistake_shares(counts)
+    rows = []
+    for true in np.flatnonzero(counts.sum(axis=1)):
+        other = int(shares[true].argmax())
+        rows.append(
+            {
+                **where,
+                "class": _name(names, int(true)),
+                "queries": int(counts[true].sum()),
+                "recall": float(counts[true, true] / counts[true].sum()),
+                "mistaken_for": _name(names, other) if shares[true, other] else "",
+                "mistaken_share": float(shares[true, other]),
+            }
+        )
     return rows
 
 
@@ -95,12 +119,8 @@ def markdown(methods: dict[str, list[Scores]], names: tuple[str, ...], title: st
             summed = pooled(runs, shots)
             if summed is not None:
                 counts[method] = summed
-        first = next(iter(counts.values()))
         lines += [f"## {shots}-shot: recall % per true class (queries pooled over episodes and seeds)", ""]
-        lines += ["| class | queries | " + " | ".join(counts) + " |", "| --- | --- |" + " --- |" * len(counts)]
-        for label in np.flatnonzero(first.sum(axis=1)):  # every method met the same queries
-            cells = [_recall(c, int(label)) for c in counts.values()]
-            lines.append(f"| {_name(names, int(label))} | {int(first[label].sum())} | " + " | ".join(cells) + " |")
+        lines += _recall_table(counts, names)
         lines += ["", f"{shots}-shot: the most frequent mistakes (true → predicted, share of its queries)", ""]
         lines += ["| method | " + " | ".join(f"mistake {i + 1}" for i in range(TOP_MISTAKES)) + " |"]
         lines += ["| --- |" + " --- |" * TOP_MISTAKES]
@@ -108,7 +128,23 @@ def markdown(methods: dict[str, list[Scores]], names: tuple[str, ...], title: st
             cells = [f"{t} → {p} {share:.0%}" for t, p, share in top_mistakes(c, names)]
             lines.append(f"| {method} | " + " | ".join(cells + [""] * (TOP_MISTAKES - len(cells))) + " |")
         lines.append("")
+        sites = sites_of(have, shots)
+        for site in sites if len(sites) > 1 else []:  # one site: the pooled table is that site's
+            at_site = {method: pooled(runs, shots, site) for method, runs in have.items()}
+            lines += [f"### {shots}-shot at {site}: recall % per true class (its episodes only)", ""]
+            lines += _recall_table({m: c for m, c in at_site.items() if c is not None}, names)
+            lines.append("")
     return "\n".join(lines)
+
+
+def _recall_table(counts: dict[str, np.ndarray], names: tuple[str, ...]) -> list[str]:
+    """A markdown table: a row per true class with queries, its query count and each method's recall."""
+    first = next(iter(counts.values()))
+    lines = ["| class | queries | " + " | ".join(counts) + " |", "| --- | --- |" + " --- |" * len(counts)]
+    for label in np.flatnonzero(first.sum(axis=1)):  # every method met the same queries
+        cells = [_recall(c, int(label)) for c in counts.values()]
+        lines.append(f"| {_name(names, int(label))} | {int(first[label].sum())} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _recall(counts: np.ndarray, label: int) -> str:

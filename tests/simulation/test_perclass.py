@@ -46,6 +46,14 @@ def test_confusion_counts_every_query_in_the_label_space(scenario):
     assert np.array_equal(wrong.confusion[2].sum(axis=0), np.bincount(first_classes, minlength=labels))
     # equal queries per episode: the pooled share right is the mean accuracy
     assert np.trace(wrong.confusion[2]) / wrong.confusion[2].sum() == pytest.approx(wrong.acc[2].mean())
+    # per site: each site's own queries, in site order, summing to the pooled counts
+    for shots in (1, 2):
+        by_site = wrong.site_confusion[shots]
+        assert list(by_site) == sorted(episodes.batches[shots])
+        assert np.array_equal(sum(by_site.values()), wrong.confusion[shots])
+    for site, batch in episodes.batches[2].items():
+        truth = batch.classes.gather(1, batch.query_y).flatten()
+        assert np.array_equal(wrong.site_confusion[2][site].sum(axis=1), np.bincount(truth, minlength=labels))
 
 
 def test_confusion_is_kept_with_the_scores(tmp_path):
@@ -56,6 +64,11 @@ def test_confusion_is_kept_with_the_scores(tmp_path):
     del older["confusion"]  # scores written before confusion existed still read
     (tmp_path / "old.json").write_text(json.dumps(older))
     assert read_scores(tmp_path / "old.json").confusion == {}
+    assert read_scores(tmp_path / "old.json").site_confusion == {}
+    per_site = Scores("m", {1: np.array([0.5])}, site_confusion={1: {"a": np.eye(2, dtype=int), "b": np.ones((2, 2))}})
+    write_scores(tmp_path / "sites.json", per_site)
+    again = read_scores(tmp_path / "sites.json").site_confusion[1]
+    assert list(again) == ["a", "b"] and np.array_equal(again["b"], np.ones((2, 2)))
 
 
 NAMES = ("kidney-left", "kidney-right (gloss)", "liver")
@@ -89,3 +102,25 @@ def test_methods_without_counts_are_named_not_guessed(tmp_path):
     assert {r["method"] for r in json.loads(path.with_suffix(".json").read_text())} == {"ft"}
     assert write_per_class({"proto": old}, NAMES, tmp_path, "none", "s") is None  # no counts: no file
     assert not (tmp_path / "per-class-none.md").exists()
+
+
+def test_per_site_recall_by_hand():
+    """Two sites holding different classes: each site's table shows its own recall, which the pooled
+    table mixes (site a: kidney-left 4 of 5; site b: kidney-left 4 of 5 plus kidney-right 9 of 10)."""
+    a = np.array([[4, 1, 0], [0, 0, 0], [0, 0, 0]])
+    b = COUNTS - a
+    seed = Scores("ft", {1: np.array([0.85])}, confusion={1: COUNTS}, site_confusion={1: {"a": a, "b": b}})
+    assert np.array_equal(pooled([seed, seed], 1, "a"), 2 * a)
+    rows = per_class_rows({"ft": [seed]}, NAMES)
+    assert {r["site"] for r in rows} == {"all", "a", "b"}
+    at_a = [(r["class"], r["queries"], r["recall"]) for r in rows if r["site"] == "a"]
+    assert at_a == [("kidney-left", 5, 0.8)]
+    text = markdown({"ft": [seed]}, NAMES, "tiny")
+    assert "### 1-shot at a" in text and "### 1-shot at b" in text
+    after_b = text.split("### 1-shot at b")[1]
+    assert "| kidney-left | 5 | 80.0 |" in after_b and "| kidney-right | 10 | 90.0 |" in after_b
+    # a method kept from before counts were kept per site: no per-site table, nothing guessed
+    old = Scores("proto", {1: np.array([0.5])}, confusion={1: COUNTS})
+    text = markdown({"ft": [seed], "proto": [old]}, NAMES, "tiny")
+    assert "| class | queries | ft | proto |" in text and "### 1-shot at" not in text
+    assert pooled([old], 1, "a") is None
