@@ -4,6 +4,12 @@ headline pairs methods only on byte-identical episodes, and this checks the same
 Seeds are averaged per episode, as the headline does.
 
     .venv/bin/python docs/scripts/versus_commit.py new-classes 0899695 protonet protonet+finetune
+
+Or two scores directories (e.g. a sweep's validation scores against another run's on the same
+validation episodes): the first directory's scores, now, against the second's, then.
+
+    .venv/bin/python docs/scripts/versus_commit.py runs/sweep/nhb11/scores/new-hospital-blood/validation \
+        runs/sweep/nhb11-fedavg100/scores/new-hospital-blood/validation fedavg+finetune
 """
 
 import json
@@ -27,7 +33,13 @@ def at_commit(commit: str, path: Path) -> Scores:
 
 
 def main(scenario: str, commit: str, methods: list[str]) -> None:
+    """`scenario`'s committed held-out scores against `commit`'s; or, where `scenario` and `commit`
+    are both directories, the first's scores against the second's."""
     directory = Path("docs/results/scores", scenario, "heldout")
+    then_of = lambda path: at_commit(commit, path)
+    if Path(scenario).is_dir() and Path(commit).is_dir():
+        directory = Path(scenario)
+        then_of = lambda path: read_scores(Path(commit, path.name))
     print(f"| shots | method | now % | at {commit} % | now - then, points (95% CI) | seeds | episodes |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in methods:
@@ -35,10 +47,10 @@ def main(scenario: str, commit: str, methods: list[str]) -> None:
         if not paths:
             sys.exit(f"{directory}: no scores of {name!r} (NAME-SEED.json)")
         now = [read_scores(p) for p in paths]
-        then = [at_commit(commit, p) for p in paths]
+        then = [then_of(p) for p in paths]
         for shots in sorted(now[0].acc):
             if any(a.digests[shots] != b.digests[shots] for a, b in zip(now, then)):
-                sys.exit(f"{name}: its {shots}-shot episodes changed since {commit}; the runs cannot be paired")
+                sys.exit(f"{name}: its {shots}-shot episodes differ at {commit}; the runs cannot be paired")
             a, b = mean_over_seeds(now, shots, "acc"), mean_over_seeds(then, shots, "acc")
             print(
                 f"| {shots} | {name} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
