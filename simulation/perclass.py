@@ -128,13 +128,30 @@ def markdown(methods: dict[str, list[Scores]], names: tuple[str, ...], title: st
             cells = [f"{t} → {p} {share:.0%}" for t, p, share in top_mistakes(c, names)]
             lines.append(f"| {method} | " + " | ".join(cells + [""] * (TOP_MISTAKES - len(cells))) + " |")
         lines.append("")
-        sites = sites_of(have, shots)
-        for site in sites if len(sites) > 1 else []:  # one site: the pooled table is that site's
-            at_site = {method: pooled(runs, shots, site) for method, runs in have.items()}
-            lines += [f"### {shots}-shot at {site}: recall % per true class (its episodes only)", ""]
-            lines += _recall_table({m: c for m, c in at_site.items() if c is not None}, names)
-            lines.append("")
+        lines += _site_tables(have, names, shots)
     return "\n".join(lines)
+
+
+def _site_tables(methods: dict[str, list[Scores]], names: tuple[str, ...], shots: int) -> list[str]:
+    """Per site, its own recall table, for the methods whose scores keep counts per site (the
+    others are named); none for one site, whose pooled table is its own."""
+    per_site = {m: runs for m, runs in methods.items() if sites_of({m: runs}, shots)}
+    sites = sites_of(per_site, shots) if per_site else []
+    if len(sites) < 2:
+        return []
+    lines = []
+    if len(per_site) < len(methods):
+        lacking = ", ".join(m for m in methods if m not in per_site)
+        lines += [
+            f"{shots}-shot per site: no counts per site for {lacking} (scores kept from before they were kept).",
+            "",
+        ]
+    for site in sites:
+        at_site = {method: pooled(runs, shots, site) for method, runs in per_site.items()}
+        lines += [f"### {shots}-shot at {site}: recall % per true class (its episodes only)", ""]
+        lines += _recall_table({m: c for m, c in at_site.items() if c is not None}, names)
+        lines.append("")
+    return lines
 
 
 def _recall_table(counts: dict[str, np.ndarray], names: tuple[str, ...]) -> list[str]:

@@ -119,8 +119,10 @@ def test_per_site_recall_by_hand():
     assert "### 1-shot at a" in text and "### 1-shot at b" in text
     after_b = text.split("### 1-shot at b")[1]
     assert "| kidney-left | 5 | 80.0 |" in after_b and "| kidney-right | 10 | 90.0 |" in after_b
-    # a method kept from before counts were kept per site: no per-site table, nothing guessed
+    # a method kept from before counts were kept per site: named, left out of the site tables
     old = Scores("proto", {1: np.array([0.5])}, confusion={1: COUNTS})
     text = markdown({"ft": [seed], "proto": [old]}, NAMES, "tiny")
-    assert "| class | queries | ft | proto |" in text and "### 1-shot at" not in text
+    assert "| class | queries | ft | proto |" in text and "no counts per site for proto" in text
+    assert "| class | queries | ft |\n" in text.split("### 1-shot at a")[1]
     assert pooled([old], 1, "a") is None
+    assert "### 1-shot at" not in markdown({"proto": [old]}, NAMES, "tiny")
