@@ -28,6 +28,8 @@
 #   REUSE default "": recipe names whose models are the headline run's, linked from
 #         docs/results/models/SCENARIO/seed-<s>/<name> (`supervised`: its fedavg-supervised)
 #         instead of trained again; their lines stay in RECIPES to say how they were trained.
+#         Those are the models committed now: a sweep file that reuses them names the commit to
+#         rerun it at once the headline's models are replaced
 #         With `supervised` reused, the baselines' tuning is taken from that run's tuned.json, and
 #         every entry that records the model it was tuned on (`tune` tunes it again if the model
 #         differs); older meta-model entries, which do not, are left out and tuned again
