@@ -198,11 +198,11 @@ def _score(
             progress(f"{name}: {shots}-shot, {site} done")
         for key in parts[min(parts)]:
             scores = out.setdefault(key, Scores(name))
-            ordered = [parts[site][key] for site in sorted(parts)]
-            scores.acc[shots] = np.array([a for part in ordered for a in part.acc])
-            scores.auc[shots] = np.array([a for part in ordered for a in part.auc])
+            ordered = {site: parts[site][key] for site in sorted(parts)}
+            scores.acc[shots] = np.array([a for part in ordered.values() for a in part.acc])
+            scores.auc[shots] = np.array([a for part in ordered.values() for a in part.auc])
             scores.site_confusion[shots] = {
-                site: np.asarray(parts[site][key].confusion).reshape(labels, labels) for site in sorted(parts)
+                site: np.asarray(part.confusion).reshape(labels, labels) for site, part in ordered.items()
             }
             scores.confusion[shots] = np.sum(list(scores.site_confusion[shots].values()), axis=0)
             scores.digests[shots] = dict(episodes.digests[shots])
