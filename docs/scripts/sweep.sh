@@ -18,9 +18,10 @@
 #         does: a recipe is chosen on its mean over seeds, not on one seed's luck (on new-hospital,
 #         FOMAML's held-out accuracy spans 6.9 points over three seeds; see docs/RESULTS.md)
 #   SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
-#   LOCAL default 1; LOCAL=0 leaves local training out of the scoring (a recipe comparison against
-#         fine-tuning does not need it, and on 2 cores it is the longest part: about 15 min on
-#         new-hospital-blood's validation hospitals at 100 episodes)
+#   LOCAL default 1; LOCAL=0 leaves local training out of the tuning and the scoring (a recipe
+#         comparison against fine-tuning does not need it, and on 2 cores it is the longest part:
+#         about 15 min of scoring on new-hospital-blood's validation hospitals at 100 episodes,
+#         about 20 min of tuning on new-classes' at width 64)
 #   SCREEN default 0; SCREEN=1 scores the recipes as they come (a ProtoNet's prototypes alone, a
 #         MAML at its own evaluation steps) without tuning their adaptation first: a cheap first
 #         screen of many recipes (tuning ProtoNet + fine-tune costs about 12 min per model on 2 cores);
@@ -96,7 +97,8 @@ fi
 # (what OUT_DIR/tuned.json already holds is kept)
 if [[ "$SCREEN" == 1 ]]; then first=(); fi  # the recipes' adaptation is not tuned: scored as trained
 "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" ${first[@]+"${first[@]}"} \
-    --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json"
+    --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json" \
+    "$([[ "$LOCAL" == 0 ]] && echo --no-local || echo --local)"
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
     --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT" \
     "$([[ "$LOCAL" == 0 ]] && echo --no-local || echo --local)"

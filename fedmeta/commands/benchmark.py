@@ -82,6 +82,11 @@ def tune(
         "cpu",
         help=DEVICE_HELP,
     ),
+    local: bool = typer.Option(
+        True,
+        help="Also tune local training from scratch; --no-local leaves it out (a sweep that does not score it: "
+        "on 2 cores its grid is about half of new-classes' tuning at width 64).",
+    ),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
     steps) on the validation sites only."""
@@ -118,6 +123,8 @@ def tune(
         "linear-probe": (lambda **p: LinearProbe(supervised, **p).to(compute_on), GRIDS["linear-probe"]),
         "local": (lambda **p: Scratch(config, **p).to(compute_on), GRIDS["local"]),
     }
+    if not local:
+        del factories["local"]
     tuned_on = dict.fromkeys(factories, reference.digest)  # the model each method's settings suit
     tuned_on["local"] = architecture_digest(config)  # local training suits a shape, not weights
     # a local entry written before it was keyed by shape names the supervised model it was tuned beside
@@ -274,6 +281,11 @@ def evaluate(
         out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
+        if tuned and local and "local" not in settings:  # e.g. tuned by a sweep with `tune --no-local`
+            raise ValueError(
+                f"--tuned {tuned} holds no settings for local training: tune them with `fedmeta benchmark tune` "
+                "(without --no-local, the same --out), or score without local training (--no-local)"
+            )
         models = _models(model)
         if not supervised:
             raise ValueError("--supervised: the reference method (FedAvg + fine-tune) needs a supervised model")

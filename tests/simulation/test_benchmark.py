@@ -292,17 +292,22 @@ def test_the_cli_tunes_and_scores_a_protonet_fine_tuned_from_its_prototypes(scen
 
     common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"protonet={protonet}")
     small = ("--shots", "2", "--queries", "3", "--episodes", "2")
-    tuned = fedmeta("tune", *common, *small, "--out", str(tmp_path / "tuned.json"))
+    # --no-local: a sweep that does not score local training does not tune it either
+    tuned = fedmeta("tune", *common, *small, "--no-local", "--out", str(tmp_path / "tuned.json"))
     assert tuned.returncode == 0, tuned.stderr
     assert "tuning protonet+finetune" in " ".join(tuned.stdout.split())
     settings = json.loads((tmp_path / "tuned.json").read_text())
     entry = settings["protonet+finetune"]
     assert entry["model"] == model_digest(protonet) and len(entry["tries"]) == 20  # fine-tuning's grid
     assert "protonet" not in settings  # prototypes themselves take no setting
+    assert "local" not in settings and {"finetune", "linear-probe"} <= set(settings)
     settings["protonet+finetune"]["best"] = {"steps": 2, "lr": 1e-3}  # the test's time, whatever was chosen
     (tmp_path / "tuned.json").write_text(json.dumps(settings))
     out = tmp_path / "results"
     tuned_file = ("--tuned", str(tmp_path / "tuned.json"))
+    refused = fedmeta("evaluate", *common, *small, *tuned_file, "--out", str(out))  # local wanted, never tuned
+    assert refused.returncode != 0 and not out.exists()
+    assert "no settings for local training" in " ".join(refused.stderr.split())
     done = fedmeta("evaluate", *common, *small, "--no-local", *tuned_file, "--out", str(out))
     assert done.returncode == 0, done.stderr
     rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
