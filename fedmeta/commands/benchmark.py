@@ -84,8 +84,8 @@ def tune(
     ),
     local: bool = typer.Option(
         True,
-        help="Also tune local training from scratch; --no-local leaves it out (a sweep that does not score it: "
-        "on 2 cores its grid is about half of new-classes' tuning at width 64).",
+        help="Also tune local training from scratch; --no-local leaves it out (a sweep that does not score it; "
+        "its grid trains a model from scratch for every try and episode).",
     ),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
