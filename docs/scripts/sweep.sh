@@ -20,8 +20,8 @@
 #   SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
 #   LOCAL default 1; LOCAL=0 leaves local training out of the tuning and the scoring (a recipe
 #         comparison against fine-tuning does not need it, and on 2 cores it is the longest part:
-#         about 15 min of scoring on new-hospital-blood's validation hospitals at 100 episodes,
-#         about 20 min of tuning on new-classes' at width 64)
+#         about 15 min of scoring on new-hospital-blood's validation hospitals at 100 episodes;
+#         its tuning grid trains from scratch for every try and episode)
 #   SCREEN default 0; SCREEN=1 scores the recipes as they come (a ProtoNet's prototypes alone, a
 #         MAML at its own evaluation steps) without tuning their adaptation first: a cheap first
 #         screen of many recipes (tuning ProtoNet + fine-tune costs about 12 min per model on 2 cores);

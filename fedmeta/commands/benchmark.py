@@ -123,10 +123,10 @@ def tune(
         "linear-probe": (lambda **p: LinearProbe(supervised, **p).to(compute_on), GRIDS["linear-probe"]),
         "local": (lambda **p: Scratch(config, **p).to(compute_on), GRIDS["local"]),
     }
-    if not local:
-        del factories["local"]
     tuned_on = dict.fromkeys(factories, reference.digest)  # the model each method's settings suit
     tuned_on["local"] = architecture_digest(config)  # local training suits a shape, not weights
+    if not local:
+        del factories["local"], tuned_on["local"]
     # a local entry written before it was keyed by shape names the supervised model it was tuned beside
     also = {"local": reference.digest}
     for name, dirs in _models(model).items():
@@ -281,10 +281,12 @@ def evaluate(
         out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
-        if tuned and local and "local" not in settings:  # e.g. tuned by a sweep with `tune --no-local`
+        untuned = [n for n in ("finetune", "linear-probe", "local") if n not in settings and (local or n != "local")]
+        if tuned and untuned:  # e.g. local, tuned by a sweep with `tune --no-local`: not scored with defaults
             raise ValueError(
-                f"--tuned {tuned} holds no settings for local training: tune them with `fedmeta benchmark tune` "
-                "(without --no-local, the same --out), or score without local training (--no-local)"
+                f"--tuned {tuned} holds no settings for {', '.join(untuned)}: tune them with `fedmeta benchmark "
+                "tune` (without --no-local, the same --out)"
+                + (", or score without local training (--no-local)" if untuned == ["local"] else "")
             )
         models = _models(model)
         if not supervised:

@@ -307,7 +307,7 @@ def test_the_cli_tunes_and_scores_a_protonet_fine_tuned_from_its_prototypes(scen
     tuned_file = ("--tuned", str(tmp_path / "tuned.json"))
     refused = fedmeta("evaluate", *common, *small, *tuned_file, "--out", str(out))  # local wanted, never tuned
     assert refused.returncode != 0 and not out.exists()
-    assert "no settings for local training" in " ".join(refused.stderr.split())
+    assert "holds no settings for local: tune them" in " ".join(refused.stderr.split())
     done = fedmeta("evaluate", *common, *small, "--no-local", *tuned_file, "--out", str(out))
     assert done.returncode == 0, done.stderr
     rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
