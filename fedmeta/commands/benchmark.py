@@ -281,8 +281,9 @@ def evaluate(
         out = out or Path("docs/results" if sites == "heldout" else "runs/validation")
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
-        untuned = [n for n in ("finetune", "linear-probe", "local") if n not in settings and (local or n != "local")]
-        if tuned and untuned:  # e.g. local, tuned by a sweep with `tune --no-local`: not scored with defaults
+        scored = ("finetune", "linear-probe", "local") if local else ("finetune", "linear-probe")
+        untuned = [name for name in scored if tuned and name not in settings]
+        if untuned:  # e.g. local, tuned by a sweep with `tune --no-local`: not scored with defaults
             raise ValueError(
                 f"--tuned {tuned} holds no settings for {', '.join(untuned)}: tune them with `fedmeta benchmark "
                 "tune` (without --no-local, the same --out)"
