@@ -10,6 +10,12 @@ validation episodes): the first directory's scores, now, against the second's, t
 
     .venv/bin/python docs/scripts/versus_commit.py runs/sweep/nhb11/scores/new-hospital-blood/validation \
         runs/sweep/nhb11-fedavg100/scores/new-hospital-blood/validation fedavg+finetune
+
+A method given as NOW=THEN pairs the method NOW against the method THEN (the same episodes under
+another name, e.g. one recipe against another in two sweeps):
+
+    .venv/bin/python docs/scripts/versus_commit.py runs/sweep/nc8/scores/new-classes/validation \
+        runs/sweep/nc7/scores/new-classes/validation protonet-w128=protonet-w64 fedavg+finetune
 """
 
 import json
@@ -32,6 +38,12 @@ def at_commit(commit: str, path: Path) -> Scores:
     return parse_scores(json.loads(text))
 
 
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        sys.exit(f"{path}: no such scores file (pair NOW=THEN where the method has another name there)")
+    return path
+
+
 def main(scenario: str, commit: str, methods: list[str]) -> None:
     """`scenario`'s committed held-out scores against `commit`'s; or, where `scenario` and `commit`
     are both directories, the first's scores against the second's."""
@@ -39,21 +51,22 @@ def main(scenario: str, commit: str, methods: list[str]) -> None:
     then_of = lambda path: at_commit(commit, path)
     if Path(scenario).is_dir() and Path(commit).is_dir():
         directory = Path(scenario)
-        then_of = lambda path: read_scores(Path(commit, path.name))
+        then_of = lambda path: read_scores(_existing(Path(commit, path.name)))
     print(f"| shots | method | now % | at {commit} % | now - then, points (95% CI) | seeds | episodes |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name in methods:
+    for spec in methods:
+        name, _, then_name = spec.partition("=")
         paths = sorted(directory.glob(f"{name}-[0-9].json"))
         if not paths:
             sys.exit(f"{directory}: no scores of {name!r} (NAME-SEED.json)")
         now = [read_scores(p) for p in paths]
-        then = [then_of(p) for p in paths]
+        then = [then_of(p.with_name((then_name or name) + p.name[len(name) :])) for p in paths]
         for shots in sorted(now[0].acc):
             if any(a.digests[shots] != b.digests[shots] for a, b in zip(now, then)):
-                sys.exit(f"{name}: its {shots}-shot episodes differ at {commit}; the runs cannot be paired")
+                sys.exit(f"{spec}: its {shots}-shot episodes differ at {commit}; the runs cannot be paired")
             a, b = mean_over_seeds(now, shots, "acc"), mean_over_seeds(then, shots, "acc")
             print(
-                f"| {shots} | {name} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
+                f"| {shots} | {spec} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
                 f"{paired_interval(a, b).points()} | {len(now)} | {len(a)} |"
             )
 
