@@ -52,8 +52,8 @@ def main(scenario: str, commit: str, methods: list[str]) -> None:
     if Path(scenario).is_dir() and Path(commit).is_dir():
         directory = Path(scenario)
         then_of = lambda path: read_scores(_existing(Path(commit, path.name)))
-    print(f"| shots | method | now % | at {commit} % | now - then, points (95% CI) | seeds | episodes |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = [f"| shots | method | now % | at {commit} % | now - then, points (95% CI) | seeds | episodes |"]
+    rows.append("| --- | --- | --- | --- | --- | --- | --- |")
     for spec in methods:
         name, _, then_name = spec.partition("=")
         paths = sorted(directory.glob(f"{name}-[0-9].json"))
@@ -65,10 +65,11 @@ def main(scenario: str, commit: str, methods: list[str]) -> None:
             if any(a.digests[shots] != b.digests[shots] for a, b in zip(now, then)):
                 sys.exit(f"{spec}: its {shots}-shot episodes differ at {commit}; the runs cannot be paired")
             a, b = mean_over_seeds(now, shots, "acc"), mean_over_seeds(then, shots, "acc")
-            print(
+            rows.append(
                 f"| {shots} | {spec} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
                 f"{paired_interval(a, b).points()} | {len(now)} | {len(a)} |"
             )
+    print("\n".join(rows))  # only once every method paired: a failure prints its reason alone
 
 
 if __name__ == "__main__":
