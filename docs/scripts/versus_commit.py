@@ -56,11 +56,12 @@ def main(scenario: str, commit: str, methods: list[str]) -> None:
     rows.append("| --- | --- | --- | --- | --- | --- | --- |")
     for spec in methods:
         name, _, then_name = spec.partition("=")
+        then_name = then_name or name  # NOW alone: the same name then
         paths = sorted(directory.glob(f"{name}-[0-9].json"))
         if not paths:
             sys.exit(f"{directory}: no scores of {name!r} (NAME-SEED.json)")
         now = [read_scores(p) for p in paths]
-        then = [then_of(p.with_name((then_name or name) + p.name[len(name) :])) for p in paths]
+        then = [then_of(p.with_name(then_name + p.name[len(name) :])) for p in paths]
         for shots in sorted(now[0].acc):
             if any(a.digests[shots] != b.digests[shots] for a, b in zip(now, then)):
                 sys.exit(f"{spec}: its {shots}-shot episodes differ at {commit}; the runs cannot be paired")

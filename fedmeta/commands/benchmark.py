@@ -282,7 +282,7 @@ def evaluate(
         sc = load_scenario(scenario)
         settings = json.loads(tuned.read_text()) if tuned else {}
         scored = ("finetune", "linear-probe", "local") if local else ("finetune", "linear-probe")
-        untuned = [name for name in scored if tuned and name not in settings]
+        untuned = [name for name in scored if name not in settings] if tuned else []
         if untuned:  # e.g. local, tuned by a sweep with `tune --no-local`: not scored with defaults
             raise ValueError(
                 f"--tuned {tuned} holds no settings for {', '.join(untuned)}: tune them with `fedmeta benchmark "
