@@ -7,7 +7,8 @@ method on the same episodes in the same way.
 - `FineTune`: a supervised model (FedAvg with global labels) fine-tunes every weight on the
   support set; where its head does not fit the episode's classes, a new head starts from the
   support set's class means (Chen et al.'s Baseline, with a warm head). A ProtoNet meta-model
-  fine-tunes the same way from its prototypes (`NAME+finetune` rows).
+  fine-tunes the same way from its prototypes, and a MAML-family one, where asked, from its own
+  meta-learned weights (`NAME+finetune` rows: the meta-learned start under the baseline's adaptation).
 - `LinearProbe`: the supervised model's features stay frozen; a linear head is fit on them.
 - `Prototypes`: the supervised model's features stay frozen; the nearest class mean (cosine)
   predicts (Chen et al.'s Baseline++ at test time).
@@ -251,12 +252,13 @@ class MetaLearned(Trained):
         return out
 
 
-FROM_PROTOTYPES = "+finetune"  # NAME+finetune: the prototype meta-model NAME fine-tuned from its prototypes
+FINETUNED = "+finetune"  # NAME+finetune: the meta-model NAME fine-tuned at the new site as FedAvg's model is
 
 
 def finetuned(name: str) -> str:
-    """The method a prototype meta-model named `name` becomes when fine-tuned from its prototypes."""
-    return name + FROM_PROTOTYPES
+    """The method a meta-model named `name` becomes when every weight is fine-tuned on the support
+    set (a ProtoNet from its prototypes, a MAML-family model from its own head)."""
+    return name + FINETUNED
 
 
 class FineTune(Trained):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.files import write_json
 from server.report import PER_PANEL, facets, integer_axis, panels, pyplot
-from simulation.adapters import FROM_PROTOTYPES
+from simulation.adapters import FINETUNED
 from simulation.baselines import META_LEARNERS
 from simulation.benchmark import REFERENCE
 
@@ -64,9 +64,10 @@ def _table(row: dict) -> tuple[str, str]:
 
 
 def is_fedmeta(method: str) -> bool:
-    """A federated meta-model's row: named after its algorithm, or `ALGORITHM+finetune` (a ProtoNet
-    fine-tuned from its prototypes). `centralized-...` rows are the upper bound, not FedMeta."""
-    return method.removesuffix(FROM_PROTOTYPES) in META_LEARNERS
+    """A federated meta-model's row: named after its algorithm, or `ALGORITHM+finetune` (the
+    meta-model fine-tuned at the new site as FedAvg's model is; a ProtoNet from its prototypes).
+    `centralized-...` rows are the upper bound, not FedMeta."""
+    return method.removesuffix(FINETUNED) in META_LEARNERS
 
 
 def targets(rows: list[dict]) -> list[dict]:

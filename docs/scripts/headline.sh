@@ -14,6 +14,9 @@
 #   META_RUN    extra run-config for the meta-learners and their centralized versions only (e.g.
 #               "shots=1", which new-hospital's file recommends: in RUN it would also change the
 #               supervised FedAvg runs' batches, whose tasks hold shots + queries images per class)
+#   FINETUNE_META  1: each meta-learner that adapts by steps is also fine-tuned at the new site as
+#               FedAvg's model is (NAME+finetune rows, tuned on fine-tuning's grid: `tune --finetune-meta`);
+#               0 (default): only ProtoNet's NAME+finetune, which is always tuned
 #   WARM_START  1: the meta-learners (and their centralized versions) start from that seed's
 #               supervised FedAvg model (init-model); 0 (default): from scratch
 #   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
@@ -47,6 +50,8 @@ RUN=${RUN:-}
 SUPERVISED_RUN=${SUPERVISED_RUN:-}
 META_RUN=${META_RUN:-}
 WARM_START=${WARM_START:-0}
+finetune_meta=()
+[[ "${FINETUNE_META:-0}" == 1 ]] && finetune_meta=(--finetune-meta)
 SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
@@ -97,7 +102,7 @@ for scenario in $SCENARIOS; do
     done
     "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
         --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json" \
-        --device "$DEVICE"
+        --device "$DEVICE" ${finetune_meta[@]+"${finetune_meta[@]}"}
     "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
         "${models[@]}" "${supervised[@]}" --tuned "$OUT/$scenario/tuned.json" --out "$RESULTS_DIR" --device "$DEVICE" \
         ${accept[@]+"${accept[@]}"}

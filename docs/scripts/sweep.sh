@@ -22,6 +22,9 @@
 #         comparison against fine-tuning does not need it, and on 2 cores it is the longest part:
 #         about 15 min of scoring on new-hospital-blood's validation hospitals at 100 episodes;
 #         its tuning grid trains from scratch for every try and episode)
+#   FINETUNE_META default 0; FINETUNE_META=1 also fine-tunes every recipe that adapts by steps
+#         (MAML, FOMAML, ...) at the new site as FedAvg's model is: a NAME+finetune row per recipe,
+#         tuned on fine-tuning's grid (`tune --finetune-meta`; about as long to score as fine-tuning)
 #   SCREEN default 0; SCREEN=1 scores the recipes as they come (a ProtoNet's prototypes alone, a
 #         MAML at its own evaluation steps) without tuning their adaptation first: a cheap first
 #         screen of many recipes (tuning ProtoNet + fine-tune costs about 12 min per model on 2 cores);
@@ -48,6 +51,8 @@ SHOTS=${SHOTS:-1,5}
 EPISODES=${EPISODES:-200}
 LOCAL=${LOCAL:-1}
 SCREEN=${SCREEN:-0}
+finetune_meta=()
+[[ "${FINETUNE_META:-0}" == 1 ]] && finetune_meta=(--finetune-meta)
 REUSE=" ${REUSE:-} "
 HEADLINE=docs/results/models/$SCENARIO
 read -r -a seeds <<< "$SEEDS"
@@ -98,7 +103,7 @@ fi
 if [[ "$SCREEN" == 1 ]]; then first=(); fi  # the recipes' adaptation is not tuned: scored as trained
 "$FEDMETA" benchmark tune --scenario "$SCENARIO" --data-dir "$DATA" --shots "$SHOTS" ${first[@]+"${first[@]}"} \
     --supervised "$(runs_of "${seeds[0]}")/supervised/model" --out "$OUT/tuned.json" \
-    "$([[ "$LOCAL" == 0 ]] && echo --no-local || echo --local)"
+    "$([[ "$LOCAL" == 0 ]] && echo --no-local || echo --local)" ${finetune_meta[@]+"${finetune_meta[@]}"}
 "$FEDMETA" benchmark evaluate --scenario "$SCENARIO" --data-dir "$DATA" --sites validation --shots "$SHOTS" \
     --episodes "$EPISODES" "${models[@]}" "${supervised[@]}" --tuned "$OUT/tuned.json" --out "$OUT" \
     "$([[ "$LOCAL" == 0 ]] && echo --no-local || echo --local)"

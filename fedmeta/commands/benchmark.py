@@ -87,6 +87,13 @@ def tune(
         help="Also tune local training from scratch; --no-local leaves it out (a sweep that does not score it; "
         "its grid trains a model from scratch for every try and episode).",
     ),
+    finetune_meta: bool = typer.Option(
+        False,
+        help="Also tune NAME+finetune for each --model that adapts by steps (MAML, FOMAML, Meta-SGD, ANIL): "
+        "every weight of the meta-model fine-tuned on the support set as FedAvg + fine-tune is, on "
+        "fine-tuning's grid, so the meta-learned start meets the baseline's own adaptation "
+        "(a ProtoNet's NAME+finetune is always tuned). `evaluate` scores every NAME+finetune --tuned holds.",
+    ),
 ) -> None:
     """Choose fine-tuning, linear-probe and local-training settings (and meta-models' evaluation
     steps) on the validation sites only."""
@@ -137,6 +144,12 @@ def tune(
                 GRIDS["meta-learned"],
             )
             tuned_on[name] = meta_model.digest
+            if finetune_meta:  # the meta-learned weights, fine-tuned as the supervised model's are
+                factories[finetuned(name)] = (
+                    lambda d=dirs[0], n=name, **p: FineTune(d, name=finetuned(n), **p).to(compute_on),
+                    GRIDS["finetune"],
+                )
+                tuned_on[finetuned(name)] = meta_model.digest
         else:  # prototypes take no steps; fine-tuning from them does
             tuned = finetuned(name)
             console.print(f"{name}: adapts without steps (prototypes); tuning {tuned}, fine-tuned from its prototypes")
@@ -300,9 +313,12 @@ def evaluate(
         return settings.get(name, {}).get("best", {})
 
     adapters: dict[str, list] = {n: [MetaLearned(d, name=n, **best(n)) for d in dirs] for n, dirs in models.items()}
-    for n, dirs in models.items():  # a ProtoNet also fine-tuned from its prototypes, where `tune` chose how
+    for n, dirs in models.items():  # each meta-model also fine-tuned, where `tune` chose how (tune --finetune-meta)
         if finetuned(n) in settings:
-            adapters[finetuned(n)] = [FineTune.from_prototypes(d, n, **best(finetuned(n))) for d in dirs]
+            if adapters[n][0].takes_steps():  # from its own meta-learned weights
+                adapters[finetuned(n)] = [FineTune(d, name=finetuned(n), **best(finetuned(n))) for d in dirs]
+            else:  # a ProtoNet: from its prototypes
+                adapters[finetuned(n)] = [FineTune.from_prototypes(d, n, **best(finetuned(n))) for d in dirs]
     adapters["fedavg+finetune"] = [FineTune(d, **best("finetune")) for d in supervised]
     adapters["fedavg+linear-probe"] = [LinearProbe(d, **best("linear-probe")) for d in supervised]
     adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]

@@ -316,6 +316,54 @@ def test_the_cli_tunes_and_scores_a_protonet_fine_tuned_from_its_prototypes(scen
     assert kept["identity"]["head_from_prototypes"] is True and kept["identity"]["steps"] == 2
 
 
+def test_a_maml_model_fine_tunes_from_its_own_weights(scenario, tmp_path):
+    """`fomaml+finetune` starts where the meta-model does before its inner loop (its own head fits
+    the episode's classes), then moves as FedAvg + fine-tune does; no prototype head is put in."""
+    episode = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=1, role="validation")).batches[2]
+    episode = next(iter(episode.values()))[0]
+    model_dir = saved(tmp_path, "fomaml")
+    unadapted = MetaLearned(model_dir, steps=0).logits(episode, 3)
+    tuned = FineTune(model_dir, steps=3, lr=1e-2, name="fomaml+finetune")
+    at = tuned.logits_at(episode, 3, [0, 3])
+    assert torch.allclose(at[0], unadapted, rtol=1e-4, atol=1e-4) and not torch.allclose(at[3], at[0])
+    assert "head_from_prototypes" not in tuned.identity()
+
+
+def test_the_cli_tunes_and_scores_a_maml_model_fine_tuned_when_asked(scenario, tmp_path):
+    """`tune --finetune-meta` also chooses fine-tuning's steps and rate for a meta-model that adapts
+    by steps (recording its model), beside its own inner loop's; `evaluate` scores both rows."""
+    import json
+    import subprocess
+    import sys
+
+    supervised, fomaml = saved(tmp_path / "s", "fedavg"), saved(tmp_path, "fomaml")
+
+    def fedmeta(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
+        )
+
+    common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"fomaml={fomaml}")
+    small = ("--shots", "2", "--queries", "3", "--episodes", "2")
+    tuned_file = tmp_path / "tuned.json"
+    tuned = fedmeta("tune", *common, *small, "--no-local", "--finetune-meta", "--out", str(tuned_file))
+    assert tuned.returncode == 0, tuned.stderr
+    settings = json.loads(tuned_file.read_text())
+    entry = settings["fomaml+finetune"]
+    assert entry["model"] == model_digest(fomaml) and len(entry["tries"]) == 20  # fine-tuning's grid
+    assert len(settings["fomaml"]["tries"]) == 24  # its own inner loop, tuned as before
+    settings["fomaml+finetune"]["best"] = {"steps": 2, "lr": 1e-3}  # the test's time, whatever was chosen
+    tuned_file.write_text(json.dumps(settings))
+    out = tmp_path / "results"
+    done = fedmeta("evaluate", *common, *small, "--no-local", "--tuned", str(tuned_file), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
+    assert {"fomaml", "fomaml+finetune", "fedavg+finetune"} <= set(rows)
+    kept = json.loads((out / "scores" / "tiny-roles" / "heldout" / "fomaml+finetune-0.json").read_text())
+    assert kept["identity"]["model"] == model_digest(fomaml) and kept["identity"]["steps"] == 2
+    assert "head_from_prototypes" not in kept["identity"]
+
+
 def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path):
     """`fedmeta benchmark tune` then `evaluate` in real subprocesses: every method's row, the
     paired differences, the plots, and headline.json rows in the shape the docs are built from."""
@@ -360,6 +408,7 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     best = tuned_meta["maml"]["best"]  # its steps and the fraction of its own inner rate
     assert best["steps"] in (0, 1, 2, 5, 10, 20, 40, 80) and best["lr_scale"] in (0.1, 0.3, 1.0)
     assert len(tuned_meta["maml"]["tries"]) == 24
+    assert "maml+finetune" not in tuned_meta  # fine-tuning a MAML-family model is asked for (--finetune-meta)
     table = (tmp_path / "tuned.md").read_text()  # every try, readable, the choice in bold
     assert table.count("| maml |") == 24 and table.count("| maml | **lr_scale") == 1
     # all kept: nothing tuned again, and no validation episodes drawn for nothing

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from simulation.headline import BEGIN, END, embed, markdown, targets
+from simulation.headline import BEGIN, END, embed, is_fedmeta, markdown, targets
 
 
 def row(method, shots, acc, diff=0.0, low=0.0, high=0.0, sites="heldout"):
@@ -95,3 +95,9 @@ def test_a_protonet_fine_tuned_from_its_prototypes_counts_as_fedmeta():
     assert checks["best0"]["met"] and checks["best0"]["measured"].startswith("protonet+finetune: +3.0")
     assert checks["everyversion"]["measured"] == "protonet+finetune -3.0" and not checks["everyversion"]["met"]
     assert checks["besttraining"]["measured"] == "protonet+finetune 73.0 vs local 72.0"
+
+
+def test_a_fine_tuned_maml_family_model_counts_as_fedmeta():
+    """`fomaml+finetune` (tune --finetune-meta) is FedMeta; its centralized twin and FedAvg's are not."""
+    assert is_fedmeta("fomaml+finetune") and is_fedmeta("maml") and is_fedmeta("protonet+finetune")
+    assert not is_fedmeta("centralized-fomaml+finetune") and not is_fedmeta("fedavg+finetune")
