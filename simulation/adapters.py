@@ -285,9 +285,10 @@ class FineTune(Trained):
         self._kernels = _kernels_on(self.kernels, device)
 
     @classmethod
-    def from_prototypes(cls, model_dir: Path, name: str, **settings) -> FineTune:
-        """The prototype meta-model `name` (model_dir) fine-tuned from its prototypes: `finetuned(name)`."""
-        return cls(model_dir, name=finetuned(name), head_from_prototypes=True, **settings)
+    def of_meta_model(cls, model_dir: Path, name: str, prototypes: bool, **settings) -> FineTune:
+        """The meta-model `name` (model_dir) fine-tuned, `finetuned(name)`: with `prototypes` (a
+        ProtoNet, which takes no steps) from its prototypes, else from its own weights and head."""
+        return cls(model_dir, name=finetuned(name), head_from_prototypes=prototypes, **settings)
 
     def _settings(self) -> dict:
         head = {"head_from_prototypes": True} if self.head_from_prototypes else {}  # kept FedAvg scores still match

@@ -138,26 +138,21 @@ def tune(
     also = {"local": reference.digest}
     for name, dirs in _models(model).items():
         meta_model = MetaLearned(dirs[0])
-        if meta_model.takes_steps():
+        prototypes = not meta_model.takes_steps()
+        if prototypes:  # prototypes take no steps; fine-tuning from them does
+            console.print(f"{name}: adapts without steps (prototypes); tuning {finetuned(name)} from its prototypes")
+        else:
             factories[name] = (
                 lambda d=dirs[0], n=name, **p: MetaLearned(d, name=n, **p).to(compute_on),
                 GRIDS["meta-learned"],
             )
             tuned_on[name] = meta_model.digest
-            if finetune_meta:  # the meta-learned weights, fine-tuned as the supervised model's are
-                factories[finetuned(name)] = (
-                    lambda d=dirs[0], n=name, **p: FineTune(d, name=finetuned(n), **p).to(compute_on),
-                    GRIDS["finetune"],
-                )
-                tuned_on[finetuned(name)] = meta_model.digest
-        else:  # prototypes take no steps; fine-tuning from them does
-            tuned = finetuned(name)
-            console.print(f"{name}: adapts without steps (prototypes); tuning {tuned}, fine-tuned from its prototypes")
-            factories[tuned] = (
-                lambda d=dirs[0], n=name, **p: FineTune.from_prototypes(d, n, **p).to(compute_on),
+        if prototypes or finetune_meta:  # fine-tuned as the supervised model is, on its grid
+            factories[finetuned(name)] = (
+                lambda d=dirs[0], n=name, pr=prototypes, **p: FineTune.of_meta_model(d, n, pr, **p).to(compute_on),
                 GRIDS["finetune"],
             )
-            tuned_on[tuned] = meta_model.digest
+            tuned_on[finetuned(name)] = meta_model.digest
     for name in [name for name in factories if name in chosen]:
         if chosen[name].get("model", tuned_on[name]) not in (tuned_on[name], also.get(name)):  # e.g. retrained
             console.print(f"{name}: tuned again, {out} holds settings tuned on another model")
@@ -314,11 +309,9 @@ def evaluate(
 
     adapters: dict[str, list] = {n: [MetaLearned(d, name=n, **best(n)) for d in dirs] for n, dirs in models.items()}
     for n, dirs in models.items():  # each meta-model also fine-tuned, where `tune` chose how (tune --finetune-meta)
-        if finetuned(n) in settings:
-            if adapters[n][0].takes_steps():  # from its own meta-learned weights
-                adapters[finetuned(n)] = [FineTune(d, name=finetuned(n), **best(finetuned(n))) for d in dirs]
-            else:  # a ProtoNet: from its prototypes
-                adapters[finetuned(n)] = [FineTune.from_prototypes(d, n, **best(finetuned(n))) for d in dirs]
+        if finetuned(n) in settings:  # a ProtoNet from its prototypes, the others from their own head
+            prototypes = not adapters[n][0].takes_steps()
+            adapters[finetuned(n)] = [FineTune.of_meta_model(d, n, prototypes, **best(finetuned(n))) for d in dirs]
     adapters["fedavg+finetune"] = [FineTune(d, **best("finetune")) for d in supervised]
     adapters["fedavg+linear-probe"] = [LinearProbe(d, **best("linear-probe")) for d in supervised]
     adapters["fedavg+prototypes"] = [Prototypes(d) for d in supervised]

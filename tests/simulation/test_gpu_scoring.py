@@ -24,7 +24,7 @@ def adapters(tmp_path):
     return {
         "fomaml": lambda: MetaLearned(fomaml, steps=3),
         "protonet": lambda: MetaLearned(protonet),
-        "protonet+finetune": lambda: FineTune.from_prototypes(protonet, "protonet", steps=5, lr=1e-2),
+        "protonet+finetune": lambda: FineTune.of_meta_model(protonet, "protonet", True, steps=5, lr=1e-2),
         "fedavg+finetune": lambda: FineTune(fedavg, steps=5, lr=1e-2),
         "fedavg+linear-probe": lambda: LinearProbe(fedavg, steps=20, lr=1e-1),
         "fedavg+prototypes": lambda: Prototypes(fedavg),
