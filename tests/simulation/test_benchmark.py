@@ -2,6 +2,8 @@
 a hand computation, tuning that never reads a held-out site, and every adapter on real models."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,13 @@ from simulation.adapters import (
 from simulation.benchmark import Protocol, Scores, draw_episodes, headline_rows, score, tune
 
 MODEL = ModelConfig(image_size=8, num_classes=3, width=4, depth=2, num_groups=2)
+
+
+def fedmeta(*args: str) -> subprocess.CompletedProcess:
+    """`fedmeta benchmark ARGS` in a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def saved(tmp_path: Path, algorithm: str, num_classes: int = 3, seed: int = 0) -> Path:
@@ -280,15 +289,8 @@ def test_the_cli_tunes_and_scores_a_protonet_fine_tuned_from_its_prototypes(scen
     """`tune --model protonet=DIR` chooses fine-tuning's steps and rate for the ProtoNet on the
     validation sites (recording its model); `evaluate` then scores `protonet+finetune` beside it."""
     import json
-    import subprocess
-    import sys
 
     supervised, protonet = saved(tmp_path / "s", "fedavg"), saved(tmp_path, "protonet")
-
-    def fedmeta(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
-        )
 
     common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"protonet={protonet}")
     small = ("--shots", "2", "--queries", "3", "--episodes", "2")
@@ -333,15 +335,8 @@ def test_the_cli_tunes_and_scores_a_maml_model_fine_tuned_when_asked(scenario, t
     """`tune --finetune-meta` also chooses fine-tuning's steps and rate for a meta-model that adapts
     by steps (recording its model), beside its own inner loop's; `evaluate` scores both rows."""
     import json
-    import subprocess
-    import sys
 
     supervised, fomaml = saved(tmp_path / "s", "fedavg"), saved(tmp_path, "fomaml")
-
-    def fedmeta(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
-        )
 
     common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"fomaml={fomaml}")
     small = ("--shots", "2", "--queries", "3", "--episodes", "2")
@@ -368,16 +363,9 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
     """`fedmeta benchmark tune` then `evaluate` in real subprocesses: every method's row, the
     paired differences, the plots, and headline.json rows in the shape the docs are built from."""
     import json
-    import subprocess
-    import sys
 
     supervised = [saved(tmp_path / f"s{seed}", "fedavg") for seed in (0, 1)]
     maml = saved(tmp_path, "maml")
-
-    def fedmeta(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "fedmeta", "benchmark", *args], capture_output=True, text=True, timeout=600
-        )
 
     tuned = fedmeta(
         "tune",
