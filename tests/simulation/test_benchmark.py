@@ -285,37 +285,56 @@ def test_a_protonet_fine_tunes_from_its_prototypes(scenario, tmp_path):
     assert "head_from_prototypes" not in plain and tuned.identity() == {**plain, "head_from_prototypes": True}
 
 
+SMALL = ("--shots", "2", "--queries", "3", "--episodes", "2")
+
+
+def cli_fine_tuned(scenario: str, tmp_path: Path, algorithm: str, *tune_args: str) -> tuple[list, dict, Path, str]:
+    """A FedAvg model and a meta-model ALGORITHM saved, then `tune --no-local *tune_args` in a real
+    subprocess into TMP_PATH/tuned.json: the arguments both commands share, the settings chosen,
+    the meta-model's directory and tune's output."""
+    import json
+
+    supervised, meta_model = saved(tmp_path / "s", "fedavg"), saved(tmp_path, algorithm)
+    common = ["--scenario", scenario, "--supervised", str(supervised), "--model", f"{algorithm}={meta_model}"]
+    tuned_file = tmp_path / "tuned.json"
+    # --no-local: a sweep that does not score local training does not tune it either
+    tuned = fedmeta("tune", *common, *SMALL, "--no-local", *tune_args, "--out", str(tuned_file))
+    assert tuned.returncode == 0, tuned.stderr
+    return common, json.loads(tuned_file.read_text()), meta_model, " ".join(tuned.stdout.split())
+
+
+def cli_scored_fine_tuned(common: list, settings: dict, tuned_file: Path, name: str) -> tuple[dict, dict]:
+    """`evaluate --no-local` with NAME+finetune's best set to 2 steps (the test's time, whatever was
+    chosen): the headline rows by method and the kept identity of NAME+finetune's scores."""
+    import json
+
+    settings[f"{name}+finetune"]["best"] = {"steps": 2, "lr": 1e-3}
+    tuned_file.write_text(json.dumps(settings))
+    out = tuned_file.parent / "results"
+    done = fedmeta("evaluate", *common, *SMALL, "--no-local", "--tuned", str(tuned_file), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
+    kept = json.loads((out / "scores" / "tiny-roles" / "heldout" / f"{name}+finetune-0.json").read_text())
+    return rows, kept["identity"]
+
+
 def test_the_cli_tunes_and_scores_a_protonet_fine_tuned_from_its_prototypes(scenario, tmp_path):
     """`tune --model protonet=DIR` chooses fine-tuning's steps and rate for the ProtoNet on the
     validation sites (recording its model); `evaluate` then scores `protonet+finetune` beside it."""
-    import json
-
-    supervised, protonet = saved(tmp_path / "s", "fedavg"), saved(tmp_path, "protonet")
-
-    common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"protonet={protonet}")
-    small = ("--shots", "2", "--queries", "3", "--episodes", "2")
-    # --no-local: a sweep that does not score local training does not tune it either
-    tuned = fedmeta("tune", *common, *small, "--no-local", "--out", str(tmp_path / "tuned.json"))
-    assert tuned.returncode == 0, tuned.stderr
-    assert "tuning protonet+finetune" in " ".join(tuned.stdout.split())
-    settings = json.loads((tmp_path / "tuned.json").read_text())
+    common, settings, protonet, stdout = cli_fine_tuned(scenario, tmp_path, "protonet")
+    tuned_file = tmp_path / "tuned.json"
+    assert "tuning protonet+finetune" in stdout
     entry = settings["protonet+finetune"]
     assert entry["model"] == model_digest(protonet) and len(entry["tries"]) == 20  # fine-tuning's grid
     assert "protonet" not in settings  # prototypes themselves take no setting
     assert "local" not in settings and {"finetune", "linear-probe"} <= set(settings)
-    settings["protonet+finetune"]["best"] = {"steps": 2, "lr": 1e-3}  # the test's time, whatever was chosen
-    (tmp_path / "tuned.json").write_text(json.dumps(settings))
     out = tmp_path / "results"
-    tuned_file = ("--tuned", str(tmp_path / "tuned.json"))
-    refused = fedmeta("evaluate", *common, *small, *tuned_file, "--out", str(out))  # local wanted, never tuned
+    refused = fedmeta("evaluate", *common, *SMALL, "--tuned", str(tuned_file), "--out", str(out))  # local wanted
     assert refused.returncode != 0 and not out.exists()
     assert "holds no settings for local: tune them" in " ".join(refused.stderr.split())
-    done = fedmeta("evaluate", *common, *small, "--no-local", *tuned_file, "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
+    rows, kept = cli_scored_fine_tuned(common, settings, tuned_file, "protonet")
     assert {"protonet", "protonet+finetune", "fedavg+finetune"} <= set(rows)
-    kept = json.loads((out / "scores" / "tiny-roles" / "heldout" / "protonet+finetune-0.json").read_text())
-    assert kept["identity"]["head_from_prototypes"] is True and kept["identity"]["steps"] == 2
+    assert kept["head_from_prototypes"] is True and kept["steps"] == 2
 
 
 def test_a_maml_model_fine_tunes_from_its_own_weights(scenario, tmp_path):
@@ -334,29 +353,15 @@ def test_a_maml_model_fine_tunes_from_its_own_weights(scenario, tmp_path):
 def test_the_cli_tunes_and_scores_a_maml_model_fine_tuned_when_asked(scenario, tmp_path):
     """`tune --finetune-meta` also chooses fine-tuning's steps and rate for a meta-model that adapts
     by steps (recording its model), beside its own inner loop's; `evaluate` scores both rows."""
-    import json
-
-    supervised, fomaml = saved(tmp_path / "s", "fedavg"), saved(tmp_path, "fomaml")
-
-    common = ("--scenario", scenario, "--supervised", str(supervised), "--model", f"fomaml={fomaml}")
-    small = ("--shots", "2", "--queries", "3", "--episodes", "2")
+    common, settings, fomaml, _ = cli_fine_tuned(scenario, tmp_path, "fomaml", "--finetune-meta")
     tuned_file = tmp_path / "tuned.json"
-    tuned = fedmeta("tune", *common, *small, "--no-local", "--finetune-meta", "--out", str(tuned_file))
-    assert tuned.returncode == 0, tuned.stderr
-    settings = json.loads(tuned_file.read_text())
     entry = settings["fomaml+finetune"]
     assert entry["model"] == model_digest(fomaml) and len(entry["tries"]) == 20  # fine-tuning's grid
     assert len(settings["fomaml"]["tries"]) == 24  # its own inner loop, tuned as before
-    settings["fomaml+finetune"]["best"] = {"steps": 2, "lr": 1e-3}  # the test's time, whatever was chosen
-    tuned_file.write_text(json.dumps(settings))
-    out = tmp_path / "results"
-    done = fedmeta("evaluate", *common, *small, "--no-local", "--tuned", str(tuned_file), "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    rows = {r["method"]: r for r in json.loads((out / "headline.json").read_text())}
+    rows, kept = cli_scored_fine_tuned(common, settings, tuned_file, "fomaml")
     assert {"fomaml", "fomaml+finetune", "fedavg+finetune"} <= set(rows)
-    kept = json.loads((out / "scores" / "tiny-roles" / "heldout" / "fomaml+finetune-0.json").read_text())
-    assert kept["identity"]["model"] == model_digest(fomaml) and kept["identity"]["steps"] == 2
-    assert "head_from_prototypes" not in kept["identity"]
+    assert kept["model"] == model_digest(fomaml) and kept["steps"] == 2
+    assert "head_from_prototypes" not in kept
 
 
 def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path):
