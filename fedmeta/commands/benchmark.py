@@ -357,3 +357,20 @@ def report_tables(
     except (ValueError, FileNotFoundError) as error:
         fail(error)
     Console().print(f"tables regenerated from {path}: {results / 'headline.md'}, {doc}")
+
+
+@benchmark_app.command("status")
+def status(
+    out: Path = typer.Option(Path("docs/results"), help="The --out of `fedmeta benchmark evaluate`."),
+    scenario: str = typer.Option(None, help="Only this scenario's scores (default: every one under OUT/scores)."),
+) -> None:
+    """Where each scoring under OUT/scores stands: per method-seed, scored, being scored (by which
+    process) or stopped midway, and its episodes per shots. Reads only: run it beside the scoring."""
+    from simulation.scoring_status import as_text, method_seeds, scores_directories
+
+    directories = scores_directories(out, scenario)
+    if not directories:
+        what = f"{scenario}'s scores" if scenario else "scores"
+        fail(f"{out / 'scores'} holds no {what}: give the --out that `fedmeta benchmark evaluate` wrote to")
+    for directory in directories:
+        typer.echo(f"{directory}\n{as_text(method_seeds(directory))}\n")

@@ -1,0 +1,115 @@
+"""Where a long scoring stands: per method-seed of a scores directory (OUT/scores/SCENARIO/SITES,
+as `fedmeta benchmark evaluate` writes it), whether it is scored, being scored and by whom, or
+stopped midway, and how many episodes of each number of shots it holds.
+
+It reads the three files a method-seed can leave (NAME-SEED.json when scored, NAME-SEED.progress.json
+while or after being scored midway, NAME-SEED.claim while a process holds it) and changes none:
+safe to run beside the scoring processes, on a shared directory, as often as wanted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulation.progress import Claim, Progress
+
+SCORED, SCORING, STOPPED = "scored", "scoring", "stopped midway"
+
+
+@dataclass
+class MethodSeed:
+    """One method-seed's state. `episodes`: per number of shots, the episodes it holds (summed over
+    sites); `holder`: the process scoring it now (None: nobody); `updated`: its newest file's mtime."""
+
+    method: str
+    seed: int
+    state: str
+    episodes: dict[int, int] = field(default_factory=dict)
+    holder: str | None = None
+    device: str = "cpu"
+    updated: float = 0.0
+    problem: str = ""  # a file that cannot be read: what to do about it
+
+
+def _split(stem: str) -> tuple[str, int] | None:
+    """NAME-SEED (the name may hold '-' itself: fedavg+linear-probe-0), else None."""
+    name, sep, seed = stem.rpartition("-")
+    return (name, int(seed)) if sep and name and seed.isdigit() else None
+
+
+def _stem(path: Path) -> str:
+    for suffix in (".progress.json", ".json", ".claim"):
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return ""
+
+
+def method_seeds(directory: Path) -> list[MethodSeed]:
+    """Every method-seed `directory` holds a file of, by method then seed."""
+    found: dict[tuple[str, int], list[Path]] = {}
+    for path in sorted(Path(directory).iterdir()):
+        key = _split(_stem(path)) if path.is_file() else None
+        if key is not None:
+            found.setdefault(key, []).append(path)
+    return [_state(name, seed, Path(directory), paths) for (name, seed), paths in sorted(found.items())]
+
+
+def _state(name: str, seed: int, directory: Path, paths: list[Path]) -> MethodSeed:
+    stem = f"{name}-{seed}"
+    scores, partial = directory / f"{stem}.json", directory / f"{stem}.progress.json"
+    holder = Claim(directory / f"{stem}.claim").holder()
+    row = MethodSeed(name, seed, STOPPED, holder=holder, updated=max(p.stat().st_mtime for p in paths))
+    if scores.is_file():
+        try:
+            data = json.loads(scores.read_text())
+            row.episodes = {int(k): len(v) for k, v in data["acc"].items()}
+            row.device = (data.get("identity") or {}).get("device", "cpu")
+            row.state = SCORING if holder else SCORED  # a rescore in progress keeps the old file till done
+            return row
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            row.problem = f"{scores.name} cannot be read: delete it to score {stem} again"
+    if partial.is_file():
+        try:
+            for (shots, _), parts in Progress.scored(partial).items():
+                kept = len(next(iter(parts.values())).acc) if parts else 0
+                row.episodes[shots] = row.episodes.get(shots, 0) + kept
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError):
+            row.problem = row.problem or f"{partial.name} cannot be read: delete it ({stem} starts over)"
+    row.state = SCORING if holder else STOPPED
+    return row
+
+
+def scores_directories(out: Path, scenario: str | None = None) -> list[Path]:
+    """The scores directories under an evaluation's `out` (OUT/scores/SCENARIO/SITES)."""
+    root = Path(out) / "scores"
+    if not root.is_dir():
+        return []
+    pattern = f"{scenario}/*" if scenario else "*/*"
+    return sorted(p for p in root.glob(pattern) if p.is_dir())
+
+
+def as_text(rows: list[MethodSeed]) -> str:
+    """`rows` as aligned plain text (logs and pipes keep it whole) and a count of each state;
+    episodes per shots as kept/total where a scored method-seed in `rows` gives the total."""
+    shots = sorted({k for row in rows for k in row.episodes})
+    total = {k: max((r.episodes.get(k, 0) for r in rows if r.state == SCORED), default=0) for k in shots}
+    lines = [["method", "seed", "state", *(f"{k}-shot" for k in shots), "written", "note"]]
+    for row in rows:
+        counts = [
+            str(row.episodes.get(k, 0)) + ("" if row.state == SCORED or not total[k] else f"/{total[k]}") for k in shots
+        ]
+        note = row.problem or (row.holder or "" if row.state == SCORING else "")
+        if not note and row.state == SCORED and row.device != "cpu":
+            note = f"scored on {row.device}"
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))
+        lines.append([row.method, str(row.seed), row.state, *counts, written, note])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    done, live = sum(r.state == SCORED for r in rows), sum(r.state == SCORING for r in rows)
+    table.append(
+        f"{done} of {len(rows)} method-seeds scored, {live} being scored, {len(rows) - done - live} stopped midway"
+    )
+    return "\n".join(table)

@@ -1,0 +1,89 @@
+"""`fedmeta benchmark status`: where each method-seed of a scores directory stands, read from the
+real files `evaluate` leaves (scores, progress, claims held by a real process)."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from simulation.benchmark import Scores, write_scores
+from simulation.progress import Part, Progress
+from simulation.scoring_status import SCORED, SCORING, STOPPED, method_seeds
+
+IDENTITY = {"adapter": "FineTune", "model": "abc", "steps": 100}
+
+
+def _scored(directory, stem, episodes=(6, 6), device=None):
+    acc = {shots: np.full(n, 0.5) for shots, n in zip((1, 5), episodes)}
+    scores = Scores(stem, acc, dict(acc), {1: {"a": "d1"}, 5: {"a": "d5"}})
+    write_scores(directory / f"{stem}.json", scores, {**IDENTITY, **({"device": device} if device else {})})
+
+
+def _midway(directory, stem, kept):
+    """A progress file as a stopped scoring leaves it: `kept` episodes per (shots, site)."""
+    progress = Progress(directory / f"{stem}.progress.json", IDENTITY)
+    for (shots, site), n in kept.items():
+        progress.update(shots, site, f"digest-{shots}-{site}", {0: Part([0.5] * n, [0.6] * n, [])}, final=True)
+
+
+def _claim(directory, stem, pid):
+    (directory / f"{stem}.claim").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+
+
+def test_each_method_seed_is_scored_being_scored_or_stopped(tmp_path):
+    _scored(tmp_path, "fedavg+finetune-0")
+    _scored(tmp_path, "fomaml-0", device="cuda")
+    _midway(tmp_path, "fedavg+linear-probe-1", {(1, "a"): 3, (1, "b"): 3, (5, "a"): 2})
+    _midway(tmp_path, "fomaml-1", {(1, "a"): 4})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _claim(tmp_path, "fomaml-1", gone.pid)  # its process ended: stopped, not being scored
+    (tmp_path / "local-0.json").write_text("{not json")
+    (tmp_path / "headline.md").write_text("not a method-seed")
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        _claim(tmp_path, "fomaml-2", live.pid)  # claimed, no episode kept yet
+        _midway(tmp_path, "fomaml-2", {})
+        rows = {(r.method, r.seed): r for r in method_seeds(tmp_path)}
+    finally:
+        live.kill()
+        live.wait()
+
+    assert sorted(rows) == [
+        ("fedavg+finetune", 0),
+        ("fedavg+linear-probe", 1),
+        ("fomaml", 0),
+        ("fomaml", 1),
+        ("fomaml", 2),
+        ("local", 0),
+    ]
+    assert rows["fedavg+finetune", 0].state == SCORED and rows["fedavg+finetune", 0].episodes == {1: 6, 5: 6}
+    assert rows["fomaml", 0].device == "cuda"
+    probe = rows["fedavg+linear-probe", 1]
+    assert probe.state == STOPPED and probe.episodes == {1: 6, 5: 2} and probe.holder is None
+    assert rows["fomaml", 1].state == STOPPED and rows["fomaml", 1].episodes == {1: 4}
+    assert rows["fomaml", 2].state == SCORING and rows["fomaml", 2].holder == f"pid {live.pid} on this machine"
+    assert rows["local", 0].state == STOPPED and "delete it" in rows["local", 0].problem
+
+
+def test_the_command_reports_totals_and_names_a_wrong_out(tmp_path):
+    scores = tmp_path / "scores" / "new-hospital" / "heldout"
+    scores.mkdir(parents=True)
+    _scored(scores, "fedavg+finetune-0", episodes=(6, 6))
+    _midway(scores, "fomaml-0", {(1, "a"): 3, (1, "b"): 3, (5, "a"): 2})
+
+    def fedmeta(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "fedmeta", "benchmark", "status", *args], capture_output=True, text=True, timeout=120
+        )
+
+    done = fedmeta("--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("fomaml "))
+    assert line.split()[2:6] == ["stopped", "midway", "6/6", "2/6"]
+    assert "1 of 2 method-seeds scored, 0 being scored, 1 stopped midway" in done.stdout
+    assert fedmeta("--out", str(tmp_path), "--scenario", "new-classes").returncode == 2
+    missing = fedmeta("--out", str(tmp_path / "elsewhere"))
+    assert missing.returncode == 2 and "holds no scores" in missing.stderr and "--out" in missing.stderr
