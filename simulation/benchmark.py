@@ -176,6 +176,7 @@ def _score(
     at 5 shots on 2 CPU cores (docs/RESULTS.md). What `kept` holds is not scored again."""
     out: dict[int, Scores] = {}
     classes, labels = episodes.num_classes(), episodes.num_labels()
+    kept.plan({shots: sum(len(batch) for batch in by_site.values()) for shots, by_site in episodes.batches.items()})
     for shots, by_site in episodes.batches.items():
         parts: dict[str, dict[int, Part]] = {}
         for site in sorted(by_site):

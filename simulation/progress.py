@@ -49,6 +49,10 @@ class Progress:
         self.identity = json.loads(json.dumps(identity))  # as it reads back from JSON
         self._parts: dict[str, dict] = self._read()
         self._saved = time.monotonic()
+        # for `fedmeta benchmark status`: how many episodes this run is to score per shots (`plan`),
+        # and when it started from how many kept ones (its pace); not part of the match
+        self._planned: dict[str, int] = {}
+        self._run = {"started": time.time(), "kept": self.kept_episodes(self._parts)}
 
     def _read(self) -> dict[str, dict]:
         if self.path is None or not self.path.is_file():
@@ -58,6 +62,16 @@ class Progress:
         except (json.JSONDecodeError, UnicodeDecodeError):  # cannot be half-written, but a hand edit can break it
             return {}
         return data.get("parts", {}) if data.get("identity") == self.identity else {}
+
+    @staticmethod
+    def kept_episodes(parts: dict[str, dict]) -> int:
+        """Episodes the file's `parts` hold, over every shots and site (one key counted)."""
+        first: list[dict] = [next(iter(kept["keys"].values()), {}) for kept in parts.values()]
+        return sum(len(key.get("acc", [])) for key in first)
+
+    def plan(self, episodes: dict[int, int]) -> None:
+        """The episodes this run scores in all, per number of shots (kept ones included)."""
+        self._planned = {str(shots): n for shots, n in episodes.items()}
 
     @staticmethod
     def _where(shots: int, site: str) -> str:
@@ -91,7 +105,9 @@ class Progress:
             "keys": {str(key): vars(part) for key, part in parts.items()},
         }
         if self.path is not None and (final or time.monotonic() - self._saved >= SAVE_EVERY):
-            write_json(self.path, {"identity": self.identity, "parts": self._parts})
+            write_json(
+                self.path, {"identity": self.identity, "parts": self._parts, "planned": self._planned, "run": self._run}
+            )
             self._saved = time.monotonic()
 
 

@@ -32,6 +32,15 @@ class MethodSeed:
     device: str = "cpu"
     updated: float = 0.0
     problem: str = ""  # a file that cannot be read: what to do about it
+    planned: dict[int, int] = field(default_factory=dict)  # per shots, the episodes in all (a progress file says)
+    left_s: float | None = None  # being scored: seconds left at the pace of the run scoring it
+
+
+def _pace(data: dict, kept: int, written: float) -> float | None:
+    """Episodes per second the run that wrote a progress file (`data`) scored since it started."""
+    run = data.get("run") or {}
+    done, elapsed = kept - int(run.get("kept", kept)), written - float(run.get("started", written))
+    return done / elapsed if done > 0 and elapsed > 0 else None
 
 
 def _split(stem: str) -> tuple[str, int] | None:
@@ -76,6 +85,11 @@ def _state(name: str, seed: int, directory: Path, paths: list[Path]) -> MethodSe
             for (shots, _), parts in Progress.scored(partial).items():
                 kept = len(next(iter(parts.values())).acc) if parts else 0
                 row.episodes[shots] = row.episodes.get(shots, 0) + kept
+            data = json.loads(partial.read_text())
+            row.planned = {int(k): int(n) for k, n in (data.get("planned") or {}).items()}
+            pace = _pace(data, sum(row.episodes.values()), partial.stat().st_mtime)
+            if holder and pace and row.planned:
+                row.left_s = max(0.0, sum(row.planned.values()) - sum(row.episodes.values())) / pace
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError):
             row.problem = row.problem or f"{partial.name} cannot be read: delete it ({stem} starts over)"
     row.state = SCORING if holder else STOPPED
@@ -93,15 +107,20 @@ def scores_directories(out: Path, scenario: str | None = None) -> list[Path]:
 
 def as_text(rows: list[MethodSeed]) -> str:
     """`rows` as aligned plain text (logs and pipes keep it whole) and a count of each state;
-    episodes per shots as kept/total where a scored method-seed in `rows` gives the total."""
-    shots = sorted({k for row in rows for k in row.episodes})
-    total = {k: max((r.episodes.get(k, 0) for r in rows if r.state == SCORED), default=0) for k in shots}
+    episodes per shots as kept/total, the total from the method-seed's progress file (or another,
+    scored one), and the time a live scoring has left at its pace (every shots' episodes counted
+    alike: 5-shot ones take longer, so the estimate is low while it scores 1-shot ones)."""
+    shots = sorted({k for row in rows for k in (*row.episodes, *row.planned)})
+    scored = {k: max((r.episodes.get(k, 0) for r in rows if r.state == SCORED), default=0) for k in shots}
     lines = [["method", "seed", "state", *(f"{k}-shot" for k in shots), "written", "note"]]
     for row in rows:
+        total = {k: row.planned.get(k) or scored[k] for k in shots}
         counts = [
             str(row.episodes.get(k, 0)) + ("" if row.state == SCORED or not total[k] else f"/{total[k]}") for k in shots
         ]
         note = row.problem or (row.holder or "" if row.state == SCORING else "")
+        if row.left_s is not None:
+            note += f"; about {row.left_s / 60:.0f} min left at its pace so far"
         if not note and row.state == SCORED and row.device != "cpu":
             note = f"scored on {row.device}"
         written = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))

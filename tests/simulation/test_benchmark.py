@@ -1,6 +1,7 @@
 """The benchmark protocol: byte-identical episodes for every method, paired differences against
 a hand computation, tuning that never reads a held-out site, and every adapter on real models."""
 
+import json
 import math
 import subprocess
 import sys
@@ -93,9 +94,14 @@ def test_a_stopped_scoring_goes_on_from_its_last_kept_episode(scenario, tmp_path
     keep = tmp_path / "scores.progress.json"
     with pytest.raises(Stopped):  # the second site's 1-shot episodes: one done
         score(StopsAfter(model, steps=2, limit=4), episodes, keep=keep)
+    written = json.loads(keep.read_text())  # what `fedmeta benchmark status` reads: the run's size and start
+    assert written["planned"] == {"1": 6, "2": 6} and written["run"]["kept"] == 0
+    with pytest.raises(Stopped):  # resumed and stopped again after one more episode
+        score(StopsAfter(model, steps=2, limit=1), episodes, keep=keep)
+    assert json.loads(keep.read_text())["run"]["kept"] == 4  # its pace counts its own episodes only
     again = StopsAfter(model, steps=2)
     resumed = score(again, episodes, keep=keep)
-    assert again.adapted == 12 - 4
+    assert again.adapted == 12 - 5
     for field in ("acc", "auc", "confusion"):
         for shots in (1, 2):
             assert np.array_equal(getattr(resumed, field)[shots], getattr(whole, field)[shots]), (field, shots)

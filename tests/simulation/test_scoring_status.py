@@ -2,6 +2,7 @@
 real files `evaluate` leaves (scores, progress, claims held by a real process)."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 
 from simulation.benchmark import Scores, write_scores
 from simulation.progress import Part, Progress
-from simulation.scoring_status import SCORED, SCORING, STOPPED, method_seeds
+from simulation.scoring_status import SCORED, SCORING, STOPPED, as_text, method_seeds
 
 IDENTITY = {"adapter": "FineTune", "model": "abc", "steps": 100}
 
@@ -87,3 +88,31 @@ def test_the_command_reports_totals_and_names_a_wrong_out(tmp_path):
     assert fedmeta("--out", str(tmp_path), "--scenario", "new-classes").returncode == 2
     missing = fedmeta("--out", str(tmp_path / "elsewhere"))
     assert missing.returncode == 2 and "holds no scores" in missing.stderr and "--out" in missing.stderr
+
+
+def test_a_live_scoring_shows_its_total_and_time_left_at_its_pace(tmp_path):
+    """A run that started 60 s before its last write with 2 episodes kept and now holds 8 of 20
+    scores 0.1 episodes/s: 12 left take about 2 minutes."""
+    path = tmp_path / "fomaml-0.progress.json"
+    progress = Progress(path, IDENTITY)
+    progress.plan({1: 10, 5: 10})
+    progress.update(1, "a", "d", {0: Part([0.5] * 8, [0.6] * 8, [])}, final=True)
+    data = json.loads(path.read_text())
+    assert data["planned"] == {"1": 10, "5": 10}
+    written = path.stat().st_mtime
+    data["run"] = {"started": written - 60.0, "kept": 2}
+    path.write_text(json.dumps(data))
+    os.utime(path, (written, written))
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        _claim(tmp_path, "fomaml-0", live.pid)
+        (row,) = method_seeds(tmp_path)
+        text = as_text([row])
+    finally:
+        live.kill()
+        live.wait()
+    assert row.state == SCORING and row.planned == {1: 10, 5: 10} and row.episodes == {1: 8}
+    assert abs(row.left_s - 120.0) < 1e-6
+    assert "8/10" in text and "0/10" in text and "about 2 min left" in text
+    (row,) = method_seeds(tmp_path)  # its process gone: stopped, no time left to tell
+    assert row.state == STOPPED and row.left_s is None
