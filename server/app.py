@@ -17,7 +17,7 @@ from common.export import initial_params, save_meta_model
 from common.runconfig import RunConfig, parse_run_config
 from common.scenario import load_scenario
 from server.aggregation import Aggregation
-from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume
+from server.checkpoint import CHECKPOINT, Checkpoint, config_changes, config_hash, prepare_resume, restore_history
 from server.fedmeta import FedMeta
 from server.optimizer import OuterOptimizer
 from server.privacy import Privacy
@@ -166,8 +166,6 @@ def _resume(path: Path, cfg, run_config: dict, strategy: FedMeta, recorder: Reco
     if strategy.aggregation.privacy is not None and checkpoint.privacy is not None:
         strategy.aggregation.privacy.accountant.load_state_dict(checkpoint.privacy)
     torch.set_rng_state(checkpoint.rng)
-    # rounds after the checkpoint (recorded before the crash, never checkpointed) run again: drop them
-    recorder.results["rounds"] = [r for r in checkpoint.history["rounds"] if r["round"] <= checkpoint.round]
-    recorder.results["resumed"] = [*checkpoint.history.get("resumed", []), {"after_round": checkpoint.round}]
+    restore_history(recorder.results, checkpoint)
     log(INFO, "resuming after round %d of %d from %s", checkpoint.round, cfg.train.num_server_rounds, path)
     return checkpoint.round + 1

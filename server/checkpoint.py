@@ -186,6 +186,14 @@ def prepare_resume(
     return checkpoint
 
 
+def restore_history(results: dict, checkpoint: Checkpoint) -> None:
+    """A resumed run's results (the Recorder's) as the checkpoint left them: rounds recorded after
+    it (before the crash, never checkpointed) run again, so they are dropped, and the resumption
+    is noted."""
+    results["rounds"] = [r for r in checkpoint.history["rounds"] if r["round"] <= checkpoint.round]
+    results["resumed"] = [*checkpoint.history.get("resumed", []), {"after_round": checkpoint.round}]
+
+
 def param_misfits(saved: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]) -> list[str]:
     """Each meta-parameter that is missing, extra, or another shape in `saved` than in `template`."""
     out = [f"{k} is missing" for k in sorted(template.keys() - saved.keys())]

@@ -7,7 +7,11 @@
 - `local` (or `local-<algorithm>`): what a held-out site could do alone. Each held-out site meta-trains the run's
   algorithm on its own train split only, for as many steps as the federation has rounds.
 
-Both write results in the federated format (results.json, metrics.csv, plots).
+Both write results in the federated format (results.json, metrics.csv, plots). The centralized
+learner keeps the coordinator's checkpoint (`server.checkpoint`: meta-parameters, optimizer
+moments, RNG state, results so far) after every round, so a run stopped midway continues with
+`--resume` to the same weights as an unbroken one; the local one (minutes, at the held-out sites
+only) keeps none and starts again.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from common.protocol import evaluate_site, evaluation_tasks
 from common.runconfig import RunConfig, flat_run_config
 from common.scenario import SiteData, load_scenario, load_site
 from common.tasks import EpisodeSampler, HospitalSampler, site_generator
+from server.checkpoint import CHECKPOINT, Checkpoint, prepare_resume, restore_history
 from server.optimizer import OuterOptimizer
 from server.report import Recorder
 
@@ -76,12 +81,25 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         for s in sites
     ]
     out_dir = Path(cfg.train.out_dir)
-    recorder = Recorder(out_dir, flat_run_config(cfg), cfg.data.scenario, f"{kind}-{cfg.meta.algorithm}", rows)
-    train_ids = scenario.training_sites
     if kind == "local" and not cfg.train.eval_heldout:
         raise ValueError(
             "the local baseline is scored at the held-out sites only: it cannot run with eval-heldout=false"
         )
+    if kind == "local" and cfg.train.resume:
+        raise ValueError(
+            "the local baseline keeps no checkpoint (it trains at the held-out sites only, in minutes): "
+            "run it again without --resume"
+        )
+    run_config = flat_run_config(cfg)
+    checkpoint_path = out_dir / CHECKPOINT
+    # before anything is written: refuses to overwrite an earlier run's checkpoint, or to resume another config
+    checkpoint = (
+        prepare_resume(checkpoint_path, run_config, cfg.train.resume, cfg.train.force_resume, template=init)
+        if kind == "centralized"
+        else None
+    )
+    recorder = Recorder(out_dir, run_config, cfg.data.scenario, f"{kind}-{cfg.meta.algorithm}", rows)
+    train_ids = scenario.training_sites
     if kind == "centralized":
         sources = _pooled_sources(sites, train_ids, scenario.tasks, cfg)
         scored = [i for i, s in enumerate(sites) if cfg.train.eval_heldout or s.spec.role != "heldout"]
@@ -94,8 +112,14 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     # the coordinator's own outer optimizer and schedule, one per learner
     state = {name: OuterOptimizer(init, cfg.train.outer_optimizer, cfg.train.outer_lr) for name in learners}
     augmenter = Augmenter.from_text(cfg.train.augment, model_config.spatial_dims, cfg.train.seed)
+    first_round = 1
+    if checkpoint is not None:  # every round's tasks come from (seed, site, round): the rest as if unbroken
+        state["pooled"].restore(checkpoint.params, checkpoint.optimizer)
+        torch.set_rng_state(checkpoint.rng)
+        restore_history(recorder.results, checkpoint)
+        first_round = checkpoint.round + 1
     start = time.monotonic()
-    for server_round in range(1, cfg.train.num_server_rounds + 1):
+    for server_round in range(first_round, cfg.train.num_server_rounds + 1):
         round_start = time.monotonic()
         train_metrics = {}
         for name, (sources, _) in learners.items():
@@ -124,6 +148,11 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
         recorder.train(server_round, train_metrics, seconds=time.monotonic() - round_start)
         if server_round % cfg.train.eval_every == 0 or server_round == cfg.train.num_server_rounds:
             recorder.evaluate(server_round, *_evaluate(algorithm, state, learners, sites, cfg, cfg.episode, device))
+        if kind == "centralized":
+            params, optimizer = state["pooled"].state()
+            Checkpoint(server_round, params, optimizer, torch.get_rng_state(), recorder.results, run_config).write(
+                checkpoint_path
+            )
     for k in cfg.train.final_shots():
         shots = replace(cfg.episode, shots=k)
         recorder.evaluate_shots(k, *_evaluate(algorithm, state, learners, sites, cfg, shots, device))

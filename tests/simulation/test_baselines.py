@@ -134,3 +134,41 @@ def test_augmentation_changes_what_a_baseline_learns_and_is_reproducible(tmp_pat
     plain, a, b = trained("plain", ""), trained("a", "flip,shift"), trained("b", "flip,shift")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], plain[k]) for k in a)
+
+
+def test_a_centralized_run_stopped_midway_resumes_to_the_unbroken_weights(tmp_path):
+    """A checkpoint after every round: a run that stopped after round 2 of 3 continues with resume
+    to the weights and history of a run that was never stopped; resuming is refused where it
+    cannot be right (no checkpoint to continue, another config, the local baseline), and a new run
+    does not overwrite an earlier one's checkpoint."""
+    from safetensors.torch import load_file
+
+    from server.checkpoint import CHECKPOINT
+
+    def run(out: str, rounds: int, **more):
+        cfg = parse_run_config({**TINY, "num-server-rounds": rounds, "out-dir": str(tmp_path / out), **more})
+        return run_baseline("centralized", cfg)
+
+    run("whole", 3)
+    run("stopped", 2)  # the last checkpoint a stopped run leaves is its round 2
+    assert (tmp_path / "stopped" / CHECKPOINT).is_file()
+    before = json.loads((tmp_path / "stopped" / "results.json").read_text())["rounds"]
+    resumed = run("stopped", 3, resume=True)
+    assert resumed["rounds"][:2] == before[:2]  # kept, to their timings: rounds 1 and 2 did not run again
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    again = load_file(tmp_path / "stopped" / "model" / "model.safetensors")
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3] and resumed["resumed"] == [{"after_round": 2}]
+    on_disk = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert resumed["rounds"][2]["train"] == on_disk["rounds"][2]["train"]  # round 3's meta-loss, as unbroken
+
+    earlier = (tmp_path / "stopped" / "results.json").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run("stopped", 3)  # a new run in that directory
+    with pytest.raises(ValueError, match="another config"):
+        run("stopped", 4, resume=True, **{"outer-lr": 0.5})
+    assert (tmp_path / "stopped" / "results.json").read_text() == earlier  # refused before writing anything
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run("fresh", 3, resume=True)
+    with pytest.raises(ValueError, match="local baseline keeps no checkpoint"):
+        run_baseline("local", parse_run_config({**TINY, "out-dir": str(tmp_path / "local"), "resume": True}))
