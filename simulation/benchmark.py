@@ -214,6 +214,25 @@ WAIT = 5.0  # seconds between looks at a method-seed that another process is sco
 REMIND = 600.0  # seconds between reminders of what this process is waiting for
 
 
+def crowded(directory: Path, device: torch.device) -> str | None:
+    """What to say when this process computes on the CPU with more than one thread while another
+    process on this machine scores into `directory` (a live claim): threads beyond a process's
+    share of the cores wait on each other, and a 2-thread evaluation beside a busy 1-thread one
+    ran 20x slower than alone (docs/BENCHMARKS.md). None when nothing is wrong."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        return None
+    for path in sorted(Path(directory).glob("*.claim")):
+        holder = Claim(path).holder()
+        if holder and holder.endswith("on this machine"):
+            return (
+                f"{holder} is scoring here too and this process computes on {threads} threads: beside another busy "
+                "process that can make it many times slower (20x measured, docs/BENCHMARKS.md). Run every process "
+                "sharing these cores with OMP_NUM_THREADS=1 (two one-thread processes use 2 cores best)"
+            )
+    return None
+
+
 def score_methods(
     adapters: Mapping[str, list[Adapter]],
     episodes: Episodes,
@@ -232,6 +251,7 @@ def score_methods(
     todo = [(name, seed) for name, runs in adapters.items() for seed in range(len(runs))]
     done: dict[tuple[str, int], Scores] = {}
     told: dict[tuple[str, int], float] = {}  # when this process last said it waits for a method-seed
+    warned = False
     while todo:
         waiting = []
         for name, seed in todo:
@@ -242,7 +262,12 @@ def score_methods(
             kept = None if rescore else kept_scores(path, identity, episodes, accept)
             if kept is None:
                 claim = Claim(path.with_name(f"{path.stem}.claim"))
-                if not claim.take():
+                taken = claim.take()
+                warning = None if warned else crowded(directory, adapter.device)
+                if warning:
+                    say(f"warning: {warning}")
+                    warned = True
+                if not taken:
                     if time.monotonic() - told.get((name, seed), -REMIND) >= REMIND:
                         say(f"{name} (seed {seed}): being scored by {claim.holder()}; waiting for its scores")
                         told[name, seed] = time.monotonic()

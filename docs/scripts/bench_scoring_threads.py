@@ -1,9 +1,11 @@
 """How to spend 2 CPU cores on the benchmark's scoring: one process with two threads, or two
 processes with one thread each (what `headline.sh` can run side by side: the meta-models' and
 the baselines' scoring). Times FedAvg + fine-tune (100 steps, lr 3e-5) on 5 one-shot validation
-episodes of new-hospital, after one warm-up episode, in three settings run in turn: 2 threads,
-1 thread, and two 1-thread processes at once. Prints seconds per episode and the throughput
-ratio of two 1-thread processes to one 2-thread process.
+episodes of new-hospital, after one warm-up episode, in four settings run in turn: 2 threads,
+1 thread, two 1-thread processes at once, and the mistake to avoid: a 2-thread process beside a
+1-thread one (kept busy until it is done), as when a 2-thread training or scoring runs beside a
+one-thread scorer. Prints seconds per episode, the throughput ratio of two 1-thread processes
+to one 2-thread process, and how much slower the 2-thread process is beside a busy core.
 
     .venv/bin/python docs/scripts/bench_scoring_threads.py MODEL_DIR [DATA_DIR]
 
@@ -21,8 +23,8 @@ from pathlib import Path
 EPISODES = 5
 
 
-def one(model: str, data: str, threads: int) -> float:
-    """Seconds per episode, in this process at `threads` threads."""
+def one(model: str, data: str, threads: int, episodes_: int = EPISODES) -> float:
+    """Seconds per episode, in this process at `threads` threads, over `episodes_` episodes."""
     import torch
 
     from simulation.adapters import FineTune
@@ -34,9 +36,9 @@ def one(model: str, data: str, threads: int) -> float:
     adapter = FineTune(Path(model), steps=100, lr=3e-5)
     adapter.logits(episodes[0], drawn.num_classes())  # warm-up
     start = time.perf_counter()
-    for episode in episodes[1:]:
-        adapter.logits(episode, drawn.num_classes())
-    return (time.perf_counter() - start) / EPISODES
+    for i in range(episodes_):
+        adapter.logits(episodes[1 + i % EPISODES], drawn.num_classes())
+    return (time.perf_counter() - start) / episodes_
 
 
 def run(model: str, data: str, threads: int, copies: int = 1) -> list[float]:
@@ -45,19 +47,34 @@ def run(model: str, data: str, threads: int, copies: int = 1) -> list[float]:
     return [float(child.communicate()[0]) for child in children]
 
 
+def beside_busy_core(model: str, data: str) -> float:
+    """Seconds per episode of a 2-thread process while a 1-thread one scores beside it throughout."""
+    neighbour = subprocess.Popen(
+        [sys.executable, __file__, model, data, "--child", "1", "100000"], stdout=subprocess.DEVNULL
+    )
+    try:
+        return run(model, data, 2)[0]
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+
+
 def main() -> None:
     if "--child" in sys.argv:
-        print(one(sys.argv[1], sys.argv[2], int(sys.argv[4])))
+        print(one(sys.argv[1], sys.argv[2], int(sys.argv[4]), *(int(a) for a in sys.argv[5:6])))
         return
     model, data = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "../shared/data/medmnist"
     two_threads = run(model, data, 2)[0]
     one_thread = run(model, data, 1)[0]
     side_by_side = run(model, data, 1, copies=2)
+    oversubscribed = beside_busy_core(model, data)
     print(f"one process, 2 threads: {two_threads:.2f} s/episode")
     print(f"one process, 1 thread:  {one_thread:.2f} s/episode")
     print(f"two 1-thread processes at once: {side_by_side[0]:.2f} and {side_by_side[1]:.2f} s/episode")
     throughput = sum(1 / s for s in side_by_side) / (1 / two_threads)
     print(f"throughput, two 1-thread processes / one 2-thread process: {throughput:.2f}x")
+    print(f"a 2-thread process beside a busy 1-thread one: {oversubscribed:.2f} s/episode")
+    print(f"slowdown, 2 threads beside a busy core / 2 threads alone: {oversubscribed / two_threads:.1f}x")
 
 
 if __name__ == "__main__":

@@ -784,3 +784,35 @@ def test_the_cli_refuses_an_unknown_device_to_accept(scenario, tmp_path):
     result = CliRunner().invoke(app, [*command, "--accept-device", "tpu"])
     assert result.exit_code != 0 and "--accept-device tpu" in result.output and "cpu or cuda" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_multi_thread_scoring_beside_another_process_is_told_to_use_one_thread(scenario, tmp_path):
+    """Two processes sharing the cores, one of them on 2 threads, ran 20x slower than alone: a
+    process that finds another live scorer here while it computes on more than one thread says
+    so, once, with the fix; on one thread, or with nobody else scoring, it says nothing."""
+    import socket
+    import subprocess
+
+    from simulation.benchmark import score_methods
+
+    model = saved(tmp_path, "fedavg")
+    episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=4))
+    threads = torch.get_num_threads()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        for count, busy, expected in ((2, True, 1), (1, True, 0), (2, False, 0)):
+            directory = tmp_path / f"scores-{count}-{busy}"
+            directory.mkdir()
+            if busy:  # another process on this machine holds another method-seed's claim
+                (directory / "other-0.claim").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+            said: list[str] = []
+            torch.set_num_threads(count)
+            adapters = {"a": [StopsAfter(model, steps=1)], "b": [StopsAfter(model, steps=1)]}
+            score_methods(adapters, episodes, directory, say=said.append)
+            warnings = [line for line in said if line.startswith("warning:")]
+            assert len(warnings) == expected, (count, busy, said)
+            assert all(f"pid {other.pid} on this machine" in w and "OMP_NUM_THREADS=1" in w for w in warnings)
+    finally:
+        torch.set_num_threads(threads)
+        other.kill()
+        other.wait()
