@@ -217,8 +217,9 @@ REMIND = 600.0  # seconds between reminders of what this process is waiting for
 def crowded(directory: Path, device: torch.device) -> str | None:
     """What to say when this process computes on the CPU with more than one thread while another
     process on this machine scores into `directory` (a live claim): threads beyond a process's
-    share of the cores wait on each other, and a 2-thread evaluation beside a busy 1-thread one
-    ran 20x slower than alone (docs/BENCHMARKS.md). None when nothing is wrong."""
+    share of the cores wait on each other: a 2-thread fine-tuning beside a busy 1-thread one ran
+    2.8x slower than alone, a 2-thread FOMAML evaluation beside two busy processes 22x slower
+    (docs/BENCHMARKS.md). None when nothing is wrong."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         return None
@@ -227,8 +228,8 @@ def crowded(directory: Path, device: torch.device) -> str | None:
         if holder and holder.endswith("on this machine"):
             return (
                 f"{holder} is scoring here too and this process computes on {threads} threads: beside another busy "
-                "process that can make it many times slower (20x measured, docs/BENCHMARKS.md). Run every process "
-                "sharing these cores with OMP_NUM_THREADS=1 (two one-thread processes use 2 cores best)"
+                "process that makes it several times slower (2.8x to 22x measured, docs/BENCHMARKS.md). Run "
+                "every process sharing these cores with OMP_NUM_THREADS=1 (two one-thread processes use 2 cores best)"
             )
     return None
 

@@ -36,9 +36,9 @@
 # stopped midway, the episodes it had scored (NAME-SEED.progress.json there; tuning keeps its
 # own in OUT_DIR/<scenario>/tuned.progress/). On 2 cores, two scoring processes with
 # OMP_NUM_THREADS=1 score 1.42x as fast as one with two threads: run this script with
-# OMP_NUM_THREADS=1 (its training and tuning too: a 2-thread process beside a busy core ran 20x
-# slower than alone, and `evaluate` warns when it finds itself so placed) and, beside it, `fedmeta benchmark evaluate` with the same --supervised
-# models, --tuned and --out (the baselines); each method-seed is claimed by the process scoring
+# OMP_NUM_THREADS=1 (its training and tuning too: a 2-thread process beside busy cores ran 2.8x
+# to 22x slower than alone, and `evaluate` warns when it finds itself so placed) and, beside it,
+# `fedmeta benchmark evaluate` with the same --supervised models, --tuned and --out (the baselines); each method-seed is claimed by the process scoring
 # it (NAME-SEED.claim), and the other takes its scores instead of scoring it twice.
 set -euo pipefail
 DATA=${1:-../shared/data/medmnist}

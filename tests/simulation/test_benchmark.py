@@ -787,7 +787,7 @@ def test_the_cli_refuses_an_unknown_device_to_accept(scenario, tmp_path):
 
 
 def test_a_multi_thread_scoring_beside_another_process_is_told_to_use_one_thread(scenario, tmp_path):
-    """Two processes sharing the cores, one of them on 2 threads, ran 20x slower than alone: a
+    """Two processes sharing the cores, one of them on 2 threads, ran 2.8x to 22x slower than alone: a
     process that finds another live scorer here while it computes on more than one thread says
     so, once, with the fix; on one thread, or with nobody else scoring, it says nothing."""
     import socket
