@@ -82,10 +82,10 @@ def _state(name: str, seed: int, directory: Path, paths: list[Path]) -> MethodSe
             row.problem = f"{scores.name} cannot be read: delete it to score {stem} again"
     if partial.is_file():
         try:
-            for (shots, _), parts in Progress.scored(partial).items():
-                kept = len(next(iter(parts.values())).acc) if parts else 0
-                row.episodes[shots] = row.episodes.get(shots, 0) + kept
-            data = json.loads(partial.read_text())
+            data = json.loads(partial.read_text())  # read once: its parts, plan and pace
+            for where, kept in data["parts"].items():
+                shots = int(where.split("/", 1)[0])
+                row.episodes[shots] = row.episodes.get(shots, 0) + Progress.kept_episodes({where: kept})
             row.planned = {int(k): int(n) for k, n in (data.get("planned") or {}).items()}
             pace = _pace(data, sum(row.episodes.values()), partial.stat().st_mtime)
             if holder and pace and row.planned:
