@@ -34,7 +34,7 @@ from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
-from simulation.progress import Claim, Part, Progress
+from simulation.progress import Claim, Part, Progress, ScoreFiles
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -258,11 +258,12 @@ def score_methods(
         for name, seed in todo:
             adapter = adapters[name][seed]
             adapter.name = name
-            path = directory / f"{name}-{seed}.json"
+            files = ScoreFiles(directory, name, seed)
+            path = files.scores
             identity = adapter.identity()
             kept = None if rescore else kept_scores(path, identity, episodes, accept)
             if kept is None:
-                claim = Claim(path.with_name(f"{path.stem}.claim"))
+                claim = Claim(files.claim)
                 taken = claim.take()
                 warning = None if warned else crowded(directory, adapter.device)
                 if warning:
@@ -277,7 +278,7 @@ def score_methods(
                 try:
                     kept = None if rescore else kept_scores(path, identity, episodes, accept)  # written meanwhile?
                     if kept is None:
-                        done[name, seed] = _score_and_write(adapter, episodes, path, rescore, say)
+                        done[name, seed] = _score_and_write(adapter, episodes, files, rescore, say)
                         continue
                 finally:
                     claim.release()
@@ -292,16 +293,15 @@ def score_methods(
 
 
 def _score_and_write(
-    adapter: Adapter, episodes: Episodes, path: Path, rescore: bool, say: Callable[[str], None]
+    adapter: Adapter, episodes: Episodes, files: ScoreFiles, rescore: bool, say: Callable[[str], None]
 ) -> Scores:
-    """Score `adapter` (from the episodes a stopped run kept beside `path`, unless `rescore`) and
-    write its scores to `path`; the progress file goes once they are there."""
-    partial = path.with_name(f"{path.stem}.progress.json")
+    """Score `adapter` (from the episodes a stopped run kept in `files.progress`, unless `rescore`)
+    and write its scores to `files.scores`; the progress file goes once they are there."""
     if rescore:
-        partial.unlink(missing_ok=True)
-    scores = score(adapter, episodes, say, keep=partial)
-    write_scores(path, scores, adapter.identity())
-    partial.unlink(missing_ok=True)
+        files.progress.unlink(missing_ok=True)
+    scores = score(adapter, episodes, say, keep=files.progress)
+    write_scores(files.scores, scores, adapter.identity())
+    files.progress.unlink(missing_ok=True)
     return scores
 
 

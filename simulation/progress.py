@@ -111,6 +111,43 @@ class Progress:
             self._saved = time.monotonic()
 
 
+@dataclass(frozen=True)
+class ScoreFiles:
+    """The files one method-seed can leave in a scores directory, and the one place their names are
+    made: NAME-SEED.json (its scores), NAME-SEED.progress.json (the episodes a run stopped midway or
+    under way has kept), NAME-SEED.claim (the process scoring it). NAME may hold '-' itself
+    (fedavg+linear-probe-0)."""
+
+    directory: Path
+    name: str
+    seed: int
+
+    SUFFIXES = (".progress.json", ".json", ".claim")  # longest first: .progress.json ends in .json too
+
+    @property
+    def stem(self) -> str:
+        return f"{self.name}-{self.seed}"
+
+    @property
+    def scores(self) -> Path:
+        return self.directory / f"{self.stem}.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.directory / f"{self.stem}.progress.json"
+
+    @property
+    def claim(self) -> Path:
+        return self.directory / f"{self.stem}.claim"
+
+    @classmethod
+    def of(cls, path: Path) -> ScoreFiles | None:
+        """The method-seed whose file `path` is; None for any other file."""
+        stem = next((path.name[: -len(end)] for end in cls.SUFFIXES if path.name.endswith(end)), "")
+        name, sep, seed = stem.rpartition("-")
+        return cls(path.parent, name, int(seed)) if sep and name and seed.isdigit() else None
+
+
 class Claim:
     """A method-seed being scored by one process: `path` holds its pid and host. Taken atomically
     (the file is created only if absent); a claim whose process is gone (same host, pid not alive)

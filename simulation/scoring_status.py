@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulation.progress import Claim, Progress
+from simulation.progress import Claim, Progress, ScoreFiles
 
 SCORED, SCORING, STOPPED = "scored", "scoring", "stopped midway"
 
@@ -43,34 +43,20 @@ def _pace(data: dict, kept: int, written: float) -> float | None:
     return done / elapsed if done > 0 and elapsed > 0 else None
 
 
-def _split(stem: str) -> tuple[str, int] | None:
-    """NAME-SEED (the name may hold '-' itself: fedavg+linear-probe-0), else None."""
-    name, sep, seed = stem.rpartition("-")
-    return (name, int(seed)) if sep and name and seed.isdigit() else None
-
-
-def _stem(path: Path) -> str:
-    for suffix in (".progress.json", ".json", ".claim"):
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return ""
-
-
 def method_seeds(directory: Path) -> list[MethodSeed]:
     """Every method-seed `directory` holds a file of, by method then seed."""
     found: dict[tuple[str, int], list[Path]] = {}
     for path in sorted(Path(directory).iterdir()):
-        key = _split(_stem(path)) if path.is_file() else None
-        if key is not None:
-            found.setdefault(key, []).append(path)
-    return [_state(name, seed, Path(directory), paths) for (name, seed), paths in sorted(found.items())]
+        files = ScoreFiles.of(path) if path.is_file() else None
+        if files is not None:
+            found.setdefault((files.name, files.seed), []).append(path)
+    return [_state(ScoreFiles(Path(directory), name, seed), paths) for (name, seed), paths in sorted(found.items())]
 
 
-def _state(name: str, seed: int, directory: Path, paths: list[Path]) -> MethodSeed:
-    stem = f"{name}-{seed}"
-    scores, partial = directory / f"{stem}.json", directory / f"{stem}.progress.json"
-    holder = Claim(directory / f"{stem}.claim").holder()
-    row = MethodSeed(name, seed, STOPPED, holder=holder, updated=max(p.stat().st_mtime for p in paths))
+def _state(files: ScoreFiles, paths: list[Path]) -> MethodSeed:
+    scores, partial = files.scores, files.progress
+    holder = Claim(files.claim).holder()
+    row = MethodSeed(files.name, files.seed, STOPPED, holder=holder, updated=max(p.stat().st_mtime for p in paths))
     if scores.is_file():
         try:
             data = json.loads(scores.read_text())
@@ -79,7 +65,7 @@ def _state(name: str, seed: int, directory: Path, paths: list[Path]) -> MethodSe
             row.state = SCORING if holder else SCORED  # a rescore in progress keeps the old file till done
             return row
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-            row.problem = f"{scores.name} cannot be read: delete it to score {stem} again"
+            row.problem = f"{scores.name} cannot be read: delete it to score {files.stem} again"
     if partial.is_file():
         try:
             data = json.loads(partial.read_text())  # read once: its parts, plan and pace
@@ -91,7 +77,7 @@ def _state(name: str, seed: int, directory: Path, paths: list[Path]) -> MethodSe
             if holder and pace and row.planned:
                 row.left_s = max(0.0, sum(row.planned.values()) - sum(row.episodes.values())) / pace
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError):
-            row.problem = row.problem or f"{partial.name} cannot be read: delete it ({stem} starts over)"
+            row.problem = row.problem or f"{partial.name} cannot be read: delete it ({files.stem} starts over)"
     row.state = SCORING if holder else STOPPED
     return row
 

@@ -1,5 +1,10 @@
 """Shared fixtures of the simulation tests."""
 
+import json
+import socket
+import subprocess
+from pathlib import Path
+
 import pytest
 
 # a scenario with every role: two synthetic sites each for training, validation and held-out
@@ -32,3 +37,22 @@ def scenario(tmp_path) -> str:
     path = tmp_path / "tiny-roles.toml"
     path.write_text(SCENARIO)
     return str(path)
+
+
+@pytest.fixture
+def claimant():
+    """Claims held by real processes on this machine: `claimant(path)` starts one (a `sleep`), writes
+    its claim file at `path` (a `Claim`'s format) and returns it; kill and wait for it to make the
+    claim stale. Every process it started is stopped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def hold(path: Path) -> subprocess.Popen:
+        process = subprocess.Popen(["sleep", "60"])
+        started.append(process)
+        path.write_text(json.dumps({"pid": process.pid, "host": socket.gethostname()}))
+        return process
+
+    yield hold
+    for process in started:
+        process.kill()
+        process.wait()

@@ -117,24 +117,19 @@ def test_a_stopped_scoring_goes_on_from_its_last_kept_episode(scenario, tmp_path
     assert same.adapted == 12
 
 
-def test_a_claim_is_held_by_a_live_process_and_taken_over_when_it_is_gone(tmp_path):
+def test_a_claim_is_held_by_a_live_process_and_taken_over_when_it_is_gone(tmp_path, claimant):
     import json
-    import socket
-    import subprocess
 
     from simulation.progress import Claim
 
     path = tmp_path / "fedavg+finetune-0.claim"
-    other = subprocess.Popen(["sleep", "60"])
-    try:
-        path.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
-        claim = Claim(path)
-        assert not claim.take() and claim.holder() == f"pid {other.pid} on this machine"
-        claim.release()  # never removes another process's claim
-        assert path.is_file()
-    finally:
-        other.kill()
-        other.wait()
+    other = claimant(path)
+    claim = Claim(path)
+    assert not claim.take() and claim.holder() == f"pid {other.pid} on this machine"
+    claim.release()  # never removes another process's claim
+    assert path.is_file()
+    other.kill()
+    other.wait()
     assert claim.holder() is None and claim.take()  # stale: taken over
     assert json.loads(path.read_text())["pid"] != other.pid
     claim.release()
@@ -144,14 +139,12 @@ def test_a_claim_is_held_by_a_live_process_and_taken_over_when_it_is_gone(tmp_pa
 
 
 @pytest.mark.parametrize("other_finishes", [True, False])
-def test_a_method_seed_another_process_is_scoring_is_left_to_it(scenario, tmp_path, monkeypatch, other_finishes):
+def test_a_method_seed_another_process_is_scoring_is_left_to_it(
+    scenario, tmp_path, monkeypatch, claimant, other_finishes
+):
     """Two evaluations sharing a scores directory: the one that finds a method-seed claimed scores
     the rest first and then takes the other's scores once written (it does not score them again),
     or scores it itself if the other process stopped without them."""
-    import json
-    import socket
-    import subprocess
-
     from simulation.benchmark import score_methods, write_scores
 
     monkeypatch.setattr(benchmark, "WAIT", 0.05)
@@ -160,9 +153,8 @@ def test_a_method_seed_another_process_is_scoring_is_left_to_it(scenario, tmp_pa
     directory = tmp_path / "scores"
     adapters = {"first": [StopsAfter(model, steps=1)], "second": [StopsAfter(model, steps=2)]}
     theirs = score(StopsAfter(model, steps=1, name="first"), episodes)  # what the other process writes
-    holder = subprocess.Popen(["sleep", "60"])
     directory.mkdir()
-    (directory / "first-0.claim").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+    holder = claimant(directory / "first-0.claim")
     said: list[str] = []
 
     def say(line: str) -> None:
@@ -174,11 +166,7 @@ def test_a_method_seed_another_process_is_scoring_is_left_to_it(scenario, tmp_pa
             holder.kill()
             holder.wait()
 
-    try:
-        methods = score_methods(adapters, episodes, directory, say=say)
-    finally:
-        holder.kill()
-        holder.wait()
+    methods = score_methods(adapters, episodes, directory, say=say)
     waited = next(i for i, line in enumerate(said) if "being scored by" in line)
     second_done = next(i for i, line in enumerate(said) if line.startswith("second:") and "done" in line)
     assert waited < second_done  # the rest was scored while the claim was held
@@ -786,25 +774,21 @@ def test_the_cli_refuses_an_unknown_device_to_accept(scenario, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_multi_thread_scoring_beside_another_process_is_told_to_use_one_thread(scenario, tmp_path):
+def test_a_multi_thread_scoring_beside_another_process_is_told_to_use_one_thread(scenario, tmp_path, claimant):
     """Two processes sharing the cores, one of them on 2 threads, ran 2.8x to 22x slower than alone: a
     process that finds another live scorer here while it computes on more than one thread says
     so, once, with the fix; on one thread, or with nobody else scoring, it says nothing."""
-    import socket
-    import subprocess
-
     from simulation.benchmark import score_methods
 
     model = saved(tmp_path, "fedavg")
     episodes = draw_episodes(Protocol(scenario, shots=(2,), queries=3, episodes=4))
     threads = torch.get_num_threads()
-    other = subprocess.Popen(["sleep", "60"])
     try:
         for count, busy, expected in ((2, True, 1), (1, True, 0), (2, False, 0)):
             directory = tmp_path / f"scores-{count}-{busy}"
             directory.mkdir()
             if busy:  # another process on this machine holds another method-seed's claim
-                (directory / "other-0.claim").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+                other = claimant(directory / "other-0.claim")
             said: list[str] = []
             torch.set_num_threads(count)
             adapters = {"a": [StopsAfter(model, steps=1)], "b": [StopsAfter(model, steps=1)]}
@@ -814,5 +798,3 @@ def test_a_multi_thread_scoring_beside_another_process_is_told_to_use_one_thread
             assert all(f"pid {other.pid} on this machine" in w and "OMP_NUM_THREADS=1" in w for w in warnings)
     finally:
         torch.set_num_threads(threads)
-        other.kill()
-        other.wait()

@@ -3,14 +3,13 @@ real files `evaluate` leaves (scores, progress, claims held by a real process)."
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
 from simulation.benchmark import Scores, write_scores
-from simulation.progress import Part, Progress
+from simulation.progress import Part, Progress, ScoreFiles
 from simulation.scoring_status import SCORED, SCORING, STOPPED, as_text, method_seeds
 
 IDENTITY = {"adapter": "FineTune", "model": "abc", "steps": 100}
@@ -29,28 +28,19 @@ def _midway(directory, stem, kept):
         progress.update(shots, site, f"digest-{shots}-{site}", {0: Part([0.5] * n, [0.6] * n, [])}, final=True)
 
 
-def _claim(directory, stem, pid):
-    (directory / f"{stem}.claim").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-
-
-def test_each_method_seed_is_scored_being_scored_or_stopped(tmp_path):
+def test_each_method_seed_is_scored_being_scored_or_stopped(tmp_path, claimant):
     _scored(tmp_path, "fedavg+finetune-0")
     _scored(tmp_path, "fomaml-0", device="cuda")
     _midway(tmp_path, "fedavg+linear-probe-1", {(1, "a"): 3, (1, "b"): 3, (5, "a"): 2})
     _midway(tmp_path, "fomaml-1", {(1, "a"): 4})
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    _claim(tmp_path, "fomaml-1", gone.pid)  # its process ended: stopped, not being scored
+    gone = claimant(tmp_path / "fomaml-1.claim")
+    gone.kill()
+    gone.wait()  # its process ended: stopped, not being scored
     (tmp_path / "local-0.json").write_text("{not json")
     (tmp_path / "headline.md").write_text("not a method-seed")
-    live = subprocess.Popen(["sleep", "60"])
-    try:
-        _claim(tmp_path, "fomaml-2", live.pid)  # claimed, no episode kept yet
-        _midway(tmp_path, "fomaml-2", {})
-        rows = {(r.method, r.seed): r for r in method_seeds(tmp_path)}
-    finally:
-        live.kill()
-        live.wait()
+    live = claimant(tmp_path / "fomaml-2.claim")  # claimed, no episode kept yet
+    _midway(tmp_path, "fomaml-2", {})
+    rows = {(r.method, r.seed): r for r in method_seeds(tmp_path)}
 
     assert sorted(rows) == [
         ("fedavg+finetune", 0),
@@ -90,7 +80,7 @@ def test_the_command_reports_totals_and_names_a_wrong_out(tmp_path):
     assert missing.returncode == 2 and "holds no scores" in missing.stderr and "--out" in missing.stderr
 
 
-def test_a_live_scoring_shows_its_total_and_time_left_at_its_pace(tmp_path):
+def test_a_live_scoring_shows_its_total_and_time_left_at_its_pace(tmp_path, claimant):
     """A run that started 60 s before its last write with 2 episodes kept and now holds 8 of 20
     scores 0.1 episodes/s: 12 left take about 2 minutes."""
     path = tmp_path / "fomaml-0.progress.json"
@@ -103,16 +93,26 @@ def test_a_live_scoring_shows_its_total_and_time_left_at_its_pace(tmp_path):
     data["run"] = {"started": written - 60.0, "kept": 2}
     path.write_text(json.dumps(data))
     os.utime(path, (written, written))
-    live = subprocess.Popen(["sleep", "60"])
-    try:
-        _claim(tmp_path, "fomaml-0", live.pid)
-        (row,) = method_seeds(tmp_path)
-        text = as_text([row])
-    finally:
-        live.kill()
-        live.wait()
+    live = claimant(tmp_path / "fomaml-0.claim")
+    (row,) = method_seeds(tmp_path)
+    text = as_text([row])
+    live.kill()
+    live.wait()
     assert row.state == SCORING and row.planned == {1: 10, 5: 10} and row.episodes == {1: 8}
     assert abs(row.left_s - 120.0) < 1e-6
     assert "8/10" in text and "0/10" in text and "about 2 min left" in text
     (row,) = method_seeds(tmp_path)  # its process gone: stopped, no time left to tell
     assert row.state == STOPPED and row.left_s is None
+
+
+def test_score_files_names_are_made_and_read_in_one_place(tmp_path):
+    files = ScoreFiles(tmp_path, "fedavg+linear-probe", 2)
+    assert [p.name for p in (files.scores, files.progress, files.claim)] == [
+        "fedavg+linear-probe-2.json",
+        "fedavg+linear-probe-2.progress.json",
+        "fedavg+linear-probe-2.claim",
+    ]
+    for path in (files.scores, files.progress, files.claim):
+        assert ScoreFiles.of(path) == files  # read back whole: the name keeps its '-', the seed is its own
+    for other in ("tuned.json", "headline.md", "fomaml-x.json", "-0.json", "fomaml-0.progress", "fomaml0.json"):
+        assert ScoreFiles.of(tmp_path / other) is None, other
