@@ -10,7 +10,7 @@ otherwise that part is scored again. Each episode is adapted on its own from a f
 a resumed score is the same as an unbroken one (tested).
 
 Several `fedmeta benchmark evaluate` processes can share one scores directory (two 1-thread
-processes score 1.42x as fast as one 2-thread process on 2 cores, docs/BENCHMARKS.md): a `Claim`
+processes score 1.42x to 2.05x as fast as one 2-thread process on 2 cores, docs/BENCHMARKS.md): a `Claim`
 file says which process is scoring a method-seed, so another one scores the rest first and takes
 that one's scores when they are written, instead of scoring it twice.
 

@@ -35,7 +35,7 @@
 # finished (RESULTS_DIR/scores; `fedmeta benchmark evaluate --rescore` to redo) and, of one
 # stopped midway, the episodes it had scored (NAME-SEED.progress.json there; tuning keeps its
 # own in OUT_DIR/<scenario>/tuned.progress/). On 2 cores, two scoring processes with
-# OMP_NUM_THREADS=1 score 1.42x as fast as one with two threads: run this script with
+# OMP_NUM_THREADS=1 score 1.42x to 2.05x as fast as one with two threads (docs/BENCHMARKS.md, 2026-12-02 and -05): run this script with
 # OMP_NUM_THREADS=1 (its training and tuning too: a 2-thread process beside busy cores ran 2.8x
 # to 22x slower than alone, and `evaluate` warns when it finds itself so placed) and, beside it,
 # `fedmeta benchmark evaluate` with the same --supervised models, --tuned and --out (the baselines); each method-seed is claimed by the process scoring
