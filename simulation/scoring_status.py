@@ -45,12 +45,12 @@ def _pace(data: dict, kept: int, written: float) -> float | None:
 
 def method_seeds(directory: Path) -> list[MethodSeed]:
     """Every method-seed `directory` holds a file of, by method then seed."""
-    found: dict[tuple[str, int], list[Path]] = {}
+    found: dict[ScoreFiles, list[Path]] = {}
     for path in sorted(Path(directory).iterdir()):
         files = ScoreFiles.of(path) if path.is_file() else None
         if files is not None:
-            found.setdefault((files.name, files.seed), []).append(path)
-    return [_state(ScoreFiles(Path(directory), name, seed), paths) for (name, seed), paths in sorted(found.items())]
+            found.setdefault(files, []).append(path)
+    return [_state(files, found[files]) for files in sorted(found, key=lambda f: (f.name, f.seed))]
 
 
 def _state(files: ScoreFiles, paths: list[Path]) -> MethodSeed:
