@@ -63,11 +63,20 @@ class Progress:
             return {}
         return data.get("parts", {}) if data.get("identity") == self.identity else {}
 
-    @staticmethod
-    def kept_episodes(parts: dict[str, dict]) -> int:
+    @classmethod
+    def kept_episodes(cls, parts: dict[str, dict]) -> int:
         """Episodes the file's `parts` hold, over every shots and site (one key counted)."""
-        first: list[dict] = [next(iter(kept["keys"].values()), {}) for kept in parts.values()]
-        return sum(len(key.get("acc", [])) for key in first)
+        return sum(cls.kept_per_shots(parts).values())
+
+    @classmethod
+    def kept_per_shots(cls, parts: dict[str, dict]) -> dict[int, int]:
+        """Per number of shots, the episodes the file's `parts` hold, summed over sites (one key counted)."""
+        out: dict[int, int] = {}
+        for where, kept in parts.items():
+            shots, _ = cls._shots_site(where)
+            first: dict = next(iter(kept["keys"].values()), {})
+            out[shots] = out.get(shots, 0) + len(first.get("acc", []))
+        return out
 
     def plan(self, episodes: dict[int, int]) -> None:
         """The episodes this run scores in all, per number of shots (kept ones included)."""
@@ -76,6 +85,12 @@ class Progress:
     @staticmethod
     def _where(shots: int, site: str) -> str:
         return f"{shots}/{site}"
+
+    @staticmethod
+    def _shots_site(where: str) -> tuple[int, str]:
+        """`_where` read back."""
+        shots, site = where.split("/", 1)
+        return int(shots), site
 
     def done(self, shots: int, site: str, digest: str) -> dict[int, Part]:
         """Per key, the episodes of (`shots`, `site`) already scored: a prefix of its episodes, the
@@ -93,8 +108,8 @@ class Progress:
         progress = cls(path, json.loads(path.read_text())["identity"])
         out = {}
         for where, kept in progress._parts.items():
-            shots, site = where.split("/", 1)
-            out[int(shots), site] = progress.done(int(shots), site, kept["digest"])
+            shots, site = cls._shots_site(where)
+            out[shots, site] = progress.done(shots, site, kept["digest"])
         return out
 
     def update(self, shots: int, site: str, digest: str, parts: dict[int, Part], final: bool = False) -> None:

@@ -69,9 +69,7 @@ def _state(files: ScoreFiles, paths: list[Path]) -> MethodSeed:
     if partial.is_file():
         try:
             data = json.loads(partial.read_text())  # read once: its parts, plan and pace
-            for where, kept in data["parts"].items():
-                shots = int(where.split("/", 1)[0])
-                row.episodes[shots] = row.episodes.get(shots, 0) + Progress.kept_episodes({where: kept})
+            row.episodes = Progress.kept_per_shots(data["parts"])
             row.planned = {int(k): int(n) for k, n in (data.get("planned") or {}).items()}
             pace = _pace(data, sum(row.episodes.values()), partial.stat().st_mtime)
             if holder and pace and row.planned:
