@@ -15,6 +15,20 @@ from client.app import app as client_app
 
 NODES = [101, 202, 303, 404]
 
+# the smallest run a strategy test trains: a 2-stage width-8 model, one inner step, two tasks a
+# round, a plain SGD server step, on the CPU; each test adds what it is about (ways, rate, rounds)
+TINY_RUN = {
+    "shots": 2,
+    "queries": 3,
+    "model-width": 8,
+    "model-groups": 2,
+    "model-depth": 2,
+    "inner-steps": 1,
+    "tasks-per-round": 2,
+    "outer-optimizer": "sgd",
+    "device": "cpu",
+}
+
 
 class LocalGrid:
     """Delivers messages to the ClientApp in this process; `dead` maps node -> the stage it dies at."""

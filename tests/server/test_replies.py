@@ -17,7 +17,7 @@ from server.app import app as server_app
 from server.replies import Rejected, evaluation_metrics, site_claim, train_metrics, train_reply
 from server.report import RESULTS
 from server.sites import Roster, discover_sites
-from tests.server.local_grid import LocalGrid
+from tests.server.local_grid import TINY_RUN, LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
 GOOD_TRAIN = {"num-tasks": 2, "meta-loss": 1.2, "query-acc": 0.4, "compute-s": 0.3}
@@ -126,20 +126,12 @@ def _escaped(text: str) -> str:
 # ---- identity: the coordinator's records decide who a node is
 
 RUN = {
+    **TINY_RUN,
     "ways": 3,
-    "shots": 2,
-    "queries": 3,
-    "model-width": 8,
-    "model-groups": 2,
-    "model-depth": 2,
-    "inner-steps": 1,
-    "tasks-per-round": 2,
     "eval-tasks": 3,
     "eval-every": 1,
     "num-server-rounds": 2,
-    "outer-optimizer": "sgd",
     "outer-lr": 0.5,
-    "device": "cpu",
     "min-sites": 4,
     "round-timeout": 60.0,
 }

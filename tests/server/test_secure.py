@@ -20,22 +20,14 @@ from server.fedmeta import FedMeta
 from server.optimizer import OuterOptimizer
 from server.secure import SecureAggregation
 from server.sites import SiteInfo
-from tests.server.local_grid import NODES, LocalGrid
+from tests.server.local_grid import NODES, TINY_RUN, LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
 RUN = {
+    **TINY_RUN,
     "ways": 3,
-    "shots": 2,
-    "queries": 3,
-    "model-width": 8,
-    "model-groups": 2,
-    "model-depth": 2,
-    "inner-steps": 1,
-    "tasks-per-round": 2,
     "secure-aggregation": True,
-    "outer-optimizer": "sgd",
     "outer-lr": 1.0,
-    "device": "cpu",
 }
 
 

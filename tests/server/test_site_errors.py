@@ -17,21 +17,13 @@ from server.optimizer import OuterOptimizer
 from server.report import RESULTS, Recorder
 from server.sites import SiteInfo
 from tests.common.data.hospital import write_site
-from tests.server.local_grid import LocalGrid
+from tests.server.local_grid import TINY_RUN, LocalGrid
 from tests.server.test_fedmeta import task_identity  # noqa: F401 -- autouse fixture
 
 RUN = {
+    **TINY_RUN,
     "ways": 2,
-    "shots": 2,
-    "queries": 3,
-    "model-width": 8,
-    "model-groups": 2,
-    "model-depth": 2,
-    "inner-steps": 1,
-    "tasks-per-round": 2,
-    "outer-optimizer": "sgd",
     "outer-lr": 0.5,
-    "device": "cpu",
 }
 
 
