@@ -299,10 +299,46 @@ def _score_and_write(
     and write its scores to `files.scores`; the progress file goes once they are there."""
     if rescore:
         files.progress.unlink(missing_ok=True)
+    else:
+        adopted = adopt_finished(files, adapter.identity(), episodes)
+        if adopted:
+            say(f"{adapter.name}: {adopted} episodes kept from {files.scores} (their shots and sites did not change)")
     scores = score(adapter, episodes, say, keep=files.progress)
     write_scores(files.scores, scores, adapter.identity())
     files.progress.unlink(missing_ok=True)
     return scores
+
+
+def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int:
+    """How many episodes of `files`' finished scores this scoring keeps, put into its progress file:
+    those of every (shots, site) whose episodes are byte-identical still, when the same adapter
+    made them, e.g. a table finished at 1 and 5 shots that is now scored at 10 shots too adapts to
+    the 10-shot episodes only. Scores without per-site confusion counts (kept from before they
+    existed) are scored again, as are parts the progress file already holds in full."""
+    if not files.scores.is_file():
+        return 0
+    try:
+        data = json.loads(files.scores.read_text())
+        finished = parse_scores(data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return 0
+    progress = Progress(files.progress, identity)
+    if data.get("identity") != progress.identity:
+        return 0
+    count = 0
+    for shots, by_site in finished.digests.items():
+        now, per_site = episodes.digests.get(shots, {}), finished.site_confusion.get(shots, {})
+        if set(per_site) != set(by_site):
+            continue
+        acc, auc = split_sites(finished.acc[shots], by_site), split_sites(finished.auc[shots], by_site)
+        for site, digest in by_site.items():
+            held = next(iter(progress.done(shots, site, digest).values()), Part())
+            if now.get(site) != digest or len(held.acc) == len(acc[site]):
+                continue
+            part = Part(acc[site].tolist(), auc[site].tolist(), per_site[site].reshape(-1).astype(int).tolist())
+            progress.update(shots, site, digest, {0: part}, final=True)
+            count += len(part.acc)
+    return count
 
 
 def tune(

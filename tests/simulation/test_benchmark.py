@@ -117,6 +117,38 @@ def test_a_stopped_scoring_goes_on_from_its_last_kept_episode(scenario, tmp_path
     assert same.adapted == 12
 
 
+def test_a_finished_table_scored_at_more_shots_adapts_to_the_new_shots_only(scenario, tmp_path):
+    """A method-seed finished at 1 and 2 shots, scored again at 1, 2 and 3: only the 3-shot
+    episodes are adapted to, and the scores equal a scoring of all three from nothing. Another
+    adapter's finished scores are not taken."""
+    from simulation.benchmark import score_methods
+
+    model = saved(tmp_path, "fedavg")
+    directory = tmp_path / "scores"
+    directory.mkdir()
+    before = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=4))
+    more = draw_episodes(Protocol(scenario, shots=(1, 2, 3), queries=3, episodes=4))
+    assert all(more.digests[k] == before.digests[k] for k in (1, 2))  # each shots' own stream
+    first = StopsAfter(model, steps=2)
+    score_methods({"fedavg+finetune": [first]}, before, directory)
+    assert first.adapted == 8
+    said: list[str] = []
+    again = StopsAfter(model, steps=2)
+    extended = score_methods({"fedavg+finetune": [again]}, more, directory, say=said.append)["fedavg+finetune"][0]
+    assert again.adapted == 4  # the 3-shot episodes, two sites of two
+    assert any("8 episodes kept from" in line for line in said)
+    whole = score(StopsAfter(model, steps=2, name="fedavg+finetune"), more)
+    for field in ("acc", "auc", "confusion"):
+        for shots in (1, 2, 3):
+            assert np.array_equal(getattr(extended, field)[shots], getattr(whole, field)[shots]), (field, shots)
+    assert set(extended.site_confusion[1]) == {"new-0", "new-1"}
+    assert not list(directory.glob("*.progress.json"))
+    # another setting finds the same file: nothing of it is kept
+    other = StopsAfter(model, steps=3)
+    score_methods({"fedavg+finetune": [other]}, more, directory)
+    assert other.adapted == 12
+
+
 def test_a_claim_is_held_by_a_live_process_and_taken_over_when_it_is_gone(tmp_path, claimant):
     import json
 
