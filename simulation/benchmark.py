@@ -314,7 +314,8 @@ def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int
     those of every (shots, site) whose episodes are byte-identical still, when the same adapter
     made them, e.g. a table finished at 1 and 5 shots that is now scored at 10 shots too adapts to
     the 10-shot episodes only. Scores without per-site confusion counts (kept from before they
-    existed) are scored again, as are parts the progress file already holds in full."""
+    existed) are scored again, as are parts the progress file already holds in full. Refuses a run
+    whose shots leave out some of the finished scores' (writing its scores would drop theirs)."""
     if not files.scores.is_file():
         return 0
     try:
@@ -325,6 +326,13 @@ def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int
     progress = Progress(files.progress, identity)
     if data.get("identity") != progress.identity:
         return 0
+    dropped = sorted(set(finished.digests) - set(episodes.digests))
+    if dropped:  # its scores would be replaced by fewer: refuse rather than lose them
+        every = ",".join(map(str, sorted(set(finished.digests) | set(episodes.digests))))
+        raise ValueError(
+            f"{files.scores} holds {', '.join(map(str, dropped))}-shot scores of these settings that this run "
+            f"does not score and would replace: score with --shots {every} to keep them, or into another --out"
+        )
     count = 0
     for shots, by_site in finished.digests.items():
         now, per_site = episodes.digests.get(shots, {}), finished.site_confusion.get(shots, {})

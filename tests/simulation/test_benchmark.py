@@ -143,6 +143,10 @@ def test_a_finished_table_scored_at_more_shots_adapts_to_the_new_shots_only(scen
             assert np.array_equal(getattr(extended, field)[shots], getattr(whole, field)[shots]), (field, shots)
     assert set(extended.site_confusion[1]) == {"new-0", "new-1"}
     assert not list(directory.glob("*.progress.json"))
+    # fewer shots would write over the 3-shot scores: refused, naming the shots that keep them
+    with pytest.raises(ValueError, match=r"holds 3-shot scores .* --shots 1,2,3"):
+        score_methods({"fedavg+finetune": [StopsAfter(model, steps=2)]}, before, directory)
+    assert set(json.loads((directory / "fedavg+finetune-0.json").read_text())["acc"]) == {"1", "2", "3"}
     # another setting finds the same file: nothing of it is kept
     other = StopsAfter(model, steps=3)
     score_methods({"fedavg+finetune": [other]}, more, directory)
