@@ -20,6 +20,10 @@
 #   WARM_START  1: the meta-learners (and their centralized versions) start from that seed's
 #               supervised FedAvg model (init-model); 0 (default): from scratch
 #   SHOTS       default "1,5"; EPISODES default 600 (per shots, over the two new sites)
+#   TUNE_SHOTS  the shots the adaptation settings are chosen at, default SHOTS. SHOTS=1,5,10
+#               TUNE_SHOTS=1,5 adds 10-shot rows to a finished table with the settings tuned.json
+#               holds (chosen at 1 and 5 shots) and scores only the 10-shot episodes (`evaluate`
+#               keeps each finished method-seed's 1- and 5-shot episodes)
 #   SIMULATE_ARGS  extra options for every `fedmeta simulate`, e.g. "--gpus-per-site 0.25" on a GPU
 #               machine (with RUN="device='cuda' ...": see docs/RESULTS.md for the longer GPU setting)
 #   DEVICE      where tuning and scoring adapt, default cpu (the reported figures); cuda on a GPU
@@ -54,6 +58,7 @@ WARM_START=${WARM_START:-0}
 finetune_meta=()
 [[ "${FINETUNE_META:-0}" == 1 ]] && finetune_meta=(--finetune-meta)
 SHOTS=${SHOTS:-1,5}
+TUNE_SHOTS=${TUNE_SHOTS:-$SHOTS}
 EPISODES=${EPISODES:-600}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
 DEVICE=${DEVICE:-cpu}
@@ -101,7 +106,7 @@ for scenario in $SCENARIOS; do
     for method in ${METHODS//,/ } ${centralized//,/ }; do
         first+=(--model "$method=$OUT/$scenario/seed-$first_seed/$method/model")
     done
-    "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" "${first[@]}" \
+    "$FEDMETA" benchmark tune --scenario "$scenario" --data-dir "$DATA" --shots "$TUNE_SHOTS" "${first[@]}" \
         --supervised "$OUT/$scenario/seed-$first_seed/fedavg-supervised/model" --out "$OUT/$scenario/tuned.json" \
         --device "$DEVICE" ${finetune_meta[@]+"${finetune_meta[@]}"}
     "$FEDMETA" benchmark evaluate --scenario "$scenario" --data-dir "$DATA" --shots "$SHOTS" --episodes "$EPISODES" \
