@@ -37,6 +37,8 @@
 #         With `supervised` reused, the baselines' tuning is taken from that run's tuned.json, and
 #         every entry that records the model it was tuned on (`tune` tunes it again if the model
 #         differs); older meta-model entries, which do not, are left out and tuned again
+# Rerun it to resume: trained recipes are kept, a training run stopped midway continues from its
+# checkpoint, and tuning and scoring keep what they finished (tuned.json, tuned.progress/, scores/).
 # Writes OUT_DIR/<name>/ per recipe (OUT_DIR/seed-<s>/<name>/ with several seeds), the adaptation
 # settings OUT_DIR/tuned.json (tuned on the first seed's models), times.tsv beside the runs and
 # the validation table OUT_DIR/headline.md (+ headline.json, plots).
@@ -80,9 +82,12 @@ for seed in "${seeds[@]}"; do
         fi
         if ! trained "$runs/$name"; then
             t=$(date +%s)
+            resume=()  # a run stopped midway goes on from its checkpoint (its time is then the rest's)
+            [[ -f "$runs/$name/checkpoint.safetensors" ]] && resume=(--resume)
             "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$seed" --algorithm "$method" \
-                --run-config "eval-heldout=false $config" --out "$runs/$name" < /dev/null
-            printf '%s\t%s\t%s\t%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" >> "$runs/times.tsv"
+                --run-config "eval-heldout=false $config" --out "$runs/$name" ${resume[@]+"${resume[@]}"} < /dev/null
+            printf '%s\t%s\t%s\t%s%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" \
+                "${resume[@]+"	(resumed: the rest of the run only)"}" >> "$runs/times.tsv"
         fi
         [[ "$name" == supervised ]] && continue
         models+=(--model "$name=$runs/$name/model")
