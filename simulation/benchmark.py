@@ -316,13 +316,10 @@ def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int
     the 10-shot episodes only. Scores without per-site confusion counts (kept from before they
     existed) are scored again, as are parts the progress file already holds in full. Refuses a run
     whose shots leave out some of the finished scores' (writing its scores would drop theirs)."""
-    if not files.scores.is_file():
+    found = read_finished(files.scores)
+    if found is None:
         return 0
-    try:
-        data = json.loads(files.scores.read_text())
-        finished = parse_scores(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return 0
+    data, finished = found
     progress = Progress(files.progress, identity)
     if data.get("identity") != progress.identity:
         return 0
@@ -498,6 +495,19 @@ def identity_on(identity: dict, device: str) -> dict:
     return rest if device == "cpu" else {**rest, "device": device}
 
 
+def read_finished(path: Path) -> tuple[dict, Scores] | None:
+    """A finished scores file as written (its identity included) and its scores; None when there is
+    none or it cannot be read (e.g. a hand-edited file cut short: score again)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return data, parse_scores(data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def kept_scores(
     path: Path, identity: dict, episodes: Episodes, accept: Iterable[str] = ()
 ) -> tuple[Scores, str] | None:
@@ -508,14 +518,10 @@ def kept_scores(
     `accept`: device types (cpu, cuda) whose scores by an otherwise identical adapter are taken
     too, e.g. a table finished on the CPU around methods a GPU scored (their logits agree to about
     1e-3: tests/simulation/test_gpu_scoring.py; say so where the table is reported)."""
-    path = Path(path)
-    if not path.is_file():
+    found = read_finished(path)
+    if found is None:
         return None
-    try:
-        data = json.loads(path.read_text())
-        kept = parse_scores(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a file cut short: score again
-        return None
+    data, kept = found
     allowed = [json.loads(json.dumps(i)) for i in (identity, *(identity_on(identity, d) for d in accept))]
     if data.get("identity") not in allowed or kept.digests != episodes.digests:
         return None
