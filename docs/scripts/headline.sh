@@ -77,7 +77,7 @@ for scenario in $SCENARIOS; do
         # FedAvg as a consortium would pre-train without meta-learning: supervised, global labels
         if ! trained "$dir/fedavg-supervised"; then
             resume=()
-            [[ -f "$dir/fedavg-supervised/checkpoint.safetensors" ]] && resume=(--resume)
+            stopped_midway "$dir/fedavg-supervised" && resume=(--resume)
             "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" --algorithm fedavg \
                 --run-config "tasks='hospital' $RUN $SUPERVISED_RUN" --out "$dir/fedavg-supervised" "${resume[@]}" "${SIMULATE_ARGS[@]}"
         fi
@@ -89,7 +89,7 @@ for scenario in $SCENARIOS; do
         for method in ${METHODS//,/ } ${centralized//,/ }; do
             trained "$dir/$method" && continue  # finished by an earlier invocation: the script resumes
             resume=()
-            [[ -f "$dir/$method/checkpoint.safetensors" ]] && resume=(--resume)  # stopped midway
+            stopped_midway "$dir/$method" && resume=(--resume)
             "$FEDMETA" simulate --scenario "$scenario" --data-dir "$DATA" --seed "$seed" \
                 --algorithm "$method" --run-config "$warm $RUN $META_RUN" --out "$dir/$method" "${resume[@]}" "${SIMULATE_ARGS[@]}"
         done

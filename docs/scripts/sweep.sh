@@ -83,7 +83,7 @@ for seed in "${seeds[@]}"; do
         if ! trained "$runs/$name"; then
             t=$(date +%s)
             resume=()  # a run stopped midway goes on from its checkpoint (its time is then the rest's)
-            [[ -f "$runs/$name/checkpoint.safetensors" ]] && resume=(--resume)
+            stopped_midway "$runs/$name" && resume=(--resume)
             "$FEDMETA" simulate --scenario "$SCENARIO" --data-dir "$DATA" --seed "$seed" --algorithm "$method" \
                 --run-config "eval-heldout=false $config" --out "$runs/$name" ${resume[@]+"${resume[@]}"} < /dev/null
             printf '%s\t%s\t%s\t%s%s\n' "$name" "$method" "$config" "$(($(date +%s) - t))" \
