@@ -337,8 +337,10 @@ def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int
             continue
         acc, auc = split_sites(finished.acc[shots], by_site), split_sites(finished.auc[shots], by_site)
         for site, digest in by_site.items():
+            if now.get(site) != digest:  # these episodes changed: scored again
+                continue
             held = next(iter(progress.done(shots, site, digest).values()), Part())
-            if now.get(site) != digest or len(held.acc) == len(acc[site]):
+            if len(held.acc) == len(acc[site]):  # the progress file has them all already
                 continue
             part = Part(acc[site].tolist(), auc[site].tolist(), per_site[site].reshape(-1).astype(int).tolist())
             progress.update(shots, site, digest, {0: part}, final=True)
