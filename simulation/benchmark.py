@@ -125,6 +125,9 @@ class Scores:
     # empty in scores kept from before they were kept per site): which classes a method loses at
     # one new hospital, where pooled counts mix both hospitals' classes
     site_confusion: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    # shots -> site -> the device type its episodes were adapted on (cpu, cuda): one table can be
+    # finished on two devices, e.g. 1 and 5 shots on the CPU and 10 added on a GPU (`adopt_finished`)
+    made_on: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 def split_sites(values: np.ndarray, sites: Iterable[str]) -> dict[str, np.ndarray]:
@@ -148,7 +151,10 @@ def score(
     def logits(episode: Episode, n: int) -> dict[int, torch.Tensor]:
         return {0: adapter.logits(adapter.on_device(episode), n).cpu()}
 
-    return _score(adapter.name, episodes, logits, progress, kept)[0]
+    scores = _score(adapter.name, episodes, logits, progress, kept)[0]
+    here = adapter.device.type  # a part taken from another device's finished scores says so (adopt_finished)
+    scores.made_on = {k: {s: kept.made_on(k, s) or here for s in by_site} for k, by_site in episodes.digests.items()}
+    return scores
 
 
 def score_steps(
@@ -278,7 +284,7 @@ def score_methods(
                 try:
                     kept = None if rescore else kept_scores(path, identity, episodes, accept)  # written meanwhile?
                     if kept is None:
-                        done[name, seed] = _score_and_write(adapter, episodes, files, rescore, say)
+                        done[name, seed] = _score_and_write(adapter, episodes, files, rescore, say, accept)
                         continue
                 finally:
                     claim.release()
@@ -293,36 +299,47 @@ def score_methods(
 
 
 def _score_and_write(
-    adapter: Adapter, episodes: Episodes, files: ScoreFiles, rescore: bool, say: Callable[[str], None]
+    adapter: Adapter,
+    episodes: Episodes,
+    files: ScoreFiles,
+    rescore: bool,
+    say: Callable[[str], None],
+    accept: Iterable[str] = (),
 ) -> Scores:
     """Score `adapter` (from the episodes a stopped run kept in `files.progress`, unless `rescore`)
-    and write its scores to `files.scores`; the progress file goes once they are there."""
+    and write its scores to `files.scores`; the progress file goes once they are there. `accept`:
+    device types whose finished scores of other shots are kept too (`adopt_finished`)."""
     if rescore:
         files.progress.unlink(missing_ok=True)
     else:
-        adopted = adopt_finished(files, adapter.identity(), episodes)
+        adopted = adopt_finished(files, adapter.identity(), episodes, accept)
         if adopted:
             say(f"{adapter.name}: {adopted} episodes kept from {files.scores} (their shots and sites did not change)")
     scores = score(adapter, episodes, say, keep=files.progress)
     write_scores(files.scores, scores, adapter.identity())
+    if len({d for by_site in scores.made_on.values() for d in by_site.values()}) > 1:
+        say(f"{adapter.name}: scored on {describe_devices(scores.made_on)}")
     files.progress.unlink(missing_ok=True)
     return scores
 
 
-def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int:
+def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes, accept: Iterable[str] = ()) -> int:
     """How many episodes of `files`' finished scores this scoring keeps, put into its progress file:
     those of every (shots, site) whose episodes are byte-identical still, when the same adapter
     made them, e.g. a table finished at 1 and 5 shots that is now scored at 10 shots too adapts to
-    the 10-shot episodes only. Scores without per-site confusion counts (kept from before they
-    existed) are scored again, as are parts the progress file already holds in full. Refuses a run
-    whose shots leave out some of the finished scores' (writing its scores would drop theirs)."""
+    the 10-shot episodes only. `accept`: device types whose finished scores by an otherwise
+    identical adapter are kept too; each kept part keeps the device that made it (`Scores.made_on`),
+    so a table finished on the CPU and extended on a GPU says which shots each made. Scores without
+    per-site confusion counts (kept from before they existed) are scored again, as are parts the
+    progress file already holds in full. Refuses a run whose shots leave out some of the finished
+    scores' (writing its scores would drop theirs)."""
     found = read_finished(files.scores)
     if found is None:
         return 0
     data, finished = found
-    progress = Progress(files.progress, identity)
-    if data.get("identity") != progress.identity:
+    if not accepted(data.get("identity"), identity, accept):
         return 0
+    progress, here = Progress(files.progress, identity), identity.get("device", "cpu")
     dropped = sorted(set(finished.digests) - set(episodes.digests))
     if dropped:  # its scores would be replaced by fewer: refuse rather than lose them
         every = ",".join(map(str, sorted(set(finished.digests) | set(episodes.digests))))
@@ -343,7 +360,8 @@ def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes) -> int
             if len(held.acc) == len(acc[site]):  # the progress file has them all already
                 continue
             part = Part(acc[site].tolist(), auc[site].tolist(), per_site[site].reshape(-1).astype(int).tolist())
-            progress.update(shots, site, digest, {0: part}, final=True)
+            made = finished.made_on[shots][site]
+            progress.update(shots, site, digest, {0: part}, final=True, made_on=None if made == here else made)
             count += len(part.acc)
     return count
 
@@ -451,12 +469,16 @@ def headline_rows(
                     "sites": sites,
                 }
             )
+            made_on = sorted({d for r in runs for d in r.made_on.get(shots, {}).values()})
+            if made_on:  # known for every scoring; not for hand-made Scores
+                rows[-1]["made_on"] = "+".join(made_on)
     return rows
 
 
 def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> None:
     """Per-episode results, for combining seeds and methods later (no site data: numbers only);
-    `identity`: the adapter's (`Adapter.identity`), so a rerun can tell whether they still hold."""
+    `identity`: the adapter's (`Adapter.identity`), so a rerun can tell whether they still hold.
+    `made_on` is written only where some part was made on another device than the identity's."""
     data = {
         "method": scores.method,
         "identity": identity,
@@ -469,6 +491,9 @@ def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> No
             for k, by_site in scores.site_confusion.items()
         },
     }
+    own = (identity or {}).get("device", "cpu")
+    if any(d != own for by_site in scores.made_on.values() for d in by_site.values()):
+        data["made_on"] = {str(k): dict(v) for k, v in scores.made_on.items()}
     write_json(path, data)  # whole or not at all: a stopped run never leaves half a file to keep
 
 
@@ -478,6 +503,7 @@ def read_scores(path: Path) -> Scores:
 
 def parse_scores(data: dict) -> Scores:
     """Scores from what `write_scores` wrote (e.g. read from an earlier commit)."""
+    own, written = (data.get("identity") or {}).get("device", "cpu"), data.get("made_on", {})
     return Scores(
         data["method"],
         {int(k): np.array(v) for k, v in data["acc"].items()},
@@ -488,7 +514,25 @@ def parse_scores(data: dict) -> Scores:
             int(k): {site: np.array(counts) for site, counts in by_site.items()}
             for k, by_site in data.get("site_confusion", {}).items()
         },
+        {int(k): {site: written.get(k, {}).get(site, own) for site in sites} for k, sites in data["digests"].items()},
     )
+
+
+def describe_devices(made_on: Mapping[int, Mapping[str, str]]) -> str:
+    """Where a method-seed's scores were made, for a reader: "cpu", or e.g. "cpu at 1, 5 shots;
+    cuda at 10 shots" (a shots whose sites were scored on two devices reads "cpu+cuda")."""
+    per_shots = {k: "+".join(sorted(set(by_site.values()))) for k, by_site in made_on.items()}
+    kinds = sorted(set(per_shots.values()))
+    if len(kinds) <= 1:
+        return kinds[0] if kinds else "cpu"
+    return "; ".join(f"{d} at {', '.join(str(k) for k in sorted(per_shots) if per_shots[k] == d)} shots" for d in kinds)
+
+
+def accepted(found: object, identity: dict, accept: Iterable[str] = ()) -> bool:
+    """Whether a finished scores file's identity `found` is `identity`'s, or the same adapter's on
+    a device type in `accept` (their logits agree to about 1e-3: tests/simulation/test_gpu_scoring.py)."""
+    allowed = [json.loads(json.dumps(i)) for i in (identity, *(identity_on(identity, d) for d in accept))]
+    return found in allowed
 
 
 def identity_on(identity: dict, device: str) -> dict:
@@ -513,7 +557,7 @@ def read_finished(path: Path) -> tuple[dict, Scores] | None:
 def kept_scores(
     path: Path, identity: dict, episodes: Episodes, accept: Iterable[str] = ()
 ) -> tuple[Scores, str] | None:
-    """The scores an earlier run left at `path` and the device type they were made on, if they were
+    """The scores an earlier run left at `path` and where they were made (`describe_devices`), if they were
     made by the same adapter (its identity: kind, settings, the exact model) on byte-identical
     episodes; else None (score again).
     A long evaluation stopped midway thus resumes at the first method-seed it had not finished.
@@ -524,10 +568,9 @@ def kept_scores(
     if found is None:
         return None
     data, kept = found
-    allowed = [json.loads(json.dumps(i)) for i in (identity, *(identity_on(identity, d) for d in accept))]
-    if data.get("identity") not in allowed or kept.digests != episodes.digests:
+    if not accepted(data.get("identity"), identity, accept) or kept.digests != episodes.digests:
         return None
-    return kept, data["identity"].get("device", "cpu")
+    return kept, describe_devices(kept.made_on)
 
 
 def protocol_dict(protocol: Protocol) -> dict:

@@ -177,7 +177,29 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
                 f"{diff} | {r['seeds']} | {_each_seed(r)} | {r['episodes']} |"
             )
         lines.append("")
+        note = _devices([r for r in rows if _table(r) == (scenario, sites)])
+        lines += [note, ""] if note else []
     return "\n".join(lines)
+
+
+def _devices(rows: list[dict]) -> str:
+    """A line under one table naming its rows that were scored elsewhere than on the CPU (their
+    `made_on`, kept by every scoring since it was added), e.g. 10-shot rows added on a GPU to a
+    table the CPU scored; "" when every row was scored on the CPU."""
+    elsewhere = [r for r in rows if r.get("made_on", "cpu") != "cpu"]
+    said = []
+    for shots in sorted({r["shots"] for r in elsewhere}):
+        here = [r for r in elsewhere if r["shots"] == shots]
+        for device in sorted({r["made_on"] for r in here}):
+            named = [r["method"] for r in here if r["made_on"] == device]
+            every = len(named) == sum(r["shots"] == shots for r in rows)
+            said.append(f"{shots}-shot {'rows' if every else ', '.join(named)} on {device}")
+    if not said:
+        return ""
+    return (
+        f"Scored elsewhere than on the CPU: {'; '.join(said)}; the other rows on the CPU. CPU and CUDA "
+        "logits agree to about 1e-3 on the same episodes (tests/simulation/test_gpu_scoring.py)."
+    )
 
 
 def _each_seed(row: dict) -> str:

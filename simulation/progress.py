@@ -112,18 +112,33 @@ class Progress:
             out[shots, site] = progress.done(shots, site, kept["digest"])
         return out
 
-    def update(self, shots: int, site: str, digest: str, parts: dict[int, Part], final: bool = False) -> None:
+    def update(
+        self,
+        shots: int,
+        site: str,
+        digest: str,
+        parts: dict[int, Part],
+        final: bool = False,
+        made_on: str | None = None,
+    ) -> None:
         """Record the episodes scored so far; written when `final` (the site is done) or when the
-        last write is SAVE_EVERY seconds old."""
+        last write is SAVE_EVERY seconds old. `made_on`: the device type that scored them when it is
+        not this adapter's (a finished part taken from another device's scores)."""
         self._parts[self._where(shots, site)] = {
             "digest": digest,
             "keys": {str(key): vars(part) for key, part in parts.items()},
+            **({"made_on": made_on} if made_on else {}),
         }
         if self.path is not None and (final or time.monotonic() - self._saved >= SAVE_EVERY):
             write_json(
                 self.path, {"identity": self.identity, "parts": self._parts, "planned": self._planned, "run": self._run}
             )
             self._saved = time.monotonic()
+
+    def made_on(self, shots: int, site: str) -> str | None:
+        """The device type that scored (`shots`, `site`)'s kept episodes when another than this
+        adapter's did (`update`'s made_on); None when this adapter's device did, or none are kept."""
+        return self._parts.get(self._where(shots, site), {}).get("made_on")
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,55 @@ def test_a_finished_table_scored_at_more_shots_adapts_to_the_new_shots_only(scen
     assert other.adapted == 12
 
 
+def test_a_table_another_device_finished_is_extended_here_and_says_which_device_made_each_shots(
+    scenario, tmp_path, monkeypatch
+):
+    """A table a GPU finished at 1 and 2 shots (its identity names cuda), scored on the CPU at 1,
+    2 and 3 with cuda accepted: only the 3-shot episodes are adapted to, and the scores say the GPU
+    made 1 and 2 shots and the CPU 3, also after a run stopped midway, in the kept file and in the
+    table's note. Without accepting cuda nothing of the GPU's file is kept."""
+    import shutil
+
+    from simulation import progress
+    from simulation.benchmark import headline_rows, identity_on, score_methods, write_scores
+    from simulation.headline import markdown
+
+    monkeypatch.setattr(progress, "SAVE_EVERY", 0.0)
+    model = saved(tmp_path, "fedavg")
+    before = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=4))
+    more = draw_episodes(Protocol(scenario, shots=(1, 2, 3), queries=3, episodes=4))
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    made = score(StopsAfter(model, steps=2, name="fedavg+finetune"), before)
+    made.made_on = {k: dict.fromkeys(by_site, "cuda") for k, by_site in made.made_on.items()}  # as a GPU's run
+    write_scores(gpu / "fedavg+finetune-0.json", made, identity_on(StopsAfter(model, steps=2).identity(), "cuda"))
+    plain = tmp_path / "plain"
+    shutil.copytree(gpu, plain)
+    alone = StopsAfter(model, steps=2)
+    score_methods({"fedavg+finetune": [alone]}, more, plain)
+    assert alone.adapted == 12  # the GPU's scores are not this (CPU) adapter's unless accepted
+
+    with pytest.raises(Stopped):  # the GPU's 1- and 2-shot parts taken, one 3-shot episode adapted
+        score_methods({"fedavg+finetune": [StopsAfter(model, steps=2, limit=1)]}, more, gpu, accept=("cuda",))
+    said: list[str] = []
+    rest = StopsAfter(model, steps=2)
+    extended = score_methods({"fedavg+finetune": [rest]}, more, gpu, say=said.append, accept=("cuda",))
+    assert rest.adapted == 3
+    devices = {k: set(v.values()) for k, v in extended["fedavg+finetune"][0].made_on.items()}
+    assert devices == {1: {"cuda"}, 2: {"cuda"}, 3: {"cpu"}}
+    assert any("scored on cpu at 3 shots; cuda at 1, 2 shots" in line for line in said), said
+    written = json.loads((gpu / "fedavg+finetune-0.json").read_text())
+    assert "device" not in written["identity"] and written["made_on"]["1"] == {"new-0": "cuda", "new-1": "cuda"}
+    assert np.array_equal(extended["fedavg+finetune"][0].acc[2], made.acc[2])
+    said.clear()
+    kept = score_methods({"fedavg+finetune": [StopsAfter(model, steps=2)]}, more, gpu, say=said.append)
+    assert any("kept from" in line and "(scored on cpu at 3 shots; cuda at 1, 2 shots)" in line for line in said)
+    rows = headline_rows("s", kept)
+    assert [r["made_on"] for r in rows] == ["cuda", "cuda", "cpu"]
+    assert "Scored elsewhere than on the CPU: 1-shot rows on cuda; 2-shot rows on cuda" in markdown(rows, False)
+    assert "Scored elsewhere" not in markdown([{**r, "made_on": "cpu"} for r in rows], False)
+
+
 def test_a_claim_is_held_by_a_live_process_and_taken_over_when_it_is_gone(tmp_path, claimant):
     import json
 
