@@ -34,7 +34,7 @@ from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
-from simulation.progress import Claim, Part, Progress, ScoreFiles
+from simulation.progress import Claim, Part, Progress, ScoreFiles, describe_devices, made_on
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -288,8 +288,8 @@ def score_methods(
                         continue
                 finally:
                     claim.release()
-            scores, made_on = kept
-            elsewhere = "" if made_on == adapter.device.type else f" (scored on {made_on})"
+            scores, where = kept
+            elsewhere = "" if where == adapter.device.type else f" (scored on {where})"
             say(f"{name} (seed {seed}): kept from {path}{elsewhere}")
             done[name, seed] = scores
         if waiting and len(waiting) == len(todo):  # nothing left here but others' work
@@ -503,7 +503,6 @@ def read_scores(path: Path) -> Scores:
 
 def parse_scores(data: dict) -> Scores:
     """Scores from what `write_scores` wrote (e.g. read from an earlier commit)."""
-    own, written = (data.get("identity") or {}).get("device", "cpu"), data.get("made_on", {})
     return Scores(
         data["method"],
         {int(k): np.array(v) for k, v in data["acc"].items()},
@@ -514,18 +513,8 @@ def parse_scores(data: dict) -> Scores:
             int(k): {site: np.array(counts) for site, counts in by_site.items()}
             for k, by_site in data.get("site_confusion", {}).items()
         },
-        {int(k): {site: written.get(k, {}).get(site, own) for site in sites} for k, sites in data["digests"].items()},
+        made_on(data),
     )
-
-
-def describe_devices(made_on: Mapping[int, Mapping[str, str]]) -> str:
-    """Where a method-seed's scores were made, for a reader: "cpu", or e.g. "cpu at 1, 5 shots;
-    cuda at 10 shots" (a shots whose sites were scored on two devices reads "cpu+cuda")."""
-    per_shots = {k: "+".join(sorted(set(by_site.values()))) for k, by_site in made_on.items()}
-    kinds = sorted(set(per_shots.values()))
-    if len(kinds) <= 1:
-        return kinds[0] if kinds else "cpu"
-    return "; ".join(f"{d} at {', '.join(str(k) for k in sorted(per_shots) if per_shots[k] == d)} shots" for d in kinds)
 
 
 def accepted(found: object, identity: dict, accept: Iterable[str] = ()) -> bool:

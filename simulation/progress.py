@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,3 +229,24 @@ class Claim:
     def release(self) -> None:
         if self.path.is_file() and self.holder() is None:  # ours (or stale): never another's
             self.path.unlink(missing_ok=True)
+
+
+def made_on(data: dict) -> dict[int, dict[str, str]]:
+    """Per shots and site, the device type that scored a scores file's episodes (`data`: the file
+    as read): its `made_on` where a part came from another device, else its identity's device."""
+    own, written = (data.get("identity") or {}).get("device", "cpu"), data.get("made_on", {})
+    return {int(k): {site: written.get(k, {}).get(site, own) for site in sites} for k, sites in data["digests"].items()}
+
+
+def describe_devices(made_on: Mapping[int, Mapping[str, str]]) -> str:
+    """Where a method-seed's scores were made, for a reader: "cpu", or e.g. "cpu at 1, 5 shots;
+    cuda at 10 shots" (a shots whose sites were scored on two devices reads "cpu+cuda")."""
+    per_shots = {k: "+".join(sorted(set(by_site.values()))) for k, by_site in made_on.items()}
+    kinds = sorted(set(per_shots.values()))
+    if len(kinds) <= 1:
+        return kinds[0] if kinds else "cpu"
+    said = []
+    for device in kinds:
+        counts = [str(k) for k in sorted(per_shots) if per_shots[k] == device]
+        said.append(f"{device} at {', '.join(counts)} shot{'' if counts == ['1'] else 's'}")
+    return "; ".join(said)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulation.progress import Claim, Progress, ScoreFiles
+from simulation.progress import Claim, Progress, ScoreFiles, describe_devices, made_on
 
 SCORED, SCORING, STOPPED = "scored", "scoring", "stopped midway"
 
@@ -61,9 +61,10 @@ def _state(files: ScoreFiles, paths: list[Path]) -> MethodSeed:
         try:
             data = json.loads(scores.read_text())
             row.episodes = {int(k): len(v) for k, v in data["acc"].items()}
-            row.device = (data.get("identity") or {}).get("device", "cpu")
-            row.state = SCORING if holder else SCORED  # a rescore in progress keeps the old file till done
-            return row
+            row.device = describe_devices(made_on(data))
+            if not partial.is_file():  # else a rescore, or more shots, under way or stopped: its progress tells
+                row.state = SCORING if holder else SCORED  # the old file stays till the new one is written
+                return row
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             row.problem = f"{scores.name} cannot be read: delete it to score {files.stem} again"
     if partial.is_file():

@@ -116,3 +116,20 @@ def test_score_files_names_are_made_and_read_in_one_place(tmp_path):
         assert ScoreFiles.of(path) == files  # read back whole: the name keeps its '-', the seed is its own
     for other in ("tuned.json", "headline.md", "fomaml-x.json", "-0.json", "fomaml-0.progress", "fomaml0.json"):
         assert ScoreFiles.of(tmp_path / other) is None, other
+
+
+def test_more_shots_being_added_to_a_scored_method_seed_show_its_progress_and_devices(tmp_path):
+    """A scored method-seed with a progress file beside it (10 shots being added, stopped) reads as
+    stopped midway with the progress file's counts, not as scored; a file whose shots two devices
+    made names both."""
+    _scored(tmp_path, "fomaml-0")
+    _midway(tmp_path, "fomaml-0", {(1, "a"): 6, (5, "a"): 6, (10, "a"): 2})
+    acc = {shots: np.full(6, 0.5) for shots in (1, 10)}
+    mixed = Scores(
+        "fomaml-1", acc, dict(acc), {1: {"a": "d1"}, 10: {"a": "d10"}}, made_on={1: {"a": "cpu"}, 10: {"a": "cuda"}}
+    )
+    write_scores(tmp_path / "fomaml-1.json", mixed, IDENTITY)
+    rows = {(r.method, r.seed): r for r in method_seeds(tmp_path)}
+    assert rows["fomaml", 0].state == STOPPED and rows["fomaml", 0].episodes == {1: 6, 5: 6, 10: 2}
+    assert rows["fomaml", 1].state == SCORED and rows["fomaml", 1].device == "cpu at 1 shot; cuda at 10 shots"
+    assert "scored on cpu at 1 shot; cuda at 10 shots" in as_text(list(rows.values()))
