@@ -317,8 +317,9 @@ def _score_and_write(
             say(f"{adapter.name}: {adopted} episodes kept from {files.scores} (their shots and sites did not change)")
     scores = score(adapter, episodes, say, keep=files.progress)
     write_scores(files.scores, scores, adapter.identity())
-    if len({d for by_site in scores.made_on.values() for d in by_site.values()}) > 1:
-        say(f"{adapter.name}: scored on {describe_devices(scores.made_on)}")
+    where = describe_devices(scores.made_on)
+    if where != adapter.device.type:  # parts kept from another device's finished scores
+        say(f"{adapter.name}: scored on {where}")
     files.progress.unlink(missing_ok=True)
     return scores
 

@@ -238,10 +238,11 @@ def made_on(data: dict) -> dict[int, dict[str, str]]:
     return {int(k): {site: written.get(k, {}).get(site, own) for site in sites} for k, sites in data["digests"].items()}
 
 
-def describe_devices(made_on: Mapping[int, Mapping[str, str]]) -> str:
-    """Where a method-seed's scores were made, for a reader: "cpu", or e.g. "cpu at 1, 5 shots;
-    cuda at 10 shots" (a shots whose sites were scored on two devices reads "cpu+cuda")."""
-    per_shots = {k: "+".join(sorted(set(by_site.values()))) for k, by_site in made_on.items()}
+def describe_devices(devices: Mapping[int, Mapping[str, str]]) -> str:
+    """Where a method-seed's scores were made (`devices`: per shots and site, as `made_on` gives),
+    for a reader: "cpu", or e.g. "cpu at 1, 5 shots; cuda at 10 shots" (a shots whose sites were
+    scored on two devices reads "cpu+cuda")."""
+    per_shots = {k: "+".join(sorted(set(by_site.values()))) for k, by_site in devices.items()}
     kinds = sorted(set(per_shots.values()))
     if len(kinds) <= 1:
         return kinds[0] if kinds else "cpu"
