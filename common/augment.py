@@ -4,6 +4,13 @@ Each image of a training batch gets its own draw of each named transform, from a
 caller seeds per (run seed, site, round), apart from the one that drew the episodes: the same
 run with and without augmentation trains on the same episodes. Evaluation never augments.
 
+One transform is drawn per task instead: `scanner` passes all of a task's images (support and
+query) through one random acquisition shift (`SiteShift.draw`: gain, contrast, gamma, blur,
+resolution, noise), so each training task looks as if another scanner had taken it. A new
+hospital differs from the training ones by such a shift (the scenarios give each hospital a
+fixed one); with `scanner` a meta-learner meets many more of them than there are training
+hospitals, and adapts to one from a task's own support set.
+
 The transforms are written as whole-batch tensor operations (a flip is a `torch.where` between
 the batch and its flipped copy): MONAI's RandFlip / RandRotate90 / RandAffine draw once per call
 and take one image, and a round of a few thousand 28px images through them per image costs more
@@ -15,13 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from common.data.shift import SiteShift
 from common.tasks import TaskBatch, site_generator
 
 STREAM = 7  # the generator stream of a round's augmentation (the episodes are drawn from stream 0)
 
 AUGMENTATIONS = {
+    "scanner": "one random acquisition shift (gain, contrast, gamma, blur, resolution, noise) per task",
     "flip": "mirror each spatial axis with probability 1/2",
     "rot90": "rotate by 0, 90, 180 or 270 degrees in the last two axes (square images)",
     "shift": "translate by up to 1/14 of the side (2 px at 28 px) along each axis, edges reflected",
@@ -56,18 +66,42 @@ class Augmenter:
         if not self.kinds:
             return batch
         generator = site_generator(self.seed, site, server_round, STREAM)
-        support, query = (
-            augment(x, self.kinds, self.spatial_dims, generator) for x in (batch.support_x, batch.query_x)
-        )
+        support, query = batch.support_x, batch.query_x
+        if "scanner" in self.kinds:  # the acquisition first, as a scanner comes before any handling
+            support, query = scanners(support, query, generator)
+        per_image = tuple(k for k in self.kinds if k not in PER_TASK)
+        support, query = (augment(x, per_image, self.spatial_dims, generator) for x in (support, query))
         return TaskBatch(support, batch.support_y, query, batch.query_y, batch.classes)
+
+
+PER_TASK = ("scanner",)  # drawn once per task by `Augmenter`, not per image by `augment`
+
+
+def scanners(
+    support: torch.Tensor, query: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each task's support and query images, (T, N, C, *spatial) in [0, 1], through one random
+    scanner of its own (`SiteShift.draw`), drawn from `generator`: within a task every image
+    meets the same acquisition, as at one hospital; tasks differ."""
+    shifted_support, shifted_query = [], []
+    for task_support, task_query in zip(support, query):
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        images = torch.cat([task_support, task_query]).cpu()
+        shifted = SiteShift.draw(rng)(images, generator).to(support.device)
+        shifted_support.append(shifted[: len(task_support)])
+        shifted_query.append(shifted[len(task_support) :])
+    return torch.stack(shifted_support), torch.stack(shifted_query)
 
 
 def augment(
     images: torch.Tensor, kinds: tuple[str, ...], spatial_dims: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """`images` (..., C, *spatial) with each image transformed by its own random draw of `kinds`."""
+    """`images` (..., C, *spatial) with each image transformed by its own random draw of `kinds`
+    (the per-image ones; `scanner` is drawn per task: `Augmenter`, `scanners`)."""
     if not kinds:
         return images
+    if set(kinds) & set(PER_TASK):
+        raise ValueError(f"augment {', '.join(sorted(set(kinds) & set(PER_TASK)))}: drawn per task, by Augmenter")
     shape = images.shape
     x = images.reshape(-1, *shape[-(spatial_dims + 1) :])  # (B, C, *spatial)
     axes = tuple(range(2, 2 + spatial_dims))
