@@ -34,7 +34,7 @@ from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
-from simulation.progress import Claim, Part, Progress, ScoreFiles, describe_devices, made_on
+from simulation.progress import Claim, Part, Progress, ScoreFiles, describe_devices, device_of, made_on
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -340,7 +340,7 @@ def adopt_finished(files: ScoreFiles, identity: dict, episodes: Episodes, accept
     data, finished = found
     if not accepted(data.get("identity"), identity, accept):
         return 0
-    progress, here = Progress(files.progress, identity), identity.get("device", "cpu")
+    progress, here = Progress(files.progress, identity), device_of(identity)
     dropped = sorted(set(finished.digests) - set(episodes.digests))
     if dropped:  # its scores would be replaced by fewer: refuse rather than lose them
         every = ",".join(map(str, sorted(set(finished.digests) | set(episodes.digests))))
@@ -492,7 +492,7 @@ def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> No
             for k, by_site in scores.site_confusion.items()
         },
     }
-    own = (identity or {}).get("device", "cpu")
+    own = device_of(identity)
     if any(d != own for by_site in scores.made_on.values() for d in by_site.values()):
         data["made_on"] = {str(k): dict(v) for k, v in scores.made_on.items()}
     write_json(path, data)  # whole or not at all: a stopped run never leaves half a file to keep

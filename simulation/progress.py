@@ -231,10 +231,15 @@ class Claim:
             self.path.unlink(missing_ok=True)
 
 
+def device_of(identity: dict | None) -> str:
+    """The device type an adapter's identity names: a CPU adapter's names none (`identity_on`)."""
+    return (identity or {}).get("device", "cpu")
+
+
 def made_on(data: dict) -> dict[int, dict[str, str]]:
     """Per shots and site, the device type that scored a scores file's episodes (`data`: the file
     as read): its `made_on` where a part came from another device, else its identity's device."""
-    own, written = (data.get("identity") or {}).get("device", "cpu"), data.get("made_on", {})
+    own, written = device_of(data.get("identity")), data.get("made_on", {})
     return {int(k): {site: written.get(k, {}).get(site, own) for site in sites} for k, sites in data["digests"].items()}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from simulation.adapters import MetaLearned
 from simulation.benchmark import Protocol, draw_episodes, parse_scores, score
 from simulation.headline import _pct
+from simulation.progress import device_of
 
 
 def main(scores_path: str, model_dir: str, data_dir: str = "../shared/data/medmnist") -> int:
@@ -35,7 +36,7 @@ def main(scores_path: str, model_dir: str, data_dir: str = "../shared/data/medmn
     if adapter.digest != identity["model"]:
         sys.exit(f"{model_dir} is not the model {scores_path} was scored with")
     here = score(adapter, drawn)
-    where = identity.get("device", "cpu")
+    where = device_of(identity)
     print(f"{scenario}, {data['method']}: {where} ({scores_path}) against the cpu here, {count} episodes per shots")
     for k in sorted(here.acc):
         a, b = other.acc[k], here.acc[k]
