@@ -470,10 +470,24 @@ def headline_rows(
                     "sites": sites,
                 }
             )
+            if name != reference:
+                rows[-1]["site_diff"] = site_differences(acc, base, base_digest)
             made_on = sorted({d for r in runs for d in r.made_on.get(shots, {}).values()})
             if made_on:  # known for every scoring; not for hand-made Scores
                 rows[-1]["made_on"] = "+".join(made_on)
     return rows
+
+
+def site_differences(acc: np.ndarray, base: np.ndarray, sites: Iterable[str]) -> dict[str, list[float]]:
+    """The paired difference to the reference at each site alone, {site: [mean, low, high]}: the
+    pooled difference can be the average of a win at one new hospital and a loss at the other,
+    and a pooled CI counts episodes, not hospitals."""
+    mine, theirs = split_sites(acc, sites), split_sites(base, sites)
+    return {site: _triple(paired_interval(mine[site], theirs[site])) for site in mine}
+
+
+def _triple(interval: Interval) -> list[float]:
+    return [interval.mean, interval.low, interval.high]
 
 
 def write_scores(path: Path, scores: Scores, identity: dict | None = None) -> None:

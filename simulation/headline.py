@@ -179,7 +179,34 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
         lines.append("")
         note = _devices([r for r in rows if _table(r) == (scenario, sites)])
         lines += [note, ""] if note else []
+        lines += _by_site([r for r in rows if _table(r) == (scenario, sites)])
     return "\n".join(lines)
+
+
+def _by_site(rows: list[dict]) -> list[str]:
+    """Under one table: each FedMeta method's (and its centralized version's) paired difference
+    to the reference at each site alone, and whether its CI is above zero at every site. The
+    table's CIs count episodes; with two new hospitals, a lead at both is the claim a reviewer
+    can lean on, a win at one and a loss at the other is not. [] for rows without per-site
+    differences (written before they were kept) or from one site."""
+    shown = [
+        r for r in rows if len(r.get("site_diff", {})) > 1 and is_fedmeta(r["method"].removeprefix("centralized-"))
+    ]
+    if not shown:
+        return []
+    sites = sorted(shown[0]["site_diff"])
+    lines = [
+        "Each site alone, points against FedAvg + fine-tune (paired 95% CI over that site's episodes):",
+        "",
+        "| shots | method | " + " | ".join(sites) + " | ahead at every site |",
+        "| --- | --- | " + "--- | " * len(sites) + "--- |",
+    ]
+    for r in sorted(shown, key=lambda r: (r["shots"], -r["acc"])):
+        cells = [r["site_diff"][site] for site in sites]
+        text = [f"{100 * m:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})" for m, lo, hi in cells]
+        ahead = "yes" if all(lo > 0 for _, lo, _ in cells) else "no"
+        lines.append(f"| {r['shots']} | {r['method']} | " + " | ".join(text) + f" | {ahead} |")
+    return [*lines, ""]
 
 
 def _devices(rows: list[dict]) -> str:

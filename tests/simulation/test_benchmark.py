@@ -282,6 +282,20 @@ def test_headline_rows_are_paired_differences_over_seeds(tmp_path):
         headline_rows("tiny", {"fedavg+finetune": ref, "maml": other})
 
 
+def test_headline_rows_keep_each_sites_own_paired_difference():
+    # 3 episodes at each of two sites, kept site after site in name order: the method wins every
+    # episode at site a by 0.2 and loses 0.1, 0.2, 0.3 at site b, so the pooled lead hides a loss
+    digests = {1: {"b": "y", "a": "x"}}
+    ref = [Scores("fedavg+finetune", {1: np.full(6, 0.5)}, {1: np.ones(6)}, digests)]
+    maml = [Scores("maml", {1: np.array([0.7, 0.7, 0.7, 0.4, 0.3, 0.2])}, {1: np.ones(6)}, digests)]
+    rows = {r["method"]: r for r in headline_rows("tiny", {"fedavg+finetune": ref, "maml": maml})}
+    a, b = rows["maml"]["site_diff"]["a"], rows["maml"]["site_diff"]["b"]
+    assert a == pytest.approx([0.2, 0.2, 0.2])  # no spread: a zero-width interval
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert b == pytest.approx([-0.2, -0.2 - half, -0.2 + half], rel=1e-5)
+    assert "site_diff" not in rows["fedavg+finetune"]  # the reference against itself says nothing
+
+
 def test_tuning_reads_the_validation_sites_only(scenario, tmp_path, monkeypatch):
     read = []
     real = benchmark.load_site

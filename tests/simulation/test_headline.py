@@ -67,6 +67,23 @@ def test_the_table_shows_each_training_seed():
     assert "| 1 | fedavg+finetune | 50.0 ± 1.0 | 0.900 | reference | 3 | - | 600 |" in lines
 
 
+def test_the_report_shows_each_site_alone_for_fedmeta_and_its_centralized_version():
+    both = {"site_diff": {"site-a": [0.04, 0.01, 0.07], "site-b": [0.02, 0.005, 0.035]}}
+    split = {"site_diff": {"site-a": [0.08, 0.06, 0.10], "site-b": [-0.03, -0.05, -0.01]}}
+    rows = [
+        ROWS[0],
+        {**ROWS[1], **split},
+        {**ROWS[3], **both},
+        {**row("fedavg+linear-probe", 1, 0.49), **both},  # a baseline: not the claim's subject
+    ]
+    lines = markdown(rows, with_targets=False).splitlines()
+    assert "| shots | method | site-a | site-b | ahead at every site |" in lines
+    assert "| 1 | maml | +8.0 (+6.0 to +10.0) | -3.0 (-5.0 to -1.0) | no |" in lines
+    assert "| 1 | centralized-maml | +4.0 (+1.0 to +7.0) | +2.0 (+0.5 to +3.5) | yes |" in lines
+    assert not any(line.startswith("| 1 | fedavg+linear-probe | +") for line in lines)
+    assert "Each site alone" not in markdown(ROWS, with_targets=False)  # rows written before site_diff
+
+
 def test_the_results_page_tables_are_generated_from_the_rows_between_its_markers(tmp_path):
     doc = tmp_path / "RESULTS.md"
     doc.write_text(f"# Results\n\nIntro.\n\n{BEGIN}\nold table typed by hand\n{END}\n\n## Stress test\n")
