@@ -16,6 +16,7 @@ from simulation.benchmark import REFERENCE
 
 HEADLINE = "headline.json"
 MARGIN = {1: 0.05, 5: 0.02}  # points (as fractions) the best FedMeta method must gain over the reference
+SITE_MARKERS = "^vsD"  # the forest plot's marks for each site's own difference, in site-name order (four at most)
 CENTRALIZED_GAP = 0.02  # how far below its centralized counterpart a FedMeta method may be
 
 
@@ -274,7 +275,8 @@ def plot_by_shots(rows: list[dict], path: Path, chance: float | None) -> None:
 
 
 def plot_forest(rows: list[dict], path: Path) -> None:
-    """Each method's paired difference to the reference, per shots, with its 95% CI; zero marked."""
+    """Each method's paired difference to the reference, per shots, with its 95% CI; zero marked;
+    hollow marks above it: the difference at each site alone (rows with `site_diff`)."""
     plt = pyplot()
     shots = sorted({r["shots"] for r in rows})
     others = [r for r in rows if r["method"] != REFERENCE and not math.isnan(r["diff_ci_low"])]
@@ -291,10 +293,23 @@ def plot_forest(rows: list[dict], path: Path) -> None:
             colour = "tab:green" if low > 0 else ("tab:red" if high < 0 else "tab:grey")
             ax.plot([low, high], [y, y], color=colour, linewidth=2)
             ax.plot([mid], [y], marker="o", color=colour)
+            for marker, (site, (alone, _, _)) in zip(SITE_MARKERS, sorted(row.get("site_diff", {}).items())):
+                ax.plot(
+                    [100 * alone],
+                    [y + 0.25],
+                    marker=marker,
+                    fillstyle="none",
+                    color="black",
+                    linestyle="none",
+                    label=site,
+                )
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(f"{k}-shot")
         ax.set_xlabel("points vs FedAvg + fine-tune")
     axes[0][0].set_yticks(range(len(methods)), methods)
+    sites = dict(zip(*axes[0][-1].get_legend_handles_labels()[::-1]))  # one entry per site
+    if sites:
+        axes[0][-1].legend(sites.values(), sites.keys(), title="each site alone", fontsize="small")
     fig.suptitle(f"{rows[0]['scenario']}: paired difference, 95% CI (green: above zero)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
