@@ -160,6 +160,7 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
         ]
     for scenario, sites in sorted({_table(r) for r in rows}):
         title = scenario if sites == "heldout" else f"{scenario}, {sites} sites (for choosing settings only)"
+        mine = [r for r in rows if _table(r) == (scenario, sites)]
         lines += [
             f"### {title}",
             "",
@@ -167,7 +168,7 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
             "| seeds | each seed % | episodes |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for r in sorted((r for r in rows if _table(r) == (scenario, sites)), key=lambda r: (r["shots"], -r["acc"])):
+        for r in sorted(mine, key=lambda r: (r["shots"], -r["acc"])):
             diff = (
                 f"{100 * r['diff_vs_fedavg_ft']:+.1f} ({100 * r['diff_ci_low']:+.1f} to {100 * r['diff_ci_high']:+.1f})"
                 if r["method"] != REFERENCE and not math.isnan(r["diff_ci_low"])
@@ -178,9 +179,9 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
                 f"{diff} | {r['seeds']} | {_each_seed(r)} | {r['episodes']} |"
             )
         lines.append("")
-        note = _devices([r for r in rows if _table(r) == (scenario, sites)])
+        note = _devices(mine)
         lines += [note, ""] if note else []
-        lines += _by_site([r for r in rows if _table(r) == (scenario, sites)])
+        lines += _by_site(mine)
     return "\n".join(lines)
 
 
