@@ -27,7 +27,12 @@ class Interval:
     def points(self) -> str:
         """A difference of accuracies (fractions) in percentage points with its interval:
         "+2.4 (+1.9 to +2.8)", as the docs' tables write it."""
-        return f"{100 * self.mean:+.1f} ({100 * self.low:+.1f} to {100 * self.high:+.1f})"
+        return points(self.mean, self.low, self.high)
+
+
+def points(mean: float, low: float, high: float) -> str:
+    """`Interval.points` for an interval kept as numbers (a headline.json row's)."""
+    return f"{100 * mean:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})"
 
 
 def t_quantile(dof: int, level: float = 0.95) -> float:

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from common.files import write_json
+from common.stats import points
 from server.report import PER_PANEL, facets, integer_axis, panels, pyplot
 from simulation.adapters import FINETUNED
 from simulation.baselines import META_LEARNERS
@@ -170,7 +171,7 @@ def markdown(rows: list[dict], with_targets: bool = True) -> str:
         ]
         for r in sorted(mine, key=lambda r: (r["shots"], -r["acc"])):
             diff = (
-                f"{100 * r['diff_vs_fedavg_ft']:+.1f} ({100 * r['diff_ci_low']:+.1f} to {100 * r['diff_ci_high']:+.1f})"
+                points(r["diff_vs_fedavg_ft"], r["diff_ci_low"], r["diff_ci_high"])
                 if r["method"] != REFERENCE and not math.isnan(r["diff_ci_low"])
                 else "reference"
             )
@@ -205,7 +206,7 @@ def _by_site(rows: list[dict]) -> list[str]:
     ]
     for r in sorted(shown, key=lambda r: (r["shots"], -r["acc"])):
         cells = [r["site_diff"][site] for site in sites]
-        text = [f"{100 * m:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})" for m, lo, hi in cells]
+        text = [points(*cell) for cell in cells]
         ahead = "yes" if all(lo > 0 for _, lo, _ in cells) else "no"
         lines.append(f"| {r['shots']} | {r['method']} | " + " | ".join(text) + f" | {ahead} |")
     return [*lines, ""]
