@@ -70,7 +70,7 @@ class MetaConfig:
     # loss after adaptation, so the start stays a classifier of the scenario's labels (0: MAML's objective)
     start_loss_weight: float = 0.0
     # ProtoNet: classes per training episode (0: the episodes' `ways`, as evaluation uses). Snell et
-    # al. 2017 train with more ways than they test; on new-classes it did not help (RESULTS.md, sweep 3)
+    # al. 2017 train with more ways than they test; on new-classes it did not help (docs/SWEEPS.md, sweep 3)
     train_ways: int = 0
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@
 #   SEEDS default "0" (or SEED): training seeds. With several, every recipe (and `supervised`) is
 #         trained once per seed and scored as one method over all its seeds, as the headline run
 #         does: a recipe is chosen on its mean over seeds, not on one seed's luck (on new-hospital,
-#         FOMAML's held-out accuracy spans 6.9 points over three seeds; see docs/RESULTS.md)
+#         FOMAML's held-out accuracy spans 6.9 points over three seeds; see docs/sweeps/new-hospital-3.txt)
 #   SHOTS default "1,5"; EPISODES default 200 (per shots, over the validation sites)
 #   LOCAL default 1; LOCAL=0 leaves local training out of the tuning and the scoring (a recipe
 #         comparison against fine-tuning does not need it, and on 2 cores it is the longest part:
