@@ -34,7 +34,7 @@ from common.scenario import Scenario, load_scenario, load_site
 from common.stats import Interval, episodes_hash, paired_interval, t_interval
 from common.tasks import Episode, TaskBatch
 from simulation.adapters import Adapter, Trained
-from simulation.progress import Claim, Part, Progress, ScoreFiles, describe_devices, device_of, made_on
+from simulation.progress import Claim, Part, Plan, Progress, ScoreFiles, describe_devices, device_of, made_on
 
 REFERENCE = "fedavg+finetune"  # the method every other one is compared with
 ROLES = ("heldout", "validation")
@@ -138,6 +138,11 @@ def split_sites(values: np.ndarray, sites: Iterable[str]) -> dict[str, np.ndarra
     return dict(zip(names, np.split(np.asarray(values), len(names)), strict=True))
 
 
+def planned(episodes: Episodes) -> dict[int, int]:
+    """The episodes per number of shots, over every site."""
+    return {shots: sum(len(batch) for batch in by_site.values()) for shots, by_site in episodes.batches.items()}
+
+
 def score(
     adapter: Adapter,
     episodes: Episodes,
@@ -182,7 +187,7 @@ def _score(
     at 5 shots on 2 CPU cores (docs/RESULTS.md). What `kept` holds is not scored again."""
     out: dict[int, Scores] = {}
     classes, labels = episodes.num_classes(), episodes.num_labels()
-    kept.plan({shots: sum(len(batch) for batch in by_site.values()) for shots, by_site in episodes.batches.items()})
+    kept.plan(planned(episodes))
     for shots, by_site in episodes.batches.items():
         parts: dict[str, dict[int, Part]] = {}
         for site in sorted(by_site):
@@ -256,6 +261,7 @@ def score_methods(
     - `accept`: device types whose finished scores are kept too (`kept_scores`)."""
     accept = tuple(accept)
     todo = [(name, seed) for name, runs in adapters.items() for seed in range(len(runs))]
+    Plan(directory).add([ScoreFiles(directory, *m).stem for m in todo], planned(episodes))
     done: dict[tuple[str, int], Scores] = {}
     told: dict[tuple[str, int], float] = {}  # when this process last said it waits for a method-seed
     warned = False

@@ -179,6 +179,34 @@ class ScoreFiles:
         return cls(path.parent, name, int(seed)) if sep and name and seed.isdigit() else None
 
 
+class Plan:
+    """What the `evaluate` runs on a scores directory are asked to score: the method-seeds (stems,
+    NAME-SEED) and the episodes per number of shots, in `plan.json` beside their files, so that
+    `fedmeta benchmark status` can list a method-seed no process has started yet, or one scored at
+    fewer shots than asked. A run on the same episodes per shots adds its method-seeds to the plan
+    (several processes share a directory, e.g. the baselines alone beside the rest); a run on other
+    episodes replaces it. Read only by `status`: scoring never depends on it."""
+
+    NAME = "plan.json"
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / self.NAME
+
+    def read(self) -> tuple[list[str], dict[int, int]]:
+        """(stems, episodes per shots); nothing for a missing or unreadable plan."""
+        try:
+            data = json.loads(self.path.read_text())
+            return [str(s) for s in data["stems"]], {int(k): int(n) for k, n in data["episodes"].items()}
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return [], {}
+
+    def add(self, stems: list[str], episodes: Mapping[int, int]) -> None:
+        had, planned = self.read()
+        keep = had if planned == dict(episodes) else []
+        merged = keep + [s for s in stems if s not in keep]
+        write_json(self.path, {"stems": merged, "episodes": {str(k): n for k, n in sorted(episodes.items())}})
+
+
 class Claim:
     """A method-seed being scored by one process: `path` holds its pid and host. Taken atomically
     (the file is created only if absent); a claim whose process is gone (same host, pid not alive)

@@ -3,8 +3,10 @@ as `fedmeta benchmark evaluate` writes it), whether it is scored, being scored a
 stopped midway, and how many episodes of each number of shots it holds.
 
 It reads the three files a method-seed can leave (NAME-SEED.json when scored, NAME-SEED.progress.json
-while or after being scored midway, NAME-SEED.claim while a process holds it) and changes none:
-safe to run beside the scoring processes, on a shared directory, as often as wanted.
+while or after being scored midway, NAME-SEED.claim while a process holds it), and the directory's
+plan.json (what the `evaluate` runs on it were asked to score: a method-seed no process has
+started yet, or one scored at fewer shots than asked, is "to score"), and changes none: safe to
+run beside the scoring processes, on a shared directory, as often as wanted.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulation.progress import Claim, Progress, ScoreFiles, describe_devices, made_on
+from simulation.progress import Claim, Plan, Progress, ScoreFiles, describe_devices, made_on
 
-SCORED, SCORING, STOPPED = "scored", "scoring", "stopped midway"
+SCORED, SCORING, STOPPED, TO_SCORE = "scored", "scoring", "stopped midway", "to score"
 
 
 @dataclass
@@ -44,13 +46,27 @@ def _pace(data: dict, kept: int, written: float) -> float | None:
 
 
 def method_seeds(directory: Path) -> list[MethodSeed]:
-    """Every method-seed `directory` holds a file of, by method then seed."""
+    """Every method-seed `directory` holds a file of or its plan names, by method then seed."""
     found: dict[ScoreFiles, list[Path]] = {}
     for path in sorted(Path(directory).iterdir()):
         files = ScoreFiles.of(path) if path.is_file() else None
         if files is not None:
             found.setdefault(files, []).append(path)
-    return [_state(files, found[files]) for files in sorted(found, key=lambda f: (f.name, f.seed))]
+    stems, asked = Plan(directory).read()
+    for stem in stems:
+        files = ScoreFiles.of(Path(directory) / f"{stem}.json")
+        if files is not None:
+            found.setdefault(files, [])
+    rows = []
+    for files in sorted(found, key=lambda f: (f.name, f.seed)):
+        if not found[files]:  # planned, and no process has left a file of it yet
+            rows.append(MethodSeed(files.name, files.seed, TO_SCORE, planned=dict(asked)))
+            continue
+        row = _state(files, found[files])
+        if files.stem in stems and row.state == SCORED and any(row.episodes.get(k, 0) < n for k, n in asked.items()):
+            row.state, row.planned = TO_SCORE, dict(asked)  # scored at fewer shots or episodes than asked
+        rows.append(row)
+    return rows
 
 
 def _state(files: ScoreFiles, paths: list[Path]) -> MethodSeed:
@@ -108,12 +124,14 @@ def as_text(rows: list[MethodSeed]) -> str:
             note += f"; about {row.left_s / 60:.0f} min left at its pace so far"
         if not note and row.state == SCORED and row.device != "cpu":
             note = f"scored on {row.device}"
-        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated)) if row.updated else "-"
         lines.append([row.method, str(row.seed), row.state, *counts, written, note])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    done, live = sum(r.state == SCORED for r in rows), sum(r.state == SCORING for r in rows)
+    done, live, ahead = (sum(r.state == state for r in rows) for state in (SCORED, SCORING, TO_SCORE))
+    stopped = len(rows) - done - live - ahead
     table.append(
-        f"{done} of {len(rows)} method-seeds scored, {live} being scored, {len(rows) - done - live} stopped midway"
+        f"{done} of {len(rows)} method-seeds scored, {live} being scored, {stopped} stopped midway"
+        + (f", {ahead} to score" if ahead else "")
     )
     return "\n".join(table)

@@ -365,7 +365,8 @@ def status(
     scenario: str = typer.Option(None, help="Only this scenario's scores (default: every one under OUT/scores)."),
 ) -> None:
     """Where each scoring under OUT/scores stands: per method-seed, scored, being scored (by which
-    process) or stopped midway, and its episodes per shots. Reads only: run it beside the scoring."""
+    process), stopped midway, or still to score (an evaluate run asked for it or for more shots of it,
+    none has started), and its episodes per shots. Reads only: run it beside the scoring."""
     from simulation.scoring_status import as_text, method_seeds, scores_directories
 
     directories = scores_directories(out, scenario)

@@ -153,6 +153,44 @@ def test_a_finished_table_scored_at_more_shots_adapts_to_the_new_shots_only(scen
     assert other.adapted == 12
 
 
+def test_status_lists_what_the_runs_were_asked_to_score_that_no_process_has_started(scenario, tmp_path):
+    """Each `evaluate` run adds its method-seeds to the directory's plan; `status` lists a planned
+    method-seed with no file yet, and one scored at fewer shots than asked, as still to score."""
+    from simulation.benchmark import planned, score_methods
+    from simulation.progress import Plan
+    from simulation.scoring_status import SCORED, TO_SCORE, as_text, method_seeds
+
+    model = saved(tmp_path, "fedavg")
+    directory = tmp_path / "scores"
+    directory.mkdir()
+    before = draw_episodes(Protocol(scenario, shots=(1, 2), queries=3, episodes=4))
+    more = draw_episodes(Protocol(scenario, shots=(1, 2, 3), queries=3, episodes=4))
+    score_methods({"fedavg+finetune": [StopsAfter(model, steps=2)]}, before, directory)
+    assert Plan(directory).read() == (["fedavg+finetune-0"], {1: 4, 2: 4})
+    (row,) = method_seeds(directory)
+    assert row.state == SCORED
+    # a run asked for 3 shots too and for the prototypes, stopped before scoring anything
+    Plan(directory).add(["fedavg+finetune-0", "fedavg+prototypes-0"], planned(more))
+    rows = {r.method: r for r in method_seeds(directory)}
+    assert rows["fedavg+finetune"].state == TO_SCORE and rows["fedavg+finetune"].episodes == {1: 4, 2: 4}
+    assert rows["fedavg+prototypes"].state == TO_SCORE and rows["fedavg+prototypes"].episodes == {}
+    text = as_text(list(rows.values()))
+    assert "0 of 2 method-seeds scored, 0 being scored, 0 stopped midway, 2 to score" in text
+    assert next(line for line in text.splitlines() if line.startswith("fedavg+finetune ")).split()[4:7] == [
+        "4/4",
+        "4/4",
+        "0/4",
+    ]
+    # a run on the same episodes adds to the plan; the finetuning is then scored at 3 shots too
+    score_methods({"fedavg+finetune": [StopsAfter(model, steps=2)]}, more, directory)
+    assert Plan(directory).read() == (["fedavg+finetune-0", "fedavg+prototypes-0"], {1: 4, 2: 4, 3: 4})
+    rows = {r.method: r for r in method_seeds(directory)}
+    assert rows["fedavg+finetune"].state == SCORED and rows["fedavg+prototypes"].state == TO_SCORE
+    # a run on other episodes replaces the plan
+    Plan(directory).add(["fedavg+finetune-0"], {1: 2})
+    assert [r.method for r in method_seeds(directory)] == ["fedavg+finetune"]
+
+
 def test_a_table_another_device_finished_is_extended_here_and_says_which_device_made_each_shots(
     scenario, tmp_path, monkeypatch
 ):
