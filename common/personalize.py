@@ -71,7 +71,10 @@ def personalize(
     seed: int = 0,
     kernels: str = "auto",
     positive: str | None = None,
+    lr_scale: float = 1.0,
 ) -> Personalized:
+    """`model_dir`'s meta-model adapted on `shots` examples per class of `data` (`steps` inner steps,
+    None: its eval-inner-steps, at `lr_scale` times its inner rate) and scored on the rest."""
     meta, model_cfg, meta_cfg, episode_cfg, _ = load_meta_model(model_dir)
     classes = len(data.classes)
     if positive is not None and positive not in data.classes:
@@ -87,7 +90,7 @@ def personalize(
             f"({model_cfg.in_channels} channels, {model_cfg.image_size}px, {model_cfg.spatial_dims}D)"
         )
     model_cfg = replace(model_cfg, num_classes=classes)
-    algorithm = build_algorithm(build_model(model_cfg), meta_cfg, resolve_kernels(kernels))
+    algorithm = build_algorithm(build_model(model_cfg), meta_cfg, resolve_kernels(kernels)).with_rate_scale(lr_scale)
     meta = resize_head(meta, classes)
     support, rest = split_support(data, shots, torch.Generator().manual_seed(seed))
     adapted = algorithm.adapt(meta, data.images[support], data.labels[support], steps)
@@ -101,11 +104,18 @@ def personalize(
         "loss": cross_entropy(logits, truth).item(),
         "algorithm": meta_cfg.algorithm,
         "adaptation_steps": meta_cfg.eval_inner_steps if steps is None else steps,
+        "adaptation_lr_scale": lr_scale,
     }
     confusion = torch.tensor(summary["confusion"])
     curves = roc_curves(logits, truth, data.classes, summary.get("positive_class"))
     params = {k: v.detach() for k, v in adapted.items()}
     return Personalized(params, data.classes, report, confusion, model_cfg, meta_cfg, episode_cfg, curves)
+
+
+def adaptation(report: dict) -> str:
+    """How a report's model was adapted, as a title says it: "80 steps at 0.3x its inner rate"."""
+    scale = report.get("adaptation_lr_scale", 1.0)
+    return f"{report['adaptation_steps']} steps" + ("" if scale == 1.0 else f" at {scale:g}x its inner rate")
 
 
 def write_personalized(out_dir: Path, result: Personalized) -> None:
@@ -128,7 +138,7 @@ def write_personalized(out_dir: Path, result: Personalized) -> None:
     )
     r = result.report
     (out_dir / "report.json").write_text(json.dumps({**r, "classes": list(result.classes)}, indent=1))
-    title = f"{r['support_per_class']}-shot adaptation of a {r['algorithm']} meta-model ({r['adaptation_steps']} steps)"
+    title = f"{r['support_per_class']}-shot adaptation of a {r['algorithm']} meta-model ({adaptation(r)})"
     (out_dir / "report.md").write_text(markdown(r, title))
     plot_confusion(result.confusion, result.classes, title, out_dir / "confusion_matrix.png")
     plot_roc(

@@ -255,6 +255,12 @@ class MetaLearned(Trained):
 FINETUNED = "+finetune"  # NAME+finetune: the meta-model NAME fine-tuned at the new site as FedAvg's model is
 
 
+def best_settings(tuned: dict, name: str) -> dict:
+    """The settings `fedmeta benchmark tune` chose for method `name` (its tuned.json, read), e.g.
+    {"steps": 80, "lr_scale": 0.3}; {} where it holds none (the method's own defaults)."""
+    return tuned.get(name, {}).get("best", {})
+
+
 def finetuned(name: str) -> str:
     """The method a meta-model named `name` becomes when every weight is fine-tuned on the support
     set (a ProtoNet from its prototypes, a MAML-family model from its own head)."""

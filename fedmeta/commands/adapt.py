@@ -19,7 +19,18 @@ def adapt(
     split: str = typer.Option("test", help="MedMNIST split to use."),
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="Directory of MedMNIST files."),
     shots: int = typer.Option(5, help="Labelled examples per class to adapt on; the rest are evaluated."),
-    steps: int = typer.Option(None, help="Adaptation steps (default: the model's eval-inner-steps)."),
+    steps: int = typer.Option(None, help="Adaptation steps (default: the model's eval-inner-steps, or --tuned's)."),
+    lr_scale: float = typer.Option(
+        None, help="Adapt at this multiple of the model's inner rate (default: 1, or --tuned's); not ProtoNet."
+    ),
+    tuned: Path = typer.Option(
+        None,
+        help="A tuned.json of `fedmeta benchmark tune` (e.g. docs/results/models/SCENARIO/tuned.json): adapt with "
+        "the steps and rate its validation sites chose for this method; --steps / --lr-scale override it.",
+    ),
+    tuned_as: str = typer.Option(
+        None, help="Which method's entry of --tuned to take (default: the model's algorithm, e.g. fomaml)."
+    ),
     seed: int = typer.Option(0, help="Which examples form the support set."),
     positive: str = typer.Option(
         None, help="Two classes: the finding whose sensitivity and specificity are reported (default: the second)."
@@ -36,12 +47,18 @@ def adapt(
     from common.data.transforms import to_model_input
     from common.export import load_meta_model
     from common.native.build import NativeKernelsUnavailable
-    from common.personalize import personalize, write_personalized
+    from common.personalize import adaptation, personalize, write_personalized
     from fedmeta.progress import loading_progress
 
     console = Console()
     try:
-        _, model_cfg, _, _, _ = load_meta_model(model)
+        _, model_cfg, meta_cfg, _, _ = load_meta_model(model)
+        if tuned is not None:
+            chosen = _tuned(tuned, tuned_as or meta_cfg.algorithm)
+            steps = chosen.get("steps") if steps is None else steps
+            lr_scale = chosen.get("lr_scale", 1.0) if lr_scale is None else lr_scale
+        elif tuned_as is not None:
+            raise ValueError("--tuned-as names an entry of --tuned: give the tuned.json too")
         if (folder is None) == (not medmnist):
             raise ValueError("give the site's data as either --folder DIR or --medmnist NAME --data-dir DIR")
         if folder is not None:
@@ -57,13 +74,13 @@ def adapt(
             data = replace(
                 raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
             )
-        result = personalize(model, data, shots, steps, seed, kernels, positive)
+        result = personalize(model, data, shots, steps, seed, kernels, positive, 1.0 if lr_scale is None else lr_scale)
     except (ValueError, FileNotFoundError, DataError, NativeKernelsUnavailable) as error:
         fail(error)
     write_personalized(out, result)
     r = result.report
     table = Table(
-        title=f"{shots}-shot adaptation ({r['algorithm']}, {r['adaptation_steps']} steps), "
+        title=f"{shots}-shot adaptation ({r['algorithm']}, {adaptation(r)}), "
         f"evaluated on {r['evaluated']} images (95% CIs)"
     )
     for column in ("class", "cases", "sensitivity", "specificity", "PPV", "AUROC"):
@@ -90,3 +107,35 @@ def adapt(
         f"personalized model: {out / 'model'}; report: {out / 'report.md'} (and report.json), "
         f"{out / 'confusion_matrix.png'}, {out / 'roc_curve.png'}"
     )
+
+
+def _tuned(path: Path, name: str) -> dict:
+    """The adaptation settings `fedmeta benchmark tune` chose for meta-model method `name` in `path`."""
+    import json
+
+    from simulation.adapters import best_settings
+
+    try:
+        settings = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--tuned {path}: no such file; give the tuned.json `fedmeta benchmark tune` wrote") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"--tuned {path} is not JSON: give the tuned.json `fedmeta benchmark tune` wrote") from None
+    entries = {n: e["best"] for n, e in settings.items() if isinstance(e, dict) and isinstance(e.get("best"), dict)}
+    meta = sorted(n for n, best in entries.items() if set(best) <= META_SETTINGS)
+    if name not in entries:
+        raise ValueError(
+            f"--tuned {path} holds no settings for {name!r}; its meta-model entries: {', '.join(meta) or 'none'} "
+            "(choose one with --tuned-as)"
+        )
+    chosen = best_settings(settings, name)  # what `evaluate` adapts this method with
+    other = sorted(set(chosen) - META_SETTINGS)
+    if other:
+        raise ValueError(
+            f"--tuned {path}: {name!r} was tuned with {', '.join(other)}, settings of another adaptation than "
+            f"a meta-model's own; adapt applies steps and lr_scale (meta-model entries: {', '.join(meta) or 'none'})"
+        )
+    return chosen
+
+
+META_SETTINGS = {"steps", "lr_scale"}  # what a meta-model's own adaptation takes from tuned.json

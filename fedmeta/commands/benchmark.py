@@ -268,7 +268,16 @@ def evaluate(
     against FedAvg + fine-tune."""
     from common.device import resolve_device
     from common.scenario import load_scenario
-    from simulation.adapters import FineTune, LinearProbe, Loaded, MetaLearned, Prototypes, Scratch, finetuned
+    from simulation.adapters import (
+        FineTune,
+        LinearProbe,
+        Loaded,
+        MetaLearned,
+        Prototypes,
+        Scratch,
+        best_settings,
+        finetuned,
+    )
     from simulation.benchmark import (
         Protocol,
         draw_episodes,
@@ -305,7 +314,7 @@ def evaluate(
         fail(error)
 
     def best(name: str) -> dict:
-        return settings.get(name, {}).get("best", {})
+        return best_settings(settings, name)
 
     adapters: dict[str, list] = {n: [MetaLearned(d, name=n, **best(n)) for d in dirs] for n, dirs in models.items()}
     for n, dirs in models.items():  # each meta-model also fine-tuned, where `tune` chose how (tune --finetune-meta)

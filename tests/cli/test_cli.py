@@ -211,3 +211,48 @@ def test_adapt_names_a_wrong_model_path_without_a_traceback(tmp_path, what):
     out = fedmeta("adapt", str(model), "--folder", str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert expected in " ".join(out.stderr.split())
+
+
+def test_adapt_takes_the_steps_and_rate_the_benchmark_tuned_and_names_a_wrong_entry(tmp_path):
+    """`fedmeta adapt --tuned tuned.json` adapts a site with the settings `fedmeta benchmark tune`
+    chose on the validation sites for that method (as `evaluate` scores it); --steps overrides."""
+    import torch
+
+    from common.algorithms import build_algorithm
+    from common.backbones import build_model
+    from common.config import EpisodeConfig, MetaConfig
+    from common.export import save_meta_model
+    from common.models import ModelConfig
+    from tests.common.data.hospital import write_site
+
+    cfg = ModelConfig(image_size=16, num_classes=2, width=4, depth=1, num_groups=2)
+    torch.manual_seed(0)
+    algo = build_algorithm(build_model(cfg), MetaConfig(algorithm="fomaml", eval_inner_steps=2))
+    model = tmp_path / "model"
+    save_meta_model(model, algo.init_meta_params(), cfg, algo.config, EpisodeConfig(ways=2))
+    site = write_site(tmp_path / "site", {"benign": 8, "malignant": 8}, patients_per_class=8)
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(
+        json.dumps(
+            {
+                "protocol": {"scenario": "x", "shots": [1, 5], "episodes": 50, "role": "validation"},
+                "fomaml": {"best": {"lr_scale": 0.3, "steps": 7}, "tries": {}},
+                "finetune": {"best": {"lr": 1e-4, "steps": 100}, "tries": {}},
+            }
+        )
+    )
+
+    def adapt(*extra: str) -> subprocess.CompletedProcess:
+        return fedmeta("adapt", str(model), "--folder", str(site), "--shots", "2", "--out", str(tmp_path / "o"), *extra)
+
+    done = adapt("--tuned", str(tuned))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert (report["adaptation_steps"], report["adaptation_lr_scale"]) == (7, 0.3)
+    assert "(7 steps at 0.3x its inner rate)" in (tmp_path / "o" / "report.md").read_text()
+    assert adapt("--tuned", str(tuned), "--steps", "3").returncode == 0
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["adaptation_steps"] == 3
+    wrong = adapt("--tuned", str(tuned), "--tuned-as", "finetune")
+    assert wrong.returncode == 2 and "tuned with lr" in wrong.stderr and "meta-model entries: fomaml" in wrong.stderr
+    missing = adapt("--tuned", str(tuned), "--tuned-as", "centralized-fomaml")
+    assert missing.returncode == 2 and "holds no settings for 'centralized-fomaml'" in " ".join(missing.stderr.split())

@@ -60,3 +60,19 @@ def test_personalize_end_to_end_and_refusals(tmp_path):
     (tmp_path / "model.json").unlink()
     with pytest.raises(ModelFileError, match=r"model.json is missing"):
         personalize(tmp_path, data(), shots=2)
+
+
+def test_a_rate_scale_adapts_at_that_fraction_and_the_report_says_so(tmp_path):
+    cfg = ModelConfig(image_size=8, num_classes=2, width=4, depth=1, num_groups=2)
+    torch.manual_seed(0)
+    algo = build_algorithm(build_model(cfg), MetaConfig(algorithm="fomaml", eval_inner_steps=3))
+    save_meta_model(tmp_path, algo.init_meta_params(), cfg, algo.config, EpisodeConfig(ways=2))
+    full = personalize(tmp_path, data(), shots=2)
+    scaled = personalize(tmp_path, data(), shots=2, lr_scale=0.3)
+    assert full.report["adaptation_lr_scale"] == 1.0 and scaled.report["adaptation_lr_scale"] == 0.3
+    start = load_meta_model(tmp_path)[0]
+    # the same steps on the same support set at a third of the rate move the head less
+    moved, moved_scaled = ((r.params["head.bias"] - start["head.bias"]).norm().item() for r in (full, scaled))
+    assert 0 < moved_scaled < moved
+    with pytest.raises(ValueError, match="positive, finite factor"):
+        personalize(tmp_path, data(), shots=2, lr_scale=0.0)
