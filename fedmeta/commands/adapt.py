@@ -11,6 +11,8 @@ from rich.table import Table
 
 from fedmeta.errors import fail
 
+META_SETTINGS = {"steps", "lr_scale"}  # what a meta-model's own adaptation takes from tuned.json
+
 
 def adapt(
     model: Path = typer.Argument(..., help="Meta-model directory (model.safetensors + model.json), e.g. RUN/model."),
@@ -136,6 +138,3 @@ def _tuned(path: Path, name: str) -> dict:
             f"a meta-model's own; adapt applies steps and lr_scale (meta-model entries: {', '.join(meta) or 'none'})"
         )
     return chosen
-
-
-META_SETTINGS = {"steps", "lr_scale"}  # what a meta-model's own adaptation takes from tuned.json
