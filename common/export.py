@@ -4,6 +4,7 @@ a hospital must not execute code from a file it was sent."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -18,12 +19,25 @@ FORMAT = "fedmeta-meta-model/1"
 
 
 def save_meta_model(
-    out_dir: Path, params: Params, model: ModelConfig, meta: MetaConfig, episode: EpisodeConfig, **extra
+    out_dir: Path,
+    params: Params,
+    model: ModelConfig,
+    meta: MetaConfig,
+    episode: EpisodeConfig,
+    classes: Sequence[str] | None = None,
+    **extra,
 ) -> Path:
+    """The model directory: weights (safetensors) and model.json. `classes`: the class each head
+    output stands for, where outputs are classes (global labels, or a site's adapted model); left
+    out where they are an episode's relabelled slots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, out_dir / WEIGHTS)
     description = {"format": FORMAT, "model": asdict(model), "meta": asdict(meta), "episode": asdict(episode), **extra}
+    if classes is not None:
+        if len(classes) != model.num_classes:
+            raise ValueError(f"{len(classes)} class names for a head of {model.num_classes} outputs")
+        description["classes"] = list(classes)
     (out_dir / DESCRIPTION).write_text(json.dumps(description, indent=1))
     return out_dir
 

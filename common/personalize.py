@@ -3,6 +3,8 @@ own task with the algorithm's inner loop (or prototypes), then measure it on the
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from common.export import load_meta_model, save_meta_model
 from common.functional import Params, cross_entropy
 from common.models import ModelConfig
 from common.native import resolve_kernels
+from common.scenario import load_scenario
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,75 @@ class Personalized:
     roc: dict[str, tuple[torch.Tensor, torch.Tensor]]  # class -> (false-positive rates, true-positive rates)
 
 
-def resize_head(meta: Params, classes: int) -> Params:
-    """Keep the first `classes` outputs of the head (and of Meta-SGD's head rates). Episodes
-    relabel classes at random, so no row of a meta-learned head belongs to a particular class."""
-    return {k: v[:classes] if k.removeprefix(PREFIX).startswith("head.") else v for k, v in meta.items()}
+def head_classes(info: dict, model: ModelConfig, episode: EpisodeConfig) -> tuple[str, ...] | None:
+    """The class each output of a model's head stands for, or None where its outputs are an
+    episode's slots (meta-trained on episodes that relabel classes at random, so no output is a
+    class). model.json's `classes` says it: training runs with global labels (hospital tasks)
+    write it, and so does `fedmeta adapt`. A model written before they did is read through the
+    scenario it names: hospital tasks keep global labels, and so does a head with one output per
+    class of the scenario's label space other than its episodes' ways (supervised FedAvg trained
+    with tasks='hospital' on an episodes scenario)."""
+    if "classes" in info:
+        named = info["classes"]
+        if not (isinstance(named, list) and len(named) == model.num_classes and all(isinstance(n, str) for n in named)):
+            raise ValueError(
+                f"model.json's classes ({named!r}) should be {model.num_classes} names, one per head output: "
+                "copy the model directory again"
+            )
+        return tuple(named)
+    try:
+        scenario = load_scenario(str(info["scenario"]))
+    except (KeyError, ValueError, FileNotFoundError):
+        return None  # no scenario, or one this machine does not have: nothing says the outputs are classes
+    labels = scenario.label_space(scenario.sites[0])
+    if not labels or len(labels) != model.num_classes:
+        return None
+    return labels if scenario.tasks == "hospital" or model.num_classes != episode.ways else None
+
+
+def _key(name: str) -> str:
+    return " ".join(re.split(r"[\s_\-]+", name.strip().lower()))
+
+
+def head_rows(trained: Sequence[str], site: Sequence[str]) -> list[int]:
+    """For each of the site's classes, the head output trained for it, matched by name (case,
+    spaces, '-' and '_' aside; "kidney-left" also matches a joined label space's
+    "organamnist:kidney-left"). A class the model never learnt, or a name that fits two of its
+    classes, is refused by name."""
+    by_name: dict[str, list[int]] = {}
+    by_short: dict[str, list[int]] = {}
+    for row, name in enumerate(trained):
+        by_name.setdefault(_key(name), []).append(row)
+        if ":" in name:
+            by_short.setdefault(_key(name.rsplit(":", 1)[1]), []).append(row)
+    rows, unknown = [], []
+    for name in site:
+        found = by_name.get(_key(name)) or by_short.get(_key(name), [])
+        if len(found) > 1:
+            raise ValueError(
+                f"the site's class {name!r} fits {len(found)} of the model's classes "
+                f"({', '.join(trained[r] for r in found)}): name it in full in labels.csv"
+            )
+        if found:
+            rows.append(found[0])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"the site's classes {unknown} are not among the {len(trained)} classes the model's head was trained "
+            f"on ({', '.join(trained)}): rename them to these names in labels.csv, or adapt a model meta-trained "
+            "on episodes (which relabel classes, so it learns new ones from the support set)"
+        )
+    taken = [site[i] for i, row in enumerate(rows) if rows.count(row) > 1]
+    if taken:
+        raise ValueError(f"the site's classes {taken} name the same class of the model: give each class once")
+    return rows
+
+
+def select_head(meta: Params, rows: Sequence[int]) -> Params:
+    """The head's outputs `rows`, in that order (and Meta-SGD's rates for them); the body unchanged."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    return {k: v[index] if k.removeprefix(PREFIX).startswith("head.") else v for k, v in meta.items()}
 
 
 def split_support(data: LabelledImages, shots: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,15 +143,17 @@ def personalize(
 ) -> Personalized:
     """`model_dir`'s meta-model adapted on `shots` examples per class of `data` (`steps` inner steps,
     None: its eval-inner-steps, at `lr_scale` times its inner rate) and scored on the rest."""
-    meta, model_cfg, meta_cfg, episode_cfg, _ = load_meta_model(model_dir)
+    meta, model_cfg, meta_cfg, episode_cfg, info = load_meta_model(model_dir)
     classes = len(data.classes)
     if positive is not None and positive not in data.classes:
         raise ValueError(f"--positive {positive!r} is not one of the site's classes {list(data.classes)}")
-    if classes > model_cfg.num_classes:
+    trained = head_classes(info, model_cfg, episode_cfg)
+    if trained is None and classes > model_cfg.num_classes:
         raise ValueError(
             f"the site has {classes} classes but the meta-model was trained on {model_cfg.num_classes}-way tasks; "
             f"meta-train with ways={classes} or more"
         )
+    rows = list(range(classes)) if trained is None else head_rows(trained, data.classes)
     if tuple(data.images.shape[1:]) != (model_cfg.in_channels, *(model_cfg.image_size,) * model_cfg.spatial_dims):
         raise ValueError(
             f"images of shape {tuple(data.images.shape[1:])} do not fit the meta-model's input "
@@ -91,7 +161,7 @@ def personalize(
         )
     model_cfg = replace(model_cfg, num_classes=classes)
     algorithm = build_algorithm(build_model(model_cfg), meta_cfg, resolve_kernels(kernels)).with_rate_scale(lr_scale)
-    meta = resize_head(meta, classes)
+    meta = select_head(meta, rows)
     support, rest = split_support(data, shots, torch.Generator().manual_seed(seed))
     adapted = algorithm.adapt(meta, data.images[support], data.labels[support], steps)
     with torch.no_grad():
@@ -105,6 +175,7 @@ def personalize(
         "algorithm": meta_cfg.algorithm,
         "adaptation_steps": meta_cfg.eval_inner_steps if steps is None else steps,
         "adaptation_lr_scale": lr_scale,
+        "head_from": None if trained is None else [trained[r] for r in rows],  # the model's classes, by name
     }
     confusion = torch.tensor(summary["confusion"])
     curves = roc_curves(logits, truth, data.classes, summary.get("positive_class"))
@@ -116,6 +187,19 @@ def adaptation(report: dict) -> str:
     """How a report's model was adapted, as a title says it: "80 steps at 0.3x its inner rate"."""
     scale = report.get("adaptation_lr_scale", 1.0)
     return f"{report['adaptation_steps']} steps" + ("" if scale == 1.0 else f" at {scale:g}x its inner rate")
+
+
+def head(report: dict) -> str:
+    """Where the adapted head's outputs came from, as report.md and the command say it."""
+    taken = report.get("head_from")
+    if taken is None:
+        return (
+            f"the model's first {len(report['per_class'])} outputs: it was meta-trained on episodes that relabel "
+            "classes, so none of its outputs is a class until the support set makes it one"
+        )
+    return "the model's own outputs for " + ", ".join(
+        name if name == taken[i] else f"{name} ({taken[i]})" for i, name in enumerate(report["per_class"])
+    )
 
 
 def write_personalized(out_dir: Path, result: Personalized) -> None:
@@ -139,7 +223,7 @@ def write_personalized(out_dir: Path, result: Personalized) -> None:
     r = result.report
     (out_dir / "report.json").write_text(json.dumps({**r, "classes": list(result.classes)}, indent=1))
     title = f"{r['support_per_class']}-shot adaptation of a {r['algorithm']} meta-model ({adaptation(r)})"
-    (out_dir / "report.md").write_text(markdown(r, title))
+    (out_dir / "report.md").write_text(markdown(r, title) + f"\nHead: {head(r)}.\n")
     plot_confusion(result.confusion, result.classes, title, out_dir / "confusion_matrix.png")
     plot_roc(
         result.roc, {name: row["auc_one_vs_rest"] for name, row in r["per_class"].items()}, out_dir / "roc_curve.png"

@@ -162,6 +162,13 @@ class Scenario:
         """The model's output count for hospital tasks: the size of the shared label space."""
         return len(self.label_space(self.sites[0]))
 
+    @property
+    def head_classes(self) -> tuple[str, ...] | None:
+        """The class each output of this scenario's model stands for: the shared label space for
+        hospital tasks (global labels), None for episodes (relabelled at random, so an output is
+        an episode's slot, no class's) or where a folder's labels.csv alone names the classes."""
+        return (self.label_space(self.sites[0]) or None) if self.tasks == "hospital" else None
+
     def site_index(self, name: str) -> int:
         for index, site in enumerate(self.sites):
             if site.name == name:

@@ -93,6 +93,7 @@ def main(grid: Grid, context: Context) -> None:
             model_config,
             cfg.meta,
             cfg.episode,
+            classes=scenario.head_classes,
             scenario=cfg.data.scenario,
             rounds=cfg.train.num_server_rounds,
         )

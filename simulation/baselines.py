@@ -164,6 +164,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
             model_config,
             cfg.meta,
             cfg.episode,
+            classes=scenario.head_classes,
             scenario=cfg.data.scenario,
             rounds=cfg.train.num_server_rounds,
         )

@@ -49,7 +49,7 @@ def adapt(
     from common.data.transforms import to_model_input
     from common.export import load_meta_model
     from common.native.build import NativeKernelsUnavailable
-    from common.personalize import adaptation, personalize, write_personalized
+    from common.personalize import adaptation, head, personalize, write_personalized
     from fedmeta.progress import loading_progress
 
     console = Console()
@@ -105,6 +105,7 @@ def adapt(
         f"accuracy {pct(r['accuracy'])}{ci(r['accuracy_ci'])}, balanced accuracy {pct(r['balanced_accuracy'])}, "
         f"AUROC {auroc}"
     )
+    console.print(f"head: {head(r)}")
     console.print(
         f"personalized model: {out / 'model'}; report: {out / 'report.md'} (and report.json), "
         f"{out / 'confusion_matrix.png'}, {out / 'roc_curve.png'}"

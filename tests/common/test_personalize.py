@@ -1,4 +1,5 @@
-"""Personalizing a meta-model: head resizing, patient-safe support selection, clear refusals."""
+"""Personalizing a meta-model: its head's outputs taken by class name or by slot, patient-safe support
+selection, clear refusals."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from common.config import EpisodeConfig, MetaConfig
 from common.data import LabelledImages
 from common.export import ModelFileError, load_meta_model, save_meta_model
 from common.models import ModelConfig
-from common.personalize import personalize, resize_head, split_support
+from common.personalize import head, head_classes, head_rows, personalize, select_head, split_support
+from common.scenario import load_scenario
 
 
 def data(per_class=6, classes=("a", "b"), patients=True, size=8):
@@ -22,17 +24,71 @@ def data(per_class=6, classes=("a", "b"), patients=True, size=8):
     )
 
 
-def test_resize_head_keeps_the_first_rows_including_meta_sgd_rates():
+def test_select_head_takes_the_outputs_asked_for_in_order_including_meta_sgd_rates():
     meta = {
         "body.0.conv.weight": torch.zeros(4, 1, 3, 3),
         "head.weight": torch.arange(10.0).view(5, 2),
         "head.bias": torch.arange(5.0),
-        "inner_lr.head.weight": torch.ones(5, 2),
+        "inner_lr.head.weight": torch.arange(10.0).view(5, 2),
         "inner_lr.body.0.conv.weight": torch.ones(4, 1, 3, 3),
     }
-    small = resize_head(meta, 2)
-    assert small["head.weight"].tolist() == [[0, 1], [2, 3]] and small["head.bias"].shape == (2,)
-    assert small["inner_lr.head.weight"].shape == (2, 2) and small["inner_lr.body.0.conv.weight"].shape == (4, 1, 3, 3)
+    first = select_head(meta, [0, 1])
+    assert first["head.weight"].tolist() == [[0, 1], [2, 3]] and first["head.bias"].shape == (2,)
+    assert first["inner_lr.head.weight"].shape == (2, 2) and first["inner_lr.body.0.conv.weight"].shape == (4, 1, 3, 3)
+    picked = select_head(meta, [4, 1])
+    assert picked["head.bias"].tolist() == [4, 1] and picked["inner_lr.head.weight"].tolist() == [[8, 9], [2, 3]]
+
+
+def test_a_sites_classes_find_the_models_outputs_by_name_or_are_refused_by_name():
+    trained = ("bladder", "femur-left", "kidney-left", "liver", "spleen")
+    assert head_rows(trained, ("spleen", "Kidney Left", "liver")) == [4, 2, 3]
+    joined = ("organamnist:kidney-left", "organamnist:liver", "bloodmnist:monocyte")
+    assert head_rows(joined, ("monocyte", "organamnist:liver")) == [2, 1]
+    with pytest.raises(ValueError, match=r"\['pancreas'\] are not among the 5 classes .*bladder, femur-left"):
+        head_rows(trained, ("liver", "pancreas"))
+    with pytest.raises(ValueError, match="'x' fits 2 of the model's classes"):
+        head_rows(("a:x", "b:x"), ("x",))
+    with pytest.raises(ValueError, match=r"\['liver', 'LIVER'\] name the same class"):
+        head_rows(trained, ("liver", "LIVER"))
+
+
+def test_which_models_outputs_are_classes():
+    """Global labels name the outputs; relabelled episodes do not. Models written before model.json
+    said so (the committed headline models) are read through the scenario they name."""
+    organs = load_scenario("new-hospital").label_space(load_scenario("new-hospital").sites[0])
+    hospital = ModelConfig(num_classes=11)
+    assert head_classes({"scenario": "new-hospital"}, hospital, EpisodeConfig(ways=11)) == organs
+    assert head_classes({"classes": ["a", "b"]}, ModelConfig(num_classes=2), EpisodeConfig(ways=2)) == ("a", "b")
+    # new-classes: its ProtoNet's 5 outputs are episode slots; its supervised FedAvg's 19 are the joined classes
+    assert head_classes({"scenario": "new-classes"}, ModelConfig(num_classes=5), EpisodeConfig(ways=5)) is None
+    joined = head_classes({"scenario": "new-classes"}, ModelConfig(num_classes=19), EpisodeConfig(ways=5))
+    assert joined is not None and joined[4] == "organamnist:kidney-left"
+    assert head_classes({"scenario": "no-such-scenario"}, hospital, EpisodeConfig(ways=11)) is None
+    assert head_classes({}, hospital, EpisodeConfig(ways=11)) is None
+    with pytest.raises(ValueError, match="should be 2 names, one per head output"):
+        head_classes({"classes": ["a"]}, ModelConfig(num_classes=2), EpisodeConfig(ways=2))
+
+
+def test_a_global_label_model_adapts_from_its_outputs_for_the_sites_classes(tmp_path):
+    """A site holding some of the consortium's classes, in its own order, starts from the head rows
+    trained for them; before, it took the first rows, another class's, whatever its names."""
+    cfg = ModelConfig(image_size=8, num_classes=4, width=4, depth=1, num_groups=2)
+    torch.manual_seed(0)
+    algo = build_algorithm(build_model(cfg), MetaConfig(algorithm="fomaml"))
+    meta = algo.init_meta_params()
+    save_meta_model(tmp_path, meta, cfg, algo.config, EpisodeConfig(ways=4), classes=["a", "b", "c", "d"])
+    result = personalize(tmp_path, data(classes=("d", "b")), shots=2, steps=0)
+    assert torch.equal(result.params["head.weight"], meta["head.weight"][[3, 1]])
+    assert result.report["head_from"] == ["d", "b"] and head(result.report) == "the model's own outputs for d, b"
+    with pytest.raises(ValueError, match=r"\['e'\] are not among the 4 classes"):
+        personalize(tmp_path, data(classes=("a", "e")), shots=2)
+    # adapted again, the personalized model's outputs are the site's classes
+    from common.personalize import write_personalized
+
+    write_personalized(tmp_path / "site", result)
+    assert "Head: the model's own outputs for d, b." in (tmp_path / "site" / "report.md").read_text()
+    again = personalize(tmp_path / "site" / "model", data(classes=("b", "d")), shots=2, steps=0)
+    assert torch.equal(again.params["head.weight"], meta["head.weight"][[1, 3]])
 
 
 def test_support_and_evaluation_never_share_a_patient():
@@ -52,7 +108,8 @@ def test_personalize_end_to_end_and_refusals(tmp_path):
     result = personalize(tmp_path, data(), shots=2)
     # 12 images of 6 patients; the 4 support images hold 2 to 4 patients, whose images all leave evaluation
     assert 4 <= result.report["evaluated"] <= 8 and result.confusion.sum() == result.report["evaluated"]
-    assert result.model.num_classes == 2
+    assert result.model.num_classes == 2 and result.report["head_from"] is None
+    assert head(result.report).startswith("the model's first 2 outputs")
     with pytest.raises(ValueError, match="trained on 3-way tasks"):
         personalize(tmp_path, data(classes=("a", "b", "c", "d")), shots=2)
     with pytest.raises(ValueError, match="do not fit the meta-model's input"):

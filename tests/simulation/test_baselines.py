@@ -172,3 +172,18 @@ def test_a_centralized_run_stopped_midway_resumes_to_the_unbroken_weights(tmp_pa
         run("fresh", 3, resume=True)
     with pytest.raises(ValueError, match="local baseline keeps no checkpoint"):
         run_baseline("local", parse_run_config({**TINY, "out-dir": str(tmp_path / "local"), "resume": True}))
+
+
+@pytest.mark.parametrize("tasks", ["hospital", "episodes"])
+def test_a_model_trained_with_global_labels_names_the_class_of_each_output(tmp_path, tasks):
+    """What `fedmeta adapt` matches a site's classes against; episodes' outputs are slots, unnamed."""
+    from common.scenario import load_scenario
+
+    cfg = parse_run_config({**TINY, "num-server-rounds": 1, "tasks": tasks, "out-dir": str(tmp_path)})
+    run_baseline("centralized", cfg)
+    *_, info = load_meta_model(tmp_path / "model")
+    scenario = load_scenario(cfg.data.scenario, tasks)
+    if tasks == "hospital":
+        assert info["classes"] == list(scenario.label_space(scenario.sites[0])) and len(info["classes"]) > 3
+    else:
+        assert "classes" not in info
