@@ -3,7 +3,6 @@ own task with the algorithm's inner loop (or prototypes), then measure it on the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from common.config import EpisodeConfig, MetaConfig
 from common.data import LabelledImages
 from common.export import load_meta_model, save_meta_model
 from common.functional import Params, cross_entropy
+from common.labels import match_classes
 from common.models import ModelConfig
 from common.native import resolve_kernels
 from common.scenario import load_scenario
@@ -61,43 +61,18 @@ def head_classes(info: dict, model: ModelConfig, episode: EpisodeConfig) -> tupl
     return labels if scenario.tasks == "hospital" or model.num_classes != episode.ways else None
 
 
-def _key(name: str) -> str:
-    return " ".join(re.split(r"[\s_\-]+", name.strip().lower()))
-
-
 def head_rows(trained: Sequence[str], site: Sequence[str]) -> list[int]:
-    """For each of the site's classes, the head output trained for it, matched by name (case,
-    spaces, '-' and '_' aside; "kidney-left" also matches a joined label space's
-    "organamnist:kidney-left"). A class the model never learnt, or a name that fits two of its
-    classes, is refused by name."""
-    by_name: dict[str, list[int]] = {}
-    by_short: dict[str, list[int]] = {}
-    for row, name in enumerate(trained):
-        by_name.setdefault(_key(name), []).append(row)
-        if ":" in name:
-            by_short.setdefault(_key(name.rsplit(":", 1)[1]), []).append(row)
-    rows, unknown = [], []
-    for name in site:
-        found = by_name.get(_key(name)) or by_short.get(_key(name), [])
-        if len(found) > 1:
-            raise ValueError(
-                f"the site's class {name!r} fits {len(found)} of the model's classes "
-                f"({', '.join(trained[r] for r in found)}): name it in full in labels.csv"
-            )
-        if found:
-            rows.append(found[0])
-        else:
-            unknown.append(name)
+    """For each of the site's classes, the head output trained for it, matched by name
+    (`common.labels`). A class the model never learnt is refused by name."""
+    rows = match_classes(trained, site)
+    unknown = [name for name, row in zip(site, rows) if row is None]
     if unknown:
         raise ValueError(
             f"the site's classes {unknown} are not among the {len(trained)} classes the model's head was trained "
             f"on ({', '.join(trained)}): rename them to these names in labels.csv, or adapt a model meta-trained "
             "on episodes (which relabel classes, so it learns new ones from the support set)"
         )
-    taken = [site[i] for i, row in enumerate(rows) if rows.count(row) > 1]
-    if taken:
-        raise ValueError(f"the site's classes {taken} name the same class of the model: give each class once")
-    return rows
+    return [row for row in rows if row is not None]
 
 
 def select_head(meta: Params, rows: Sequence[int]) -> Params:

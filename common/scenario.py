@@ -32,6 +32,7 @@ from common.data.folder import LABELS_CSV, FolderSpec, load_folder
 from common.data.partition import dirichlet_proportions, split_by_patient, split_by_proportions, split_by_shares
 from common.data.synthetic import MAX_CLASSES, site_shift, synthetic_site
 from common.data.transforms import to_model_input
+from common.labels import key, match_classes
 from common.models import ModelConfig
 from common.runconfig import parse_run_config
 from common.tasks import site_generator, site_seed
@@ -126,8 +127,10 @@ class Scenario:
     pools: dict[str, PoolSpec] = field(default_factory=dict)
     run_config: dict[str, object] = field(default_factory=dict)  # recommended run-config values
     tasks: str = "episodes"
+    labels: tuple[str, ...] = ()  # folder sites: the consortium's classes, each labels.csv matched to them by name
 
     def __post_init__(self) -> None:
+        self._check_labels()
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise ValueError(f"scenario {self.name!r}: site names must be unique, got {names}")
@@ -148,6 +151,24 @@ class Scenario:
                 "label space (one dataset, or one pool)"
             )
 
+    def _check_labels(self) -> None:
+        folders = [s.name for s in self.sites if s.source == "folder"]
+        if self.labels:
+            if not folders:
+                raise ValueError(
+                    f"scenario {self.name!r}: labels = [...] names the classes of folder sites, and it has none "
+                    "(a MedMNIST or synthetic site's classes come with its data): remove labels"
+                )
+            spelt = [name for name in self.labels if [key(n) for n in self.labels].count(key(name)) > 1]
+            if spelt:
+                raise ValueError(f"scenario {self.name!r}: labels {spelt} are one class spelt two ways: give it once")
+        elif folders and self.tasks == "hospital":
+            raise ValueError(
+                f"scenario {self.name!r}: hospital tasks keep global labels, and folder sites {folders} name their "
+                'classes only in their own labels.csv: list the consortium\'s classes, labels = ["...", ...], '
+                "and every site's labels.csv is matched to them by name"
+            )
+
     def label_space(self, site: SiteSpec) -> tuple[str, ...]:
         """The class names a site's labels index (no data is read)."""
         if site.source == "medmnist":
@@ -155,7 +176,7 @@ class Scenario:
             return joined.labels() if joined.datasets else medmnist.info(site.dataset).labels
         if site.source == "synthetic":
             return tuple(str(c) for c in range(site.num_classes))
-        return ()  # a folder's classes are known only from its labels.csv
+        return self.labels  # (): without them, a folder's classes are known only from its labels.csv
 
     @property
     def num_labels(self) -> int:
@@ -166,7 +187,7 @@ class Scenario:
     def head_classes(self) -> tuple[str, ...] | None:
         """The class each output of this scenario's model stands for: the shared label space for
         hospital tasks (global labels), None for episodes (relabelled at random, so an output is
-        an episode's slot, no class's) or where a folder's labels.csv alone names the classes."""
+        an episode's slot, no class's)."""
         return (self.label_space(self.sites[0]) or None) if self.tasks == "hospital" else None
 
     def site_index(self, name: str) -> int:
@@ -260,6 +281,7 @@ _TOP_KEYS = {
     "pools",
     "run-config",
     "tasks",
+    "labels",
 }
 
 
@@ -290,6 +312,7 @@ def parse_scenario(doc: dict) -> Scenario:
         pools=pools,
         run_config=recommended,
         tasks=doc.get("tasks", "episodes"),
+        labels=tuple(doc.get("labels", ())),
     )
 
 
@@ -429,8 +452,27 @@ def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) ->
             image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class
         ),
     )
+    space = scenario.labels or scenario.head_classes  # global labels (hospital tasks): a deployed hospital's too
+    if space:
+        data = _in_label_space(data, space, f"site {spec.name!r} ({root / LABELS_CSV})")
     train, test = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(scenario.seed, index, 4))
     return data.subset(train), data.subset(test)
+
+
+def _in_label_space(data: LabelledImages, labels: tuple[str, ...], where: str) -> LabelledImages:
+    """A folder's data relabelled into the consortium's classes, matched by name (`common.labels`)."""
+    try:
+        found = match_classes(labels, data.classes)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    unknown = [name for name, index in zip(data.classes, found) if index is None]
+    if unknown:
+        raise ValueError(
+            f"{where}: classes {unknown} are not among the consortium's ({', '.join(labels)}): rename them in "
+            "labels.csv, or ask the ML lead to add them to the scenario's labels"
+        )
+    remap = torch.tensor([index for index in found if index is not None], dtype=torch.long)
+    return replace(data, labels=remap[data.labels], classes=labels)
 
 
 def _check_pool(scenario: Scenario, index: int) -> None:

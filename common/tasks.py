@@ -210,10 +210,17 @@ class HospitalSampler:
             if spare >= 1:
                 self.index[c], self.queries[c] = idx, min(queries, spare)
         if len(self.index) < min_classes:
-            counts = {c: int((labels == c).sum()) for c in torch.unique(labels).tolist()}
+            present = torch.unique(labels).tolist()
+            counts = {c: int((labels == c).sum()) for c in present}
+            if self.groups is None:
+                need, have = f"at least shots + 1 = {shots + 1} examples", f"examples per class: {counts}"
+            else:  # the support's patients leave the queries: a class of few patients has nothing left
+                patients = {c: len(torch.unique(self.groups[labels == c])) for c in present}
+                need = f"an example left once {shots} support examples and their patients' other images are set aside"
+                have = f"examples per class: {counts}, patients per class: {patients}"
             raise ValueError(
-                f"{where}: a hospital task needs {min_classes} classes with at least shots + 1 = {shots + 1} examples, "
-                f"but only {len(self.index)} have that many (examples per class: {counts}); lower shots or add examples"
+                f"{where}: a hospital task needs {min_classes} classes with {need}, but only {len(self.index)} have "
+                f"that ({have}); lower shots or add examples"
             )
         self.classes = torch.tensor(sorted(self.index))
 

@@ -7,7 +7,7 @@ import torch
 from common.data import SiteShift
 from common.models import ModelConfig
 from common.scenario import builtin_scenarios, load_scenario, load_site, parse_scenario
-from tests.common.data.hospital import write_site
+from tests.common.data.hospital import folder_consortium, write_site
 
 
 def test_builtins_parse_and_match_the_issue():
@@ -170,3 +170,49 @@ def test_a_run_can_take_hospital_tasks_on_an_episodes_scenario():
         parse_run_config({"tasks": "pile"})
     with pytest.raises(ValueError, match="tasks='pile': use scenario"):
         load_scenario("synthetic", "pile")
+
+
+def test_folder_sites_share_the_consortiums_classes_by_name(tmp_path):
+    """Hospital tasks keep global labels: each hospital's labels.csv, in its own order and
+    spelling, is matched to the scenario's `labels`, and the model has one output per label."""
+    sc = parse_scenario(folder_consortium(tmp_path))
+    assert sc.head_classes == ("benign", "malignant", "cyst") and sc.model_config(ModelConfig()).num_classes == 3
+    a, b = (load_site(sc, name, tmp_path) for name in ("a", "b"))
+    for site in (a, b):
+        assert site.train.classes == site.test.classes == ("benign", "malignant", "cyst")
+    # write_site names each file after its class: every image lands on its class's label
+    for site in (a, b):
+        for part in (site.train, site.test):
+            named = {(i.split("_")[0].lower(), part.classes[y]) for i, y in zip(part.ids, part.labels)}
+            assert all(file == label for file, label in named), named
+    assert {a.train.classes[y] for y in a.train.labels} == {"benign", "malignant"}
+    assert {b.train.classes[y] for y in b.train.labels} == {"benign", "cyst"}
+
+
+def test_a_folder_consortium_without_its_classes_or_with_a_stranger_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"folder sites \['a', 'b'\] name their classes only in their own"):
+        parse_scenario(folder_consortium(tmp_path, labels=()))
+    episodes = parse_scenario(folder_consortium(tmp_path, labels=(), tasks="episodes"))
+    assert load_site(episodes, "b", tmp_path).train.classes == ("cyst", "benign")  # its own, as before
+    sc = parse_scenario(folder_consortium(tmp_path, labels=("benign", "malignant")))
+    with pytest.raises(ValueError, match=r"site 'b' \(.*labels.csv\): classes \['cyst'\] are not among the consortium"):
+        load_site(sc, "b", tmp_path)
+    with pytest.raises(ValueError, match=r"labels \['benign', 'Benign'\] are one class spelt two ways"):
+        parse_scenario(folder_consortium(tmp_path, labels=("benign", "Benign", "cyst")))
+    with pytest.raises(ValueError, match="names the classes of folder sites, and it has none"):
+        parse_scenario({"labels": ["a"], "sites": [{"name": "a", "source": "synthetic"}]})
+
+
+def test_a_deployed_hospital_joining_a_global_label_consortium_maps_its_classes(tmp_path, medmnist_multiclass):
+    """A hospital the scenario does not list joins `new-hospital` (organ labels) with its own folder."""
+    from common.scenario import load_hospital_site
+
+    sc = load_scenario("new-hospital")
+    root = write_site(tmp_path / "st-mary", {"Spleen": 24, "kidney_left": 24}, patients_per_class=12)
+    site = load_hospital_site(sc, "st-mary", root)
+    assert site.train.classes == sc.head_classes
+    held = {site.train.classes[i] for i in torch.cat([site.train.labels, site.test.labels]).tolist()}
+    assert held == {"spleen", "kidney-left"}
+    stranger = write_site(tmp_path / "st-anne", {"brain": 24, "liver": 24}, patients_per_class=12)
+    with pytest.raises(ValueError, match=r"classes \['brain'\] are not among the consortium's \(bladder"):
+        load_hospital_site(sc, "st-anne", stranger)

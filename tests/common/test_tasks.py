@@ -93,5 +93,9 @@ def test_a_hospital_task_keeps_each_patient_on_one_side_and_refuses_too_few_clas
     for episode in sampler.sample_batch(5, site_generator(3)):
         support, query = episode.support_x.flatten().long(), episode.query_x.flatten().long()
         assert not set(groups[support].tolist()) & set(groups[query].tolist())
-    with pytest.raises(ValueError, match=r"clinic: a hospital task needs 2 classes with at least shots \+ 1 = 6"):
-        HospitalSampler(images, labels, shots=5, queries=10, groups=groups, where="clinic")
+    with pytest.raises(ValueError, match=r"clinic: a hospital task needs 2 classes with at least shots \+ 1 = 9"):
+        HospitalSampler(images, labels, shots=8, queries=10, where="clinic")
+    # 8 images of 4 patients: 3 shots can take 3 patients' 6 images, which leaves 2 to query; 4 leave none
+    assert HospitalSampler(images, labels, shots=3, queries=10, groups=groups).queries == {0: 2, 1: 2}
+    with pytest.raises(ValueError, match=r"their patients' other images .* patients per class: \{0: 4, 1: 4\}"):
+        HospitalSampler(images, labels, shots=4, queries=10, groups=groups, where="clinic")

@@ -187,3 +187,25 @@ def test_a_model_trained_with_global_labels_names_the_class_of_each_output(tmp_p
         assert info["classes"] == list(scenario.label_space(scenario.sites[0])) and len(info["classes"]) > 3
     else:
         assert "classes" not in info
+
+
+def test_hospitals_that_spell_their_classes_their_own_way_train_one_global_model(tmp_path):
+    """Folder sites under hospital tasks: each labels.csv is matched by name to the scenario's
+    `labels`, so one output per consortium class, named in model.json for `fedmeta adapt`."""
+    from tests.common.data.hospital import folder_consortium
+
+    doc = folder_consortium(tmp_path / "data")
+    sites = "".join(
+        f'[[sites]]\nname = "{s["name"]}"\nsource = "folder"\npath = "{s["path"]}"\nrole = "{s.get("role", "train")}"\n'
+        for s in doc["sites"]
+    )
+    scenario = tmp_path / "folders.toml"
+    scenario.write_text(
+        f'name = "folders"\ntasks = "hospital"\nlabels = {json.dumps(doc["labels"])}\n'
+        "[episodes]\nways = 2\nshots = 2\nqueries = 3\n" + sites
+    )
+    run = {**TINY, "scenario": str(scenario), "data-dir": str(tmp_path / "data"), "out-dir": str(tmp_path / "out")}
+    run_baseline("centralized", parse_run_config(run))
+    assert set(json.loads((tmp_path / "out" / "results.json").read_text())["final"]["evaluate"]) == {"a", "b"}
+    _, model, *_, info = load_meta_model(tmp_path / "out" / "model")
+    assert model.num_classes == 3 and info["classes"] == ["benign", "malignant", "cyst"]

@@ -50,3 +50,20 @@ def write_site(
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     (root / "classes.txt").write_text("\n".join(per_class) + "\n")
     return root
+
+
+def folder_consortium(root: Path, labels=("benign", "malignant", "cyst"), tasks="hospital") -> dict:
+    """A scenario (as parsed TOML) of two hospital folders under `root` that name their classes their
+    own way and order: a holds benign and Malignant, b (held out) cyst and benign."""
+    write_site(root / "a", {"benign": 20, "Malignant": 20}, patients_per_class=20)
+    write_site(root / "b", {"cyst": 20, "benign": 20}, patients_per_class=20, seed=1)
+    doc = {
+        "name": "folders",
+        "tasks": tasks,
+        "episodes": {"ways": 2, "shots": 2, "queries": 3},
+        "sites": [
+            {"name": "a", "source": "folder", "path": "a"},
+            {"name": "b", "source": "folder", "path": "b", "role": "heldout"},
+        ],
+    }
+    return doc | ({"labels": list(labels)} if labels else {})

@@ -1,0 +1,37 @@
+"""Class names matched across parties: a site's labels.csv against a consortium's label space, or
+against the classes a model's head was trained on. Hospitals spell a class their own way, so the
+match ignores case, spaces, '-' and '_' ("Kidney_Left" is "kidney-left"), and a bare name also
+finds a joined label space's "dataset:name" ("monocyte" is "bloodmnist:monocyte")."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+
+def key(name: str) -> str:
+    """The form two spellings of one class share."""
+    return " ".join(re.split(r"[\s_\-]+", name.strip().lower()))
+
+
+def match_classes(known: Sequence[str], names: Sequence[str]) -> list[int | None]:
+    """For each of `names`, its index in `known` (None: not there). A name that fits two known
+    classes, or two names that fit one, is a ValueError naming them."""
+    full: dict[str, list[int]] = {}
+    bare: dict[str, list[int]] = {}
+    for index, name in enumerate(known):
+        full.setdefault(key(name), []).append(index)
+        if ":" in name:
+            bare.setdefault(key(name.rsplit(":", 1)[1]), []).append(index)
+    found: list[int | None] = []
+    for name in names:
+        fits = full.get(key(name)) or bare.get(key(name), [])
+        if len(fits) > 1:
+            raise ValueError(
+                f"class {name!r} fits {len(fits)} classes ({', '.join(known[i] for i in fits)}): give its full name"
+            )
+        found.append(fits[0] if fits else None)
+    twice = [names[i] for i, index in enumerate(found) if index is not None and found.count(index) > 1]
+    if twice:
+        raise ValueError(f"classes {twice} are one class spelt two ways: give each class once")
+    return found
