@@ -116,6 +116,27 @@ def test_data_check_passes_a_good_folder_and_the_shared_medmnist_files(tmp_path)
     assert out.returncode == 0 and "breastmnist.npz" in out.stdout and "mismatch" not in out.stdout, out.stdout
 
 
+def test_data_check_matches_a_hospitals_classes_to_its_consortiums(tmp_path):
+    """`--scenario`: the consortium's input shape, episodes and classes; a hospital's own spelling
+    is shown against the class it joins, and a class the consortium lacks fails the check."""
+    from tests.common.data.hospital import write_site
+
+    root = write_site(tmp_path / "st-mary", {"Spleen": 20, "kidney_left": 20}, patients_per_class=20)
+    out = fedmeta("data", "check", str(root), "--scenario", "new-hospital")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "consortium class" in text and "no problems found" in text, out.stdout
+    assert "kidney_left │ 20 │ 20 │ kidney-left" in text
+    stranger = write_site(tmp_path / "st-anne", {"brain": 20, "liver": 20}, patients_per_class=20)
+    out = fedmeta("data", "check", str(stranger), "--scenario", "new-hospital")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 1 and "class 'brain': is not among the consortium's classes (bladder," in text
+    # an episodes scenario has no classes of its own to match; its episodes still size the check
+    out = fedmeta("data", "check", str(stranger), "--scenario", "synthetic", "--shots", "5", "--queries", "16")
+    assert out.returncode == 1 and "consortium class" not in out.stdout and "needs shots + queries = 21" in out.stdout
+    wrong = fedmeta("data", "check", str(stranger), "--scenario", "nope")
+    assert wrong.returncode == 2 and "no scenario 'nope'" in wrong.stderr
+
+
 def test_scenario_show_prints_every_site(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "fedmeta", "scenario", "show", "synthetic"],
