@@ -33,6 +33,8 @@ class Personalized:
     meta: MetaConfig
     episode: EpisodeConfig
     roc: dict[str, tuple[torch.Tensor, torch.Tensor]]  # class -> (false-positive rates, true-positive rates)
+    evaluated: torch.Tensor  # which of the site's images were scored (never a support patient's)
+    logits: torch.Tensor  # their logits, one column per site class
 
 
 def head_classes(info: dict, model: ModelConfig, episode: EpisodeConfig) -> tuple[str, ...] | None:
@@ -155,7 +157,7 @@ def personalize(
     confusion = torch.tensor(summary["confusion"])
     curves = roc_curves(logits, truth, data.classes, summary.get("positive_class"))
     params = {k: v.detach() for k, v in adapted.items()}
-    return Personalized(params, data.classes, report, confusion, model_cfg, meta_cfg, episode_cfg, curves)
+    return Personalized(params, data.classes, report, confusion, model_cfg, meta_cfg, episode_cfg, curves, rest, logits)
 
 
 def adaptation(report: dict) -> str:

@@ -37,6 +37,14 @@ def adapt(
     positive: str = typer.Option(
         None, help="Two classes: the finding whose sensitivity and specificity are reported (default: the second)."
     ),
+    against: Path = typer.Option(
+        None,
+        help="The consortium's supervised FedAvg model (e.g. RUN/model): fine-tune it on the same support images "
+        "(--tuned's finetune steps and lr) and report the paired difference on the same evaluated images.",
+    ),
+    draws: int = typer.Option(
+        1, help="With --against: repeat the comparison on this many support draws (--seed, --seed + 1, ...)."
+    ),
     out: Path = typer.Option(Path("personalized"), help="Where the adapted model and report go."),
     kernels: str = typer.Option(
         "auto", help="CPU norm, max-pool and ReLU: native (fedmeta's fused C kernels), torch, or auto."
@@ -50,6 +58,7 @@ def adapt(
     from common.export import load_meta_model
     from common.native.build import NativeKernelsUnavailable
     from common.personalize import adaptation, head, personalize, write_personalized
+    from common.stats import points
     from fedmeta.progress import loading_progress
 
     console = Console()
@@ -77,10 +86,27 @@ def adapt(
                 raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
             )
         result = personalize(model, data, shots, steps, seed, kernels, positive, 1.0 if lr_scale is None else lr_scale)
+        if draws < 1 or (draws > 1 and against is None):
+            raise ValueError(f"--draws {draws}: give a count >= 1, with --against (it repeats that comparison)")
+        if against is not None:
+            from simulation import site_compare
+
+            settings = _finetune(tuned) if tuned is not None else None
+            rate = 1.0 if lr_scale is None else lr_scale
+            seeds = list(range(seed, seed + draws))
+            adapted = [result] + [personalize(model, data, shots, steps, s, kernels, positive, rate) for s in seeds[1:]]
+            compared = [
+                site_compare.against(one, against, data, shots, s, settings, kernels) for one, s in zip(adapted, seeds)
+            ]
+            baseline = compared[0]
+            if draws > 1:
+                baseline["draws"] = site_compare.over_draws([a.report for a in adapted], compared, seeds)
     except (ValueError, FileNotFoundError, DataError, NativeKernelsUnavailable) as error:
         fail(error)
     write_personalized(out, result)
     r = result.report
+    if against is not None:
+        site_compare.write(out, baseline)
     table = Table(
         title=f"{shots}-shot adaptation ({r['algorithm']}, {adaptation(r)}), "
         f"evaluated on {r['evaluated']} images (95% CIs)"
@@ -106,10 +132,34 @@ def adapt(
         f"AUROC {auroc}"
     )
     console.print(f"head: {head(r)}")
+    if against is not None:
+        how, d = baseline["adaptation"], baseline["difference"]
+        console.print(
+            f"against FedAvg + fine-tune ({how['steps']} steps at lr {how['lr']:g}"
+            f"{'' if how['tuned'] else ', untuned: give --tuned'}): accuracy {pct(baseline['accuracy'])}"
+            f"{ci(baseline['accuracy_ci'])}; paired difference {points(d['mean'], d['low'], d['high'])} points "
+            f"on the same {d['images']} images (report.md)"
+        )
+        if draws > 1:
+            over = baseline["draws"]["difference"]
+            difference = points(over["mean"], over["low"], over["high"])
+            console.print(f"over {draws} support draws: paired difference {difference} points")
     console.print(
         f"personalized model: {out / 'model'}; report: {out / 'report.md'} (and report.json), "
         f"{out / 'confusion_matrix.png'}, {out / 'roc_curve.png'}"
     )
+
+
+def _finetune(path: Path) -> dict:
+    """What `fedmeta benchmark tune` chose for FedAvg + fine-tune in `path`: steps and lr."""
+    import json
+
+    from simulation.adapters import best_settings
+
+    settings = json.loads(path.read_text())  # _tuned has read it already, with its errors
+    if not isinstance(settings.get("finetune"), dict):
+        raise ValueError(f"--tuned {path} holds no finetune entry for --against: tune FedAvg + fine-tune with it")
+    return best_settings(settings, "finetune")
 
 
 def _tuned(path: Path, name: str) -> dict:

@@ -308,3 +308,48 @@ def test_a_hospital_adapts_the_committed_headline_model_from_its_own_organs_outp
     }
     assert report["accuracy"] > 0.7, report["accuracy"]
     assert "head: the model's own outputs for" in " ".join(done.stdout.split())
+
+
+def test_adapt_against_fedavg_pairs_both_models_on_the_same_images_and_draws(tmp_path):
+    """`--against`: the baseline fine-tuned on the same support images, scored on the same images.
+    A model against itself with no adaptation step on either side differs by exactly 0 on every
+    draw; with steps, the paired difference is the difference of the two accuracies."""
+    import torch
+
+    from common.algorithms import build_algorithm
+    from common.backbones import build_model
+    from common.config import EpisodeConfig, MetaConfig
+    from common.export import save_meta_model
+    from common.models import ModelConfig
+    from tests.common.data.hospital import write_site
+
+    cfg = ModelConfig(image_size=16, num_classes=3, width=4, depth=1, num_groups=2)
+    torch.manual_seed(0)
+    algo = build_algorithm(build_model(cfg), MetaConfig(algorithm="fomaml", eval_inner_steps=2))
+    model = tmp_path / "model"
+    save_meta_model(model, algo.init_meta_params(), cfg, algo.config, EpisodeConfig(ways=3), classes=["a", "b", "c"])
+    site = write_site(tmp_path / "site", {"C": 10, "a": 10}, patients_per_class=10)
+
+    def adapt(finetune_steps: int, *extra: str) -> subprocess.CompletedProcess:
+        tuned = tmp_path / "tuned.json"
+        best = {"fomaml": {"steps": 0}, "finetune": {"steps": finetune_steps, "lr": 1e-2}}
+        tuned.write_text(json.dumps({name: {"best": b, "tries": {}} for name, b in best.items()}))
+        args = ("--folder", str(site), "--shots", "2", "--tuned", str(tuned), "--out", str(tmp_path / "o"))
+        return fedmeta("adapt", str(model), *args, *extra)
+
+    done = adapt(0, "--against", str(model), "--draws", "3")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    against = report["against"]
+    assert against["adaptation"] == {"steps": 0, "lr": 0.01, "tuned": True} and against["difference"]["images"] == 16
+    assert against["difference"]["mean"] == 0 and against["draws"]["difference"]["mean"] == 0
+    assert against["draws"]["seeds"] == [0, 1, 2] and against["accuracy"] == report["accuracy"]
+    text = (tmp_path / "o" / "report.md").read_text()
+    assert "## Against FedAvg + fine-tune" in text and "Over 3 support draws (--seed 0 to 2" in text
+    moved = adapt(5, "--against", str(model))
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert abs(report["against"]["difference"]["mean"] - (report["accuracy"] - report["against"]["accuracy"])) < 1e-12
+    assert "`--draws 10` repeats the comparison" in (tmp_path / "o" / "report.md").read_text()
+    lone = adapt(0, "--draws", "2")
+    assert lone.returncode == 2 and "with --against" in lone.stderr
