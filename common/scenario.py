@@ -190,6 +190,13 @@ class Scenario:
         an episode's slot, no class's)."""
         return (self.label_space(self.sites[0]) or None) if self.tasks == "hospital" else None
 
+    @property
+    def folder_classes(self) -> tuple[str, ...]:
+        """The classes a hospital folder's labels.csv is matched to by name: `labels`, else the
+        global label space under hospital tasks (a deployed hospital joining `new-hospital`);
+        () where a folder keeps its own."""
+        return self.labels or self.head_classes or ()
+
     def site_index(self, name: str) -> int:
         for index, site in enumerate(self.sites):
             if site.name == name:
@@ -452,9 +459,8 @@ def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) ->
             image_size=scenario.image_size, channels=scenario.channels, min_per_class=scenario.episode.per_class
         ),
     )
-    space = scenario.labels or scenario.head_classes  # global labels (hospital tasks): a deployed hospital's too
-    if space:
-        data = _in_label_space(data, space, f"site {spec.name!r} ({root / LABELS_CSV})")
+    if scenario.folder_classes:
+        data = _in_label_space(data, scenario.folder_classes, f"site {spec.name!r} ({root / LABELS_CSV})")
     train, test = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(scenario.seed, index, 4))
     return data.subset(train), data.subset(test)
 

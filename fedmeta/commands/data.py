@@ -48,7 +48,7 @@ def check(
         channels = consortium.channels if channels is None else channels
         shots = consortium.episode.shots if shots is None else shots
         queries = consortium.episode.queries if queries is None else queries
-        space = consortium.labels or consortium.head_classes or ()
+        space = consortium.folder_classes
     npz = [path] if path.suffix == ".npz" else sorted(path.glob("*.npz")) if path.is_dir() else []
     listed = path.is_dir() and ((path / "labels.csv").exists() or (path / "datalist.json").exists())
     if npz and not listed:
