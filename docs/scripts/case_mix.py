@@ -1,0 +1,64 @@
+"""The headline's held-out scores re-weighted by each new hospital's own case mix (2026-12-06).
+
+The benchmark's episodes query up to 15 images of every class a hospital has, so its accuracy
+weighs the classes about alike. A hospital sees its classes as often as it has them. This script
+takes each method-seed's committed confusion counts at each new hospital (per-class recall over
+all 600 episodes per shots) and averages the recalls two ways: alike (about what the benchmark
+reports) and weighted by the hospital's own test-split class frequencies (what a hospital counting
+every case would see). Descriptive only: the counts pool the episodes, so there is no interval;
+the spread is over the 3 training seeds. Reads the committed scores and the hospitals' labels.
+
+    .venv/bin/python docs/scripts/case_mix.py ../shared/data/medmnist
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.scenario import load_scenario, load_site
+
+SCORES = Path("docs/results/scores")
+METHODS = ("fomaml", "centralized-fomaml")
+REFERENCE = "fedavg+finetune"
+
+
+def recalls(method: str, scenario: str, shots: str, site: str, seed: int) -> np.ndarray:
+    scores = json.loads((SCORES / scenario / "heldout" / f"{method}-{seed}.json").read_text())
+    confusion = np.array(scores["site_confusion"][shots][site], dtype=float)
+    confusion = confusion.reshape(int(np.sqrt(confusion.size)), -1)
+    queried = confusion.sum(1)
+    return np.divide(np.diag(confusion), queried, out=np.full(len(queried), np.nan), where=queried > 0)
+
+
+def main(data_dir: str) -> None:
+    print(
+        "| scenario | hospital | shots | method | classes alike: − FedAvg + fine-tune | case mix: − FedAvg + fine-tune "
+        "| case mix, per seed |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in ("new-hospital", "new-hospital-blood"):
+        scenario = load_scenario(name)
+        for index in scenario.heldout_sites:
+            site = load_site(scenario, index, data_dir)
+            counts = np.bincount(site.test.labels.numpy(), minlength=scenario.num_labels).astype(float)
+            shots_done = json.loads((SCORES / name / "heldout" / f"{REFERENCE}-0.json").read_text())["site_confusion"]
+            for shots in sorted(shots_done, key=int):
+                for method in METHODS:
+                    alike, mix = [], []
+                    for seed in (0, 1, 2):
+                        mine = recalls(method, name, shots, site.spec.name, seed)
+                        base = recalls(REFERENCE, name, shots, site.spec.name, seed)
+                        scored = ~np.isnan(mine) & ~np.isnan(base)
+                        weights = counts[scored] / counts[scored].sum()
+                        alike.append(100 * (mine[scored] - base[scored]).mean())
+                        mix.append(100 * weights @ (mine[scored] - base[scored]))
+                    print(
+                        f"| {name} | {site.spec.name} | {shots} | {method} | {np.mean(alike):+.1f} "
+                        f"| {np.mean(mix):+.1f} | {', '.join(f'{m:+.1f}' for m in mix)} |"
+                    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
