@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from common.data.dataset import Problem
+
 
 def key(name: str) -> str:
     """The form two spellings of one class share."""
@@ -35,3 +37,23 @@ def match_classes(known: Sequence[str], names: Sequence[str]) -> list[int | None
     if twice:
         raise ValueError(f"classes {twice} are one class spelt two ways: give each class once")
     return found
+
+
+def consortium_problems(consortium: Sequence[str], names: Sequence[str]) -> tuple[list[int | None], list[Problem]]:
+    """A hospital folder's classes `names` matched to its consortium's (`match_classes`), and
+    what is wrong, as data problems: a class the consortium lacks, a name that fits two of its
+    classes. A data problem stays in the site's own log (the coordinator learns only a count)."""
+    try:
+        found = match_classes(consortium, names)
+    except ValueError as error:
+        return [None] * len(names), [Problem("labels.csv", str(error), "give each class one name the consortium lists")]
+    listed = ", ".join(consortium)
+    return found, [
+        Problem(
+            f"class {name!r}",
+            f"is not among the consortium's classes ({listed})",
+            "rename it in labels.csv to one of them, or ask the ML lead to add it to the scenario's labels",
+        )
+        for name, index in zip(names, found)
+        if index is None
+    ]

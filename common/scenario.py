@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from common.config import EpisodeConfig, reject_unknown
-from common.data import LabelledImages, SiteShift, medmnist
+from common.data import DataError, LabelledImages, SiteShift, medmnist
 from common.data.folder import LABELS_CSV, FolderSpec, load_folder
 from common.data.partition import dirichlet_proportions, split_by_patient, split_by_proportions, split_by_shares
 from common.data.synthetic import MAX_CLASSES, site_shift, synthetic_site
 from common.data.transforms import to_model_input
-from common.labels import key, match_classes
+from common.labels import consortium_problems, key
 from common.models import ModelConfig
 from common.runconfig import parse_run_config
 from common.tasks import site_generator, site_seed
@@ -460,23 +460,17 @@ def _folder_parts(scenario: Scenario, spec: SiteSpec, root: Path, index: int) ->
         ),
     )
     if scenario.folder_classes:
-        data = _in_label_space(data, scenario.folder_classes, f"site {spec.name!r} ({root / LABELS_CSV})")
+        data = _in_label_space(data, scenario.folder_classes, str(root))
     train, test = split_by_patient(data.patient_groups(), spec.test_fraction, site_generator(scenario.seed, index, 4))
     return data.subset(train), data.subset(test)
 
 
 def _in_label_space(data: LabelledImages, labels: tuple[str, ...], where: str) -> LabelledImages:
-    """A folder's data relabelled into the consortium's classes, matched by name (`common.labels`)."""
-    try:
-        found = match_classes(labels, data.classes)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    unknown = [name for name, index in zip(data.classes, found) if index is None]
-    if unknown:
-        raise ValueError(
-            f"{where}: classes {unknown} are not among the consortium's ({', '.join(labels)}): rename them in "
-            "labels.csv, or ask the ML lead to add them to the scenario's labels"
-        )
+    """A folder's data relabelled into the consortium's classes, matched by name (`common.labels`);
+    a class that joins none is a DataError, like any other problem with the folder."""
+    found, problems = consortium_problems(labels, data.classes)
+    if problems:
+        raise DataError(where, problems)
     remap = torch.tensor([index for index in found if index is not None], dtype=torch.long)
     return replace(data, labels=remap[data.labels], classes=labels)
 

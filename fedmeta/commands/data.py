@@ -63,32 +63,16 @@ def _check_folder(
     path: Path, classes: str, image_size: int, channels: int, per_class: int, space: tuple[str, ...], console: Console
 ) -> bool:
     """The folder's report; with `space` (a consortium's classes) each class's match in it by name."""
-    from common.data import Problem
     from common.data.folder import FolderSpec, check_folder
-    from common.labels import match_classes
+    from common.labels import consortium_problems
 
     names = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     # a check reads every file, whatever the preprocessed cache holds
     spec = FolderSpec(image_size=image_size, channels=channels, classes=names, min_per_class=per_class, cache=False)
     with loading_progress(console) as progress:
         _, report = check_folder(path, spec, progress)
-    problems = list(report.problems)
-    matched: list[int | None] = []
-    if space:
-        try:
-            matched = match_classes(space, report.classes)
-        except ValueError as error:
-            problems.append(Problem("labels.csv", str(error), "give each class one name the consortium lists"))
-        consortium = ", ".join(space)
-        problems += [
-            Problem(
-                f"class {name!r}",
-                f"is not among the consortium's classes ({consortium})",
-                "rename it in labels.csv to one of them, or ask the ML lead to add it to the scenario's labels",
-            )
-            for name, index in zip(report.classes, matched)
-            if index is None
-        ]
+    matched, mismatched = consortium_problems(space, report.classes) if space else ([], [])
+    problems = [*report.problems, *mismatched]
     table = Table(title=f"{path}: {report.rows} labelled images")
     for column in ("class", "examples", "patients", *(("consortium class",) if matched else ())):
         table.add_column(column)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import SiteShift
+from common.data import DataError, SiteShift
 from common.models import ModelConfig
 from common.scenario import builtin_scenarios, load_scenario, load_site, parse_scenario
 from tests.common.data.hospital import folder_consortium, write_site
@@ -195,7 +195,7 @@ def test_a_folder_consortium_without_its_classes_or_with_a_stranger_is_refused_b
     episodes = parse_scenario(folder_consortium(tmp_path, labels=(), tasks="episodes"))
     assert load_site(episodes, "b", tmp_path).train.classes == ("cyst", "benign")  # its own, as before
     sc = parse_scenario(folder_consortium(tmp_path, labels=("benign", "malignant")))
-    with pytest.raises(ValueError, match=r"site 'b' \(.*labels.csv\): classes \['cyst'\] are not among the consortium"):
+    with pytest.raises(DataError, match=r"1 problem\(s\) in .*b:\n  - class 'cyst': is not among the consortium's"):
         load_site(sc, "b", tmp_path)
     with pytest.raises(ValueError, match=r"labels \['benign', 'Benign'\] are one class spelt two ways"):
         parse_scenario(folder_consortium(tmp_path, labels=("benign", "Benign", "cyst")))
@@ -214,5 +214,5 @@ def test_a_deployed_hospital_joining_a_global_label_consortium_maps_its_classes(
     held = {site.train.classes[i] for i in torch.cat([site.train.labels, site.test.labels]).tolist()}
     assert held == {"spleen", "kidney-left"}
     stranger = write_site(tmp_path / "st-anne", {"brain": 24, "liver": 24}, patients_per_class=12)
-    with pytest.raises(ValueError, match=r"classes \['brain'\] are not among the consortium's \(bladder"):
+    with pytest.raises(DataError, match=r"class 'brain': is not among the consortium's classes \(bladder"):
         load_hospital_site(sc, "st-anne", stranger)
