@@ -48,7 +48,13 @@ def _spki(key: PublicKeyTypes) -> bytes:
 
 
 def check_coordinator(cfg: CoordinatorConfig) -> list[str]:
-    """Everything that would make the SuperLink or a site connection fail, before starting anything."""
+    """Everything that would make the SuperLink, a site connection or the run's start fail, before
+    starting anything."""
+    try:  # the run's settings and its scenario, as the ServerApp will read them
+        app_run_config(cfg)
+        runs: list[str] = []
+    except (ValueError, FileNotFoundError) as error:
+        runs = [f"[run-config] in {cfg.source}: {error}"]
     problems: list[str] = []
     for path, what in (
         (cfg.ca_cert, "ca-cert"),
@@ -61,7 +67,8 @@ def check_coordinator(cfg: CoordinatorConfig) -> list[str]:
                 f"{what} {path}: no such file (it comes with the coordinator bundle from `fedmeta provision new`)"
             )
     if problems:
-        return problems
+        return runs + problems
+    problems = runs
     if stat.S_IMODE(cfg.server_key.stat().st_mode) & 0o077:
         problems.append(f"server-key {cfg.server_key}: readable by others; run `chmod 600 {cfg.server_key}`")
     try:
@@ -111,7 +118,7 @@ def app_run_config(cfg: CoordinatorConfig, **overrides: object) -> dict[str, obj
     from common.scenario import load_scenario
 
     scenario = str(cfg.run_config.get("scenario", "synthetic"))
-    sc = load_scenario(scenario)
+    sc = load_scenario(scenario, str(cfg.run_config.get("tasks", "scenario")))  # the run's kind of task, checked
     values = {
         **sc.run_config,
         "ways": sc.episode.ways,

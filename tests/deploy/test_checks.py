@@ -110,6 +110,24 @@ def test_missing_coordinator_files_are_named(bundles):
     ]
 
 
+def test_the_coordinator_check_reads_the_runs_scenario_with_its_kind_of_task(bundles, tmp_path):
+    """A run's settings fail at --check, not when the ServerApp starts: here hospital tasks over
+    folder sites whose consortium lists no classes, then a scenario that does not exist."""
+    scenario = tmp_path / "folders.toml"
+    scenario.write_text('name = "folders"\n[[sites]]\nname = "st-mary"\nsource = "folder"\npath = "st-mary"\n')
+    path = coordinator_toml(bundles)
+    set_keys(path, scenario=str(scenario))
+    assert check_coordinator(load_coordinator_config(path)) == []
+    set_keys(path, tasks="hospital")  # appended under [run-config]
+    problems = check_coordinator(load_coordinator_config(path))
+    assert len(problems) == 1 and problems[0].startswith(f"[run-config] in {path}:"), problems
+    assert "list the consortium's classes, labels = [" in problems[0]
+    scenario.write_text(scenario.read_text().replace("[[sites]]", 'labels = ["benign", "malignant"]\n[[sites]]'))
+    assert check_coordinator(load_coordinator_config(path)) == []
+    set_keys(path, scenario="nope")
+    assert any("no scenario 'nope'" in p for p in check_coordinator(load_coordinator_config(path)))
+
+
 def test_a_scenario_site_is_ready_with_its_bundle(bundles):
     result = check_site(load_site_config(site_toml(bundles)))
     assert result.problems == []
