@@ -1,7 +1,9 @@
 """Class names matched across parties: a site's labels.csv against a consortium's label space, or
 against the classes a model's head was trained on. Hospitals spell a class their own way, so the
-match ignores case, spaces, '-' and '_' ("Kidney_Left" is "kidney-left"), and a bare name also
-finds a joined label space's "dataset:name" ("monocyte" is "bloodmnist:monocyte")."""
+match ignores case, spaces, '-' and '_' ("Kidney_Left" is "kidney-left"), and a shorter name also
+finds a joined label space's "dataset:name" ("monocyte" is "bloodmnist:monocyte") and a name
+without its closing parenthesis ("immature granulocytes" is BloodMNIST's "immature
+granulocytes(myelocytes, metamyelocytes and promyelocytes)")."""
 
 from __future__ import annotations
 
@@ -10,24 +12,33 @@ from collections.abc import Sequence
 
 from common.data.dataset import Problem
 
+PARENTHESIS = re.compile(r"\s*\([^()]*\)\s*$")
+
 
 def key(name: str) -> str:
     """The form two spellings of one class share."""
     return " ".join(re.split(r"[\s_\-]+", name.strip().lower()))
 
 
+def short_forms(name: str) -> set[str]:
+    """The keys a shorter name of the class `name` has: without its dataset prefix and/or its
+    closing parenthesis."""
+    bare = name.rsplit(":", 1)[-1]
+    return {key(form) for form in (bare, PARENTHESIS.sub("", name), PARENTHESIS.sub("", bare))} - {key(name)}
+
+
 def match_classes(known: Sequence[str], names: Sequence[str]) -> list[int | None]:
     """For each of `names`, its index in `known` (None: not there). A name that fits two known
     classes, or two names that fit one, is a ValueError naming them."""
     full: dict[str, list[int]] = {}
-    bare: dict[str, list[int]] = {}
+    short: dict[str, list[int]] = {}
     for index, name in enumerate(known):
         full.setdefault(key(name), []).append(index)
-        if ":" in name:
-            bare.setdefault(key(name.rsplit(":", 1)[1]), []).append(index)
+        for form in short_forms(name):
+            short.setdefault(form, []).append(index)
     found: list[int | None] = []
     for name in names:
-        fits = full.get(key(name)) or bare.get(key(name), [])
+        fits = full.get(key(name)) or short.get(key(name), [])
         if len(fits) > 1:
             raise ValueError(
                 f"class {name!r} fits {len(fits)} classes ({', '.join(known[i] for i in fits)}): give its full name"

@@ -44,6 +44,10 @@ def test_a_sites_classes_find_the_models_outputs_by_name_or_are_refused_by_name(
     assert head_rows(trained, ("spleen", "Kidney Left", "liver")) == [4, 2, 3]
     joined = ("organamnist:kidney-left", "organamnist:liver", "bloodmnist:monocyte")
     assert head_rows(joined, ("monocyte", "organamnist:liver")) == [2, 1]
+    blood = load_scenario("new-hospital-blood").head_classes
+    assert blood is not None and head_rows(blood, ("Immature granulocytes", "monocyte")) == [3, 5]
+    pooled = load_scenario("new-classes", "hospital").head_classes
+    assert pooled is not None and head_rows(pooled, ("immature_granulocytes", "kidney left")) == [14, 4]
     with pytest.raises(ValueError, match=r"\['pancreas'\] are not among the 5 classes .*bladder, femur-left"):
         head_rows(trained, ("liver", "pancreas"))
     with pytest.raises(ValueError, match=r"'x' fits 2 classes \(a:x, b:x\)"):
