@@ -58,6 +58,7 @@ def model_digest(model_dir: Path) -> str:
 
 
 CPU = torch.device("cpu")
+QUERY_CHUNK = 256  # query images scored at once after a fit
 
 
 class Adapter(ABC):
@@ -158,10 +159,15 @@ def _trained_logits(
     def loss(p: Params) -> torch.Tensor:
         return F.cross_entropy(model.logits(p, support, kernels), episode.support_y)
 
-    query = model.prepare(episode.query_x)
     with torch.no_grad():
         fits = _fit(params, list(params), loss, steps, lr)
-        return {k: model.logits(trained, query, kernels) for k, trained in fits.items()}
+        # in chunks: a site's whole test set (`fedmeta adapt --against`) can be thousands of images;
+        # an episode's queries (at most 15 per class) are one chunk, as before
+        chunks = episode.query_x.split(QUERY_CHUNK)
+        return {
+            k: torch.cat([model.logits(trained, model.prepare(chunk), kernels) for chunk in chunks])
+            for k, trained in fits.items()
+        }
 
 
 @dataclass

@@ -416,6 +416,23 @@ def test_a_protonet_fine_tunes_from_its_prototypes(scenario, tmp_path):
     assert "head_from_prototypes" not in plain and tuned.identity() == {**plain, "head_from_prototypes": True}
 
 
+def test_fine_tuning_scores_a_large_query_set_in_chunks_as_in_one(tmp_path, monkeypatch):
+    """A site's whole test set (`fedmeta adapt --against`) is scored 256 images at a time after the
+    fit; the logits are those of one batch, to float rounding."""
+    import simulation.adapters as adapters
+    from common.tasks import Episode
+
+    generator = torch.Generator().manual_seed(0)
+    support_x, query_x = torch.rand(6, 1, 8, 8, generator=generator), torch.rand(300, 1, 8, 8, generator=generator)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    episode = Episode(support_x, labels, query_x, torch.zeros(300, dtype=torch.long), torch.arange(3))
+    model_dir = saved(tmp_path, "fomaml")
+    chunked = FineTune(model_dir, steps=3, lr=1e-2).logits(episode, 3)
+    monkeypatch.setattr(adapters, "QUERY_CHUNK", 1000)
+    whole = FineTune(model_dir, steps=3, lr=1e-2).logits(episode, 3)
+    assert chunked.shape == (300, 3) and torch.allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
 SMALL = ("--shots", "2", "--queries", "3", "--episodes", "2")
 
 
