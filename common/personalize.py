@@ -11,6 +11,7 @@ import torch
 
 from common.algorithms import build_algorithm
 from common.algorithms.metasgd import PREFIX
+from common.algorithms.registry import REGISTRY
 from common.backbones import build_model
 from common.clinical import clinical_summary, roc_curves
 from common.config import EpisodeConfig, MetaConfig
@@ -124,13 +125,14 @@ def personalize(
     classes = len(data.classes)
     if positive is not None and positive not in data.classes:
         raise ValueError(f"--positive {positive!r} is not one of the site's classes {list(data.classes)}")
-    trained = head_classes(info, model_cfg, episode_cfg)
-    if trained is None and classes > model_cfg.num_classes:
+    prototypes = REGISTRY[meta_cfg.algorithm].head_from_support  # no trained output is read: any class count
+    trained = None if prototypes else head_classes(info, model_cfg, episode_cfg)
+    if trained is None and not prototypes and classes > model_cfg.num_classes:
         raise ValueError(
             f"the site has {classes} classes but the meta-model was trained on {model_cfg.num_classes}-way tasks; "
-            f"meta-train with ways={classes} or more"
+            f"meta-train with ways={classes} or more, or use a ProtoNet (one prototype per class, any number)"
         )
-    rows = list(range(classes)) if trained is None else head_rows(trained, data.classes)
+    rows = [] if prototypes else list(range(classes)) if trained is None else head_rows(trained, data.classes)
     if tuple(data.images.shape[1:]) != (model_cfg.in_channels, *(model_cfg.image_size,) * model_cfg.spatial_dims):
         raise ValueError(
             f"images of shape {tuple(data.images.shape[1:])} do not fit the meta-model's input "
@@ -138,7 +140,7 @@ def personalize(
         )
     model_cfg = replace(model_cfg, num_classes=classes)
     algorithm = build_algorithm(build_model(model_cfg), meta_cfg, resolve_kernels(kernels)).with_rate_scale(lr_scale)
-    meta = select_head(meta, rows)
+    meta = {k: v for k, v in meta.items() if not k.startswith("head.")} if prototypes else select_head(meta, rows)
     support, rest = split_support(data, shots, torch.Generator().manual_seed(seed))
     adapted = algorithm.adapt(meta, data.images[support], data.labels[support], steps)
     with torch.no_grad():
@@ -152,7 +154,8 @@ def personalize(
         "algorithm": meta_cfg.algorithm,
         "adaptation_steps": meta_cfg.eval_inner_steps if steps is None else steps,
         "adaptation_lr_scale": lr_scale,
-        "head_from": None if trained is None else [trained[r] for r in rows],  # the model's classes, by name
+        # the model's classes, by name; "prototypes": the support's class means
+        "head_from": "prototypes" if prototypes else None if trained is None else [trained[r] for r in rows],
     }
     confusion = torch.tensor(summary["confusion"])
     curves = roc_curves(logits, truth, data.classes, summary.get("positive_class"))
@@ -169,6 +172,8 @@ def adaptation(report: dict) -> str:
 def head(report: dict) -> str:
     """Where the adapted head's outputs came from, as report.md and the command say it."""
     taken = report.get("head_from")
+    if taken == "prototypes":
+        return "the support set's class means (prototypes), one per class: no trained output is read"
     if taken is None:
         return (
             f"the model's first {len(report['per_class'])} outputs: it was meta-trained on episodes that relabel "

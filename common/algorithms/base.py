@@ -35,6 +35,7 @@ class MetaAlgorithm(ABC):
     # ("sgd", 1.0) for algorithms whose sites send `global - local` weights (FedAvg)
     outer_step: tuple[str, float] | None = None
     steps_adapt = True  # `adapt` takes gradient steps (their count is a setting); False: it has none
+    head_from_support = False  # `adapt` builds the head from the support set alone, never reading the trained one
 
     def __init__(self, model: MetaNet, config: MetaConfig, kernels: NativeKernels | None = None) -> None:
         self.model = model

@@ -44,6 +44,7 @@ def proto_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
 class ProtoNet(MetaAlgorithm):
     name = "protonet"
     steps_adapt = False  # prototypes are class means: nothing to step
+    head_from_support = True  # any number of classes: one prototype each
 
     def task_loss(self, meta, episode, grad_fn):  # noqa: ARG002 -- MetaAlgorithm's signature; no inner loop
         support_x, support_y, query_x, query_y = episode

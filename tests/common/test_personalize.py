@@ -137,3 +137,21 @@ def test_a_rate_scale_adapts_at_that_fraction_and_the_report_says_so(tmp_path):
     assert 0 < moved_scaled < moved
     with pytest.raises(ValueError, match="positive, finite factor"):
         personalize(tmp_path, data(), shots=2, lr_scale=0.0)
+
+
+def test_a_protonet_adapts_to_any_number_of_classes_from_its_prototypes(tmp_path):
+    """A ProtoNet reads no trained output: a site with more classes than its training episodes
+    had ways gets one prototype per class, where a model that adapts its head is refused."""
+    cfg = ModelConfig(image_size=8, num_classes=2, width=4, depth=1, num_groups=2)
+    torch.manual_seed(0)
+    for algorithm in ("protonet", "fomaml"):
+        algo = build_algorithm(build_model(cfg), MetaConfig(algorithm=algorithm))
+        save_meta_model(tmp_path / algorithm, algo.init_meta_params(), cfg, algo.config, EpisodeConfig(ways=2))
+    site = data(classes=("a", "b", "c", "d"))
+    result = personalize(tmp_path / "protonet", site, shots=2)
+    assert result.params["head.weight"].shape[0] == 4 and result.logits.shape[1] == 4
+    assert result.report["head_from"] == "prototypes" and head(result.report).startswith("the support set's class")
+    # the fixture's classes differ in brightness, which the prototypes of an untrained body still see
+    assert result.report["accuracy"] > 0.9
+    with pytest.raises(ValueError, match="trained on 2-way tasks; meta-train with ways=4 or more, or use a ProtoNet"):
+        personalize(tmp_path / "fomaml", site, shots=2)
