@@ -78,6 +78,18 @@ def head_rows(trained: Sequence[str], site: Sequence[str]) -> list[int]:
     return [row for row in rows if row is not None]
 
 
+def head_outputs(
+    info: dict, model: ModelConfig, episode: EpisodeConfig, site: Sequence[str]
+) -> tuple[list[int] | None, tuple[str, ...] | None]:
+    """Which of a model's head outputs a site's classes start from, and the classes the model's
+    outputs stand for: by name where the model names them (`head_classes`), else its first C (an
+    episode's slots); None where the head has fewer outputs than the site has classes."""
+    trained = head_classes(info, model, episode)
+    if trained is not None:
+        return head_rows(trained, site), trained
+    return (list(range(len(site))) if len(site) <= model.num_classes else None), None
+
+
 def select_head(meta: Params, rows: Sequence[int]) -> Params:
     """The head's outputs `rows`, in that order (and Meta-SGD's rates for them); the body unchanged."""
     index = torch.tensor(list(rows), dtype=torch.long)
@@ -126,13 +138,12 @@ def personalize(
     if positive is not None and positive not in data.classes:
         raise ValueError(f"--positive {positive!r} is not one of the site's classes {list(data.classes)}")
     prototypes = REGISTRY[meta_cfg.algorithm].head_from_support  # no trained output is read: any class count
-    trained = None if prototypes else head_classes(info, model_cfg, episode_cfg)
-    if trained is None and not prototypes and classes > model_cfg.num_classes:
+    rows, trained = ([], None) if prototypes else head_outputs(info, model_cfg, episode_cfg, data.classes)
+    if rows is None:
         raise ValueError(
             f"the site has {classes} classes but the meta-model was trained on {model_cfg.num_classes}-way tasks; "
             f"meta-train with ways={classes} or more, or use a ProtoNet (one prototype per class, any number)"
         )
-    rows = [] if prototypes else list(range(classes)) if trained is None else head_rows(trained, data.classes)
     if tuple(data.images.shape[1:]) != (model_cfg.in_channels, *(model_cfg.image_size,) * model_cfg.spatial_dims):
         raise ValueError(
             f"images of shape {tuple(data.images.shape[1:])} do not fit the meta-model's input "

@@ -17,7 +17,7 @@ from common.backbones import build_model
 from common.clinical import clinical_summary
 from common.data import LabelledImages
 from common.export import load_meta_model
-from common.personalize import Personalized, head_classes, head_rows, select_head, split_support
+from common.personalize import Personalized, head_outputs, select_head, split_support
 from common.stats import paired_interval, points
 from common.tasks import Episode
 from simulation.adapters import FineTune
@@ -44,11 +44,8 @@ def against(
     chosen = dict(DEFAULTS if settings is None else settings)
     adapter = FineTune(model_dir, steps=int(chosen["steps"]), lr=float(chosen["lr"]), kernels=kernels, name="against")
     classes = len(data.classes)
-    trained = head_classes(info, model_cfg, episode_cfg)
-    if trained is not None or model_cfg.num_classes >= classes:
-        # the head's outputs for the site's classes, taken as the meta-model's are (`personalize`);
-        # a head too small for the site starts from the support's class means instead (FineTune)
-        rows = list(range(classes)) if trained is None else head_rows(trained, data.classes)
+    rows, _ = head_outputs(info, model_cfg, episode_cfg, data.classes)  # as the meta-model's (`personalize`)
+    if rows is not None:  # else a head too small for the site starts from the support's class means (FineTune)
         small = build_model(replace(model_cfg, num_classes=classes))
         adapter.loaded = replace(adapter.loaded, model=small, params=select_head(adapter.loaded.params, rows))
     truth = data.labels[rest]

@@ -70,6 +70,8 @@ def adapt(
             lr_scale = chosen.get("lr_scale", 1.0) if lr_scale is None else lr_scale
         elif tuned_as is not None:
             raise ValueError("--tuned-as names an entry of --tuned: give the tuned.json too")
+        if draws < 1 or (draws > 1 and against is None):
+            raise ValueError(f"--draws {draws}: give a count >= 1, with --against (it repeats that comparison)")
         if (folder is None) == (not medmnist):
             raise ValueError("give the site's data as either --folder DIR or --medmnist NAME --data-dir DIR")
         if folder is not None:
@@ -86,8 +88,6 @@ def adapt(
                 raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
             )
         result = personalize(model, data, shots, steps, seed, kernels, positive, 1.0 if lr_scale is None else lr_scale)
-        if draws < 1 or (draws > 1 and against is None):
-            raise ValueError(f"--draws {draws}: give a count >= 1, with --against (it repeats that comparison)")
         if against is not None:
             from simulation import site_compare
 
