@@ -62,6 +62,7 @@ def against(
         "balanced_accuracy": summary["balanced_accuracy"],
         "auc": summary["auc"],
         "auc_ci": summary["auc_ci"],
+        "sensitivity": {name: row["sensitivity"] for name, row in summary["per_class"].items()},
         "difference": {"mean": difference.mean, "low": difference.low, "high": difference.high, "images": difference.n},
     }
 
@@ -76,7 +77,16 @@ def over_draws(meta: list[dict], base: list[dict], seeds: list[int]) -> dict:
         difference = paired_interval(meta_values, base_values)
         out |= {f"meta_{measure}": meta_values, f"against_{measure}": base_values}
         out[name] = {"mean": difference.mean, "low": difference.low, "high": difference.high, "draws": len(seeds)}
+    out["sensitivity"] = {}  # per class: both models' mean over the draws
+    for name in meta[0]["per_class"]:
+        mine = _mean([r["per_class"][name]["sensitivity"] for r in meta])
+        out["sensitivity"][name] = [mine, _mean([b["sensitivity"][name] for b in base])]
     return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def markdown(meta: dict, base: dict) -> str:
@@ -107,8 +117,30 @@ def markdown(meta: dict, base: dict) -> str:
             "draw; the benchmark's figure pools many episodes and sites).",
             "",
             *_draws(base.get("draws")),
+            *_per_class(meta, base),
         ]
     )
+
+
+def _per_class(meta: dict, base: dict) -> list[str]:
+    """Which classes each model recalls better: a lead on rare classes and a loss on common ones
+    can cancel in accuracy (docs/FINDINGS.md, a hospital's own case mix)."""
+    draws = base.get("draws")
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
+    rows = []
+    for name, row in meta["per_class"].items():
+        mine, theirs = draws["sensitivity"][name] if draws else (row["sensitivity"], base["sensitivity"][name])
+        gap = "n/a" if None in (mine, theirs) else f"{100 * (mine - theirs):+.1f}"
+        rows.append(f"| {name} | {row['cases']} | {pct(mine)} | {pct(theirs)} | {gap} |")
+    over = f"mean over the {len(draws['seeds'])} draws" if draws else "this draw"
+    return [
+        f"Sensitivity per class ({over}; cases: this draw's evaluated images of the class):",
+        "",
+        "| class | cases | this meta-model | FedAvg + fine-tune | difference |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
 
 
 def _draws(draws: dict | None) -> list[str]:

@@ -346,6 +346,8 @@ def test_adapt_against_fedavg_pairs_both_models_on_the_same_images_and_draws(tmp
     assert against["draws"]["seeds"] == [0, 1, 2] and against["accuracy"] == report["accuracy"]
     text = (tmp_path / "o" / "report.md").read_text()
     assert "## Against FedAvg + fine-tune" in text and "Over 3 support draws (--seed 0 to 2" in text
+    assert "Sensitivity per class (mean over the 3 draws" in text and text.count(" | +0.0 |") == 2  # C and a
+    assert set(against["draws"]["sensitivity"]) == {"C", "a"}
     moved = adapt(5, "--against", str(model))
     assert moved.returncode == 0, moved.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
