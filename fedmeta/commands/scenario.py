@@ -53,6 +53,10 @@ def show(
         f"[bold]{sc.name}[/bold]: {sc.description}\n{sc.spatial_dims}D, {sc.channels} channel(s), "
         f"{sc.image_size}px; episodes {ep.ways}-way {ep.shots}-shot, {ep.queries} queries; seed {sc.seed}"
     )
+    if sc.labels:
+        console.print(
+            f"the consortium's classes, in label order (per-class counts below follow it): {', '.join(sc.labels)}"
+        )
     table = Table()
     for column in ("site", "role", "data", "train per class", "test per class", "episode classes", "shift"):
         table.add_column(column)

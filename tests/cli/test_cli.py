@@ -152,6 +152,34 @@ def test_scenario_show_prints_every_site(tmp_path):
     assert missing.returncode == 2 and "pneumoniamnist.npz is not in" in missing.stdout + missing.stderr
 
 
+def test_scenario_show_lists_a_folder_consortiums_classes(tmp_path):
+    from tests.common.data.hospital import folder_consortium
+
+    doc = folder_consortium(tmp_path / "data")
+    scenario = tmp_path / "folders.toml"
+    scenario.write_text(
+        f'name = "folders"\ntasks = "hospital"\nlabels = {json.dumps(doc["labels"])}\n'
+        + "".join(f'[[sites]]\nname = "{s["name"]}"\nsource = "folder"\npath = "{s["path"]}"\n' for s in doc["sites"])
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "scenario", "show", str(scenario), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        "the consortium's classes, in label order (per-class counts below follow it): benign, malignant, cyst"
+        in out.stdout
+    )
+    import re
+
+    # train counts per consortium class: a holds benign and malignant, b benign and cyst
+    counts = dict(re.findall(r"│ (a|b)\s+│[^│]+│[^│]+│\s*(\d+ \d+ \d+)\s*│", out.stdout))
+    assert counts["a"].endswith(" 0") and counts["b"].split()[1] == "0" and "0" not in counts["b"].split()[::2]
+
+
 def test_provision_new_then_refuses_to_overwrite(tmp_path):
     out = fedmeta("provision", "new", "--out", str(tmp_path), "--host", "localhost", "--site", "st-mary")
     assert out.returncode == 0, out.stderr
