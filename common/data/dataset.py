@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -83,6 +83,15 @@ class LabelledImages:
         """Labels with at least `at_least` examples (e.g. shots + queries for an episode)."""
         counts = torch.bincount(self.labels, minlength=len(self.classes))
         return [c for c, n in enumerate(counts.tolist()) if n >= at_least]
+
+    def only(self, keep: list[int]) -> LabelledImages:
+        """The examples of classes `keep`, relabelled 0..len(keep)-1 in that order (e.g. a hospital's
+        own classes out of a global label space)."""
+        index = torch.nonzero(torch.isin(self.labels, torch.tensor(keep, dtype=torch.long))).flatten()
+        remap = torch.full((len(self.classes),), -1, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        part = self.subset(index)
+        return replace(part, labels=remap[part.labels], classes=tuple(self.classes[c] for c in keep))
 
     def counts(self) -> dict[str, int]:
         """Samples per class name, in class order (zero counts included)."""

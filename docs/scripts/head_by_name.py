@@ -12,7 +12,6 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,16 +21,6 @@ from common.scenario import load_scenario, load_site
 
 MODEL = Path("docs/results/models/new-hospital/seed-0/fomaml/model")
 TUNED = Path("docs/results/models/new-hospital/tuned.json")
-
-
-def own_classes(data, least: int):
-    """The site's images relabelled to the classes it holds (at least `least` images each)."""
-    kept = [c for c in range(len(data.classes)) if int((data.labels == c).sum()) >= least]
-    index = torch.nonzero(torch.isin(data.labels, torch.tensor(kept))).flatten()
-    remap = torch.full((len(data.classes),), -1, dtype=torch.long)
-    remap[kept] = torch.arange(len(kept))
-    sub = data.subset(index)
-    return replace(sub, labels=remap[sub.labels], classes=tuple(data.classes[c] for c in kept))
 
 
 def main(data_dir: str) -> None:
@@ -49,7 +38,7 @@ def main(data_dir: str) -> None:
         print("| --- | --- | --- | --- | --- | --- |")
         for index in scenario.heldout_sites:
             site = load_site(scenario, index, data_dir)
-            data = own_classes(site.test, least=6)
+            data = site.test.only(site.test.classes_with(6))  # the organs it holds, relabelled
             for shots in (1, 5):
                 acc = {}
                 for how, model in (("name", MODEL), ("slot", unnamed)):

@@ -19,9 +19,6 @@ from common.stats import points
 from simulation import site_compare
 from simulation.adapters import best_settings
 
-sys.path.insert(0, str(Path(__file__).parent))
-from head_by_name import own_classes  # the same relabelling to a hospital's own organs
-
 MODELS = Path("docs/results/models/new-hospital")
 DRAWS = 10
 
@@ -40,7 +37,7 @@ def main(data_dir: str) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for index in scenario.heldout_sites:
         site = load_site(scenario, index, data_dir)
-        data = own_classes(site.test, least=6)
+        data = site.test.only(site.test.classes_with(6))  # the organs it holds, as head_by_name.py
         for shots in (1, 5):
             seeds = list(range(DRAWS))
             adapted = [

@@ -18,7 +18,13 @@ def adapt(
     model: Path = typer.Argument(..., help="Meta-model directory (model.safetensors + model.json), e.g. RUN/model."),
     folder: Path = typer.Option(None, help="The site's labelled folder (labels.csv + images)."),
     medmnist: str = typer.Option("", help="Or a MedMNIST dataset, e.g. breastmnist (with --data-dir)."),
-    split: str = typer.Option("test", help="MedMNIST split to use."),
+    split: str = typer.Option("test", help="MedMNIST split (or, with --site, the site's split) to use."),
+    scenario: str = typer.Option(
+        "", help="Or a scenario's site (with --site and --data-dir): its images as its client reads them."
+    ),
+    site: str = typer.Option(
+        "", help="The --scenario site to adapt at, e.g. new-hospital-a: the classes it holds, its scanner shift."
+    ),
     data_dir: Path = typer.Option(None, "--data-dir", envvar="FEDMETA_DATA_DIR", help="Directory of MedMNIST files."),
     shots: int = typer.Option(5, help="Labelled examples per class to adapt on; the rest are evaluated."),
     steps: int = typer.Option(None, help="Adaptation steps (default: the model's eval-inner-steps, or --tuned's)."),
@@ -72,9 +78,19 @@ def adapt(
             raise ValueError("--tuned-as names an entry of --tuned: give the tuned.json too")
         if draws < 1 or (draws > 1 and against is None):
             raise ValueError(f"--draws {draws}: give a count >= 1, with --against (it repeats that comparison)")
-        if (folder is None) == (not medmnist):
-            raise ValueError("give the site's data as either --folder DIR or --medmnist NAME --data-dir DIR")
-        if folder is not None:
+        if bool(scenario) != bool(site):
+            raise ValueError(
+                "--scenario and --site go together: a scenario's site, e.g. --scenario new-hospital "
+                "--site new-hospital-a"
+            )
+        if [folder is not None, bool(medmnist), bool(site)].count(True) != 1:
+            raise ValueError(
+                "give the site's data as one of --folder DIR, --medmnist NAME --data-dir DIR, "
+                "or --scenario S --site NAME --data-dir DIR"
+            )
+        if site:
+            data = _scenario_site(scenario, site, split, data_dir, shots)
+        elif folder is not None:
             spec = FolderSpec(image_size=model_cfg.image_size, channels=model_cfg.in_channels)
             with loading_progress(console) as progress:
                 data, folder_report = check_folder(folder, spec, progress)
@@ -148,6 +164,20 @@ def adapt(
         f"personalized model: {out / 'model'}; report: {out / 'report.md'} (and report.json), "
         f"{out / 'confusion_matrix.png'}, {out / 'roc_curve.png'}"
     )
+
+
+def _scenario_site(scenario: str, site: str, split: str, data_dir: Path | None, shots: int):
+    """A scenario site's `split` as its client reads it (scanner shift included), restricted to the
+    classes it holds with at least `shots` + 1 images (a held-out hospital's own problem)."""
+    from common.scenario import load_scenario, load_site
+
+    if split not in ("train", "test"):
+        raise ValueError(f"--split {split!r}: a scenario site has a train and a test split")
+    data = getattr(load_site(load_scenario(scenario), site, data_dir), split)
+    held = data.classes_with(shots + 1)
+    if not held:
+        raise ValueError(f"site {site!r} holds no class with {shots + 1} images in its {split} split: lower --shots")
+    return data.only(held)
 
 
 def _finetune(path: Path) -> dict:

@@ -383,3 +383,36 @@ def test_adapt_against_fedavg_pairs_both_models_on_the_same_images_and_draws(tmp
     assert "`--draws 10` repeats the comparison" in (tmp_path / "o" / "report.md").read_text()
     lone = adapt(0, "--draws", "2")
     assert lone.returncode == 2 and "with --against" in lone.stderr
+
+
+def test_adapt_at_a_scenario_site_takes_the_classes_it_holds(tmp_path):
+    """--scenario S --site NAME: the site's images as its client reads them (the synthetic
+    scenario needs no files), relabelled to the classes it holds; a ProtoNet takes them all."""
+    import torch
+
+    from common.algorithms import build_algorithm
+    from common.backbones import build_model
+    from common.config import EpisodeConfig, MetaConfig
+    from common.export import save_meta_model
+    from common.models import ModelConfig
+
+    cfg = ModelConfig(image_size=28, num_classes=3, width=4, depth=2, num_groups=2)
+    torch.manual_seed(0)
+    algo = build_algorithm(build_model(cfg), MetaConfig(algorithm="protonet", eval_inner_steps=1))
+    model = tmp_path / "model"
+    save_meta_model(model, algo.init_meta_params(), cfg, algo.config, EpisodeConfig(ways=3))
+    out = tmp_path / "o"
+    done = fedmeta(
+        "adapt", str(model), "--scenario", "synthetic", "--site", "heldout-0", "--shots", "2", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    from common.scenario import load_scenario, load_site
+
+    held = load_site(load_scenario("synthetic"), "heldout-0").test
+    assert report["classes"] == [held.classes[c] for c in held.classes_with(3)] and len(report["classes"]) > 3
+    assert report["head_from"] == "prototypes"
+    lone = fedmeta("adapt", str(model), "--scenario", "synthetic", "--out", str(out))
+    assert lone.returncode == 2 and "--scenario and --site go together" in lone.stderr
+    both = fedmeta("adapt", str(model), "--scenario", "synthetic", "--site", "x", "--medmnist", "y", "--out", str(out))
+    assert both.returncode == 2 and "one of --folder DIR" in " ".join(both.stderr.split())

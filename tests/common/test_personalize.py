@@ -95,6 +95,13 @@ def test_a_global_label_model_adapts_from_its_outputs_for_the_sites_classes(tmp_
     assert torch.equal(again.params["head.weight"], meta["head.weight"][[1, 3]])
 
 
+def test_only_keeps_the_classes_asked_for_relabelled_in_that_order():
+    d = data(classes=("a", "b", "c"))
+    part = d.only([2, 0])
+    assert part.classes == ("c", "a") and len(part) == 12
+    assert [d.classes[d.labels[d.ids.index(i)]] for i in part.ids] == [part.classes[y] for y in part.labels]
+
+
 def test_support_and_evaluation_never_share_a_patient():
     d = data()
     support, rest = split_support(d, 2, torch.Generator().manual_seed(1))
