@@ -70,8 +70,9 @@ def adapt(
     console = Console()
     try:
         _, model_cfg, meta_cfg, _, _ = load_meta_model(model)
-        if tuned is not None:
-            chosen = _tuned(tuned, tuned_as or meta_cfg.algorithm)
+        settings = _read_tuned(tuned) if tuned is not None else None
+        if settings is not None:
+            chosen = _tuned(settings, tuned, tuned_as or meta_cfg.algorithm)
             steps = chosen.get("steps") if steps is None else steps
             lr_scale = chosen.get("lr_scale", 1.0) if lr_scale is None else lr_scale
         elif tuned_as is not None:
@@ -103,16 +104,16 @@ def adapt(
             data = replace(
                 raw, images=to_model_input(raw.images, model_cfg.in_channels, model_cfg.image_size, where=medmnist)
             )
-        result = personalize(model, data, shots, steps, seed, kernels, positive, 1.0 if lr_scale is None else lr_scale)
+        rate = 1.0 if lr_scale is None else lr_scale
+        result = personalize(model, data, shots, steps, seed, kernels, positive, rate)
         if against is not None:
             from simulation import site_compare
 
-            settings = _finetune(tuned) if tuned is not None else None
-            rate = 1.0 if lr_scale is None else lr_scale
+            finetune = _finetune(settings, tuned) if settings is not None else None
             seeds = list(range(seed, seed + draws))
             adapted = [result] + [personalize(model, data, shots, steps, s, kernels, positive, rate) for s in seeds[1:]]
             compared = [
-                site_compare.against(one, against, data, shots, s, settings, kernels) for one, s in zip(adapted, seeds)
+                site_compare.against(one, against, data, shots, s, finetune, kernels) for one, s in zip(adapted, seeds)
             ]
             baseline = compared[0]
             if draws > 1:
@@ -180,30 +181,32 @@ def _scenario_site(scenario: str, site: str, split: str, data_dir: Path | None, 
     return data.only(held)
 
 
-def _finetune(path: Path) -> dict:
-    """What `fedmeta benchmark tune` chose for FedAvg + fine-tune in `path`: steps and lr."""
+def _read_tuned(path: Path) -> dict:
+    """--tuned's tuned.json, read once for the meta-model's entry and --against's."""
     import json
 
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--tuned {path}: no such file; give the tuned.json `fedmeta benchmark tune` wrote") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"--tuned {path} is not JSON: give the tuned.json `fedmeta benchmark tune` wrote") from None
+
+
+def _finetune(settings: dict, path: Path) -> dict:
+    """What `fedmeta benchmark tune` chose for FedAvg + fine-tune in `settings` (`path`): steps and lr."""
     from simulation.adapters import best_settings
 
-    settings = json.loads(path.read_text())  # _tuned has read it already, with its errors
     if not isinstance(settings.get("finetune"), dict):
         raise ValueError(f"--tuned {path} holds no finetune entry for --against: tune FedAvg + fine-tune with it")
     return best_settings(settings, "finetune")
 
 
-def _tuned(path: Path, name: str) -> dict:
-    """The adaptation settings `fedmeta benchmark tune` chose for meta-model method `name` in `path`."""
-    import json
-
+def _tuned(settings: dict, path: Path, name: str) -> dict:
+    """The adaptation settings `fedmeta benchmark tune` chose for meta-model method `name` in
+    `settings` (read from `path`)."""
     from simulation.adapters import best_settings
 
-    try:
-        settings = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"--tuned {path}: no such file; give the tuned.json `fedmeta benchmark tune` wrote") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"--tuned {path} is not JSON: give the tuned.json `fedmeta benchmark tune` wrote") from None
     entries = {n: e["best"] for n, e in settings.items() if isinstance(e, dict) and isinstance(e.get("best"), dict)}
     meta = sorted(n for n, best in entries.items() if set(best) <= META_SETTINGS)
     if name not in entries:
