@@ -76,6 +76,9 @@ class Episodes:
     ways: int
     batches: dict[int, dict[str, TaskBatch]] = field(default_factory=dict)
     digests: dict[int, dict[str, str]] = field(default_factory=dict)
+    # site -> its images per class (scenario label space) in the split the episodes come from: the
+    # site's case mix, which the episodes (up to `queries` per class) do not follow
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def num_classes(self) -> int:
         return self.scenario.num_labels if self.scenario.tasks == "hospital" else self.ways
@@ -99,6 +102,8 @@ def draw_episodes(protocol: Protocol) -> Episodes:
     sites = {i: load_site(scenario, i, protocol.data_dir or None) for i in indices}
     per_site = math.ceil(protocol.episodes / len(indices))
     out = Episodes(scenario, protocol.role, protocol.ways or scenario.episode.ways)
+    for site in sites.values():
+        out.counts[site.spec.name] = np.bincount(site.test.labels.numpy(), minlength=scenario.num_labels)
     for shots in protocol.shots:
         episode = EpisodeConfig(ways=out.ways, shots=shots, queries=protocol.queries)
         out.batches[shots], out.digests[shots] = {}, {}

@@ -285,6 +285,7 @@ def evaluate(
         parse_shots,
         score_methods,
     )
+    from simulation.casemix import write_case_mix
     from simulation.headline import write_headline
     from simulation.perclass import write_per_class
 
@@ -344,6 +345,9 @@ def evaluate(
     per_class = write_per_class(methods, names, out, f"{sc.name}-{sites}", f"{sc.name}, {where}")
     if per_class:
         console.print(f"per-class recall and mistakes: {per_class}")
+    case_mix = write_case_mix(methods, episodes_.counts, out, f"{sc.name}-{sites}", f"{sc.name}, {where}")
+    if case_mix:
+        console.print(f"accuracy weighted by each site's case mix: {case_mix}")
 
 
 @benchmark_app.command("report")

@@ -642,6 +642,11 @@ def test_the_cli_tunes_on_validation_then_writes_the_headline(scenario, tmp_path
         assert (out / name).stat().st_size > 0
     per_class = (out / "per-class-tiny-roles-heldout.md").read_text()
     assert "| class | queries | maml | fedavg+finetune |" in per_class and "mistake 1" in per_class
+    case_mix = json.loads((out / "case-mix-tiny-roles-heldout.json").read_text())
+    assert {r["method"] for r in case_mix} == {r["method"] for r in rows}  # every method, at each site
+    assert all(
+        0 <= r["case_mix"] <= 1 and ("diff_case_mix" in r) == (r["method"] != "fedavg+finetune") for r in case_mix
+    )
     table = (out / "headline.md").read_text()
     assert table.count("| fedavg+finetune |") == 2 and all(
         line.split("|")[5].strip() == "reference" for line in table.splitlines() if "| fedavg+finetune |" in line
