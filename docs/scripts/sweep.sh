@@ -12,7 +12,8 @@
 # One line must be named `supervised`, before the lines that use it: the FedAvg model the
 # baselines (fine-tune, linear probe, prototypes) start from; its adaptation is tuned on the same
 # validation sites first. `@supervised` in a run-config stands for its model directory (for
-# init-model, a warm start from it).
+# init-model, a warm start from it), and `@NAME` for any earlier line's (the same seed's), e.g.
+#   maml-from-fomaml | maml | init-model=@fomaml num-server-rounds=50  (a first-order warm start)
 #   SEEDS default "0" (or SEED): training seeds. With several, every recipe (and `supervised`) is
 #         trained once per seed and scored as one method over all its seeds, as the headline run
 #         does: a recipe is chosen on its mean over seeds, not on one seed's luck (on new-hospital,
@@ -69,12 +70,18 @@ supervised=()
 for seed in "${seeds[@]}"; do
     runs=$(runs_of "$seed")
     mkdir -p "$runs"
+    names=()  # this seed's lines so far: what @NAME may name
     while IFS='|' read -r name method config; do
         name=$(trim "$name")
         [[ -z "$name" || "$name" == \#* ]] && continue
         method=$(trim "$method")
         config=$(trim "$config")
-        config=${config//@supervised/\'$runs/supervised/model\'}
+        # @NAME: an earlier line's model, longest names first (@fomaml-scan before @fomaml)
+        while read -r earlier; do
+            [[ -n "$earlier" ]] && config=${config//@$earlier/\'$runs/$earlier/model\'}
+        done < <(printf '%s\n' ${names[@]+"${names[@]}"} | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-)
+        [[ "$config" == *@* ]] && { echo "$name: ${config}: @ names no earlier line of $RECIPES" >&2; exit 2; }
+        names+=("$name")
         if [[ "$REUSE" == *" $name "* ]] && ! trained "$runs/$name"; then
             reused="$HEADLINE/seed-$seed/$([[ "$name" == supervised ]] && echo fedavg-supervised || echo "$name")"
             trained "$reused" || { echo "REUSE $name: no headline model at $reused/model" >&2; exit 2; }
