@@ -50,25 +50,23 @@ def _spki(key: PublicKeyTypes) -> bytes:
 def check_coordinator(cfg: CoordinatorConfig) -> list[str]:
     """Everything that would make the SuperLink, a site connection or the run's start fail, before
     starting anything."""
+    problems: list[str] = []
     try:  # the run's settings and its scenario, as the ServerApp will read them
         app_run_config(cfg)
-        runs: list[str] = []
     except (ValueError, FileNotFoundError) as error:
-        runs = [f"[run-config] in {cfg.source}: {error}"]
-    problems: list[str] = []
-    for path, what in (
-        (cfg.ca_cert, "ca-cert"),
-        (cfg.server_cert, "server-cert"),
-        (cfg.server_key, "server-key"),
-        (cfg.authorized_sites, "authorized-sites"),
-    ):
-        if not path.is_file():
-            problems.append(
-                f"{what} {path}: no such file (it comes with the coordinator bundle from `fedmeta provision new`)"
-            )
-    if problems:
-        return runs + problems
-    problems = runs
+        problems.append(f"[run-config] in {cfg.source}: {error}")
+    missing = [
+        f"{what} {path}: no such file (it comes with the coordinator bundle from `fedmeta provision new`)"
+        for path, what in (
+            (cfg.ca_cert, "ca-cert"),
+            (cfg.server_cert, "server-cert"),
+            (cfg.server_key, "server-key"),
+            (cfg.authorized_sites, "authorized-sites"),
+        )
+        if not path.is_file()
+    ]
+    if missing:  # nothing further can be read
+        return problems + missing
     if stat.S_IMODE(cfg.server_key.stat().st_mode) & 0o077:
         problems.append(f"server-key {cfg.server_key}: readable by others; run `chmod 600 {cfg.server_key}`")
     try:

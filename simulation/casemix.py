@@ -62,7 +62,6 @@ def rows(methods: dict[str, list[Scores]], counts: dict[str, np.ndarray], refere
     row per (shots, method) at MEAN, the mean of the sites' rows. Only the sites and shots every run
     of `methods` keeps per-site counts for (none, or all zero, in scores kept from before they were)."""
     out: list[dict] = []
-    base = methods.get(reference)
     for shots in sorted({k for runs in methods.values() for r in runs for k in r.site_confusion}):
         sites = [
             s
@@ -71,12 +70,15 @@ def rows(methods: dict[str, list[Scores]], counts: dict[str, np.ndarray], refere
         ]
         by_method: dict[str, list[dict]] = {}
         for site in sites:
-            for name, runs in methods.items():
-                mine = [weigh(r.site_confusion[shots][site], counts[site]) for r in runs]
+            weighed = {
+                name: [weigh(r.site_confusion[shots][site], counts[site]) for r in runs]
+                for name, runs in methods.items()
+            }
+            theirs = weighed.get(reference)
+            for name, mine in weighed.items():
                 alike, case_mix = float(np.mean([w.alike for w in mine])), float(np.mean([w.case_mix for w in mine]))
                 row: dict = {"shots": shots, "site": site, "method": name, "alike": alike, "case_mix": case_mix}
-                if base is not None and name != reference:
-                    theirs = [weigh(r.site_confusion[shots][site], counts[site]) for r in base]
+                if theirs is not None and name != reference:
                     row["diff_alike"] = alike - float(np.mean([t.alike for t in theirs]))
                     row["diff_case_mix"] = case_mix - float(np.mean([t.case_mix for t in theirs]))
                     if len(mine) == len(theirs):

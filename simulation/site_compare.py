@@ -84,6 +84,10 @@ def over_draws(meta: list[dict], base: list[dict], seeds: list[int]) -> dict:
     return out
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
@@ -91,7 +95,6 @@ def _mean(values: list[float | None]) -> float | None:
 
 def markdown(meta: dict, base: dict) -> str:
     """report.md's comparison: both models on the same images, and the paired difference."""
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
     ci = lambda v: f"{100 * v[0]:.1f} to {100 * v[1]:.1f}"
     auc = lambda r: "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
     how = base["adaptation"]
@@ -107,10 +110,10 @@ def markdown(meta: dict, base: dict) -> str:
             "",
             "| model | accuracy (95% CI) | balanced accuracy | AUROC |",
             "| --- | --- | --- | --- |",
-            f"| this meta-model | {pct(meta['accuracy'])} ({ci(meta['accuracy_ci'])}) | "
-            f"{pct(meta['balanced_accuracy'])} | {auc(meta)} |",
-            f"| FedAvg + fine-tune | {pct(base['accuracy'])} ({ci(base['accuracy_ci'])}) | "
-            f"{pct(base['balanced_accuracy'])} | {auc(base)} |",
+            f"| this meta-model | {_pct(meta['accuracy'])} ({ci(meta['accuracy_ci'])}) | "
+            f"{_pct(meta['balanced_accuracy'])} | {auc(meta)} |",
+            f"| FedAvg + fine-tune | {_pct(base['accuracy'])} ({ci(base['accuracy_ci'])}) | "
+            f"{_pct(base['balanced_accuracy'])} | {auc(base)} |",
             "",
             f"Paired difference in accuracy, meta-model minus FedAvg + fine-tune, on the same {d['images']} images: "
             f"**{points(d['mean'], d['low'], d['high'])} points** (95% t-interval over images, for this support "
@@ -126,12 +129,11 @@ def _per_class(meta: dict, base: dict) -> list[str]:
     """Which classes each model recalls better: a lead on rare classes and a loss on common ones
     can cancel in accuracy (docs/FINDINGS.md, a hospital's own case mix)."""
     draws = base.get("draws")
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
     rows = []
     for name, row in meta["per_class"].items():
         mine, theirs = draws["sensitivity"][name] if draws else (row["sensitivity"], base["sensitivity"][name])
         gap = "n/a" if None in (mine, theirs) else f"{100 * (mine - theirs):+.1f}"
-        rows.append(f"| {name} | {row['cases']} | {pct(mine)} | {pct(theirs)} | {gap} |")
+        rows.append(f"| {name} | {row['cases']} | {_pct(mine)} | {_pct(theirs)} | {gap} |")
     over = f"mean over the {len(draws['seeds'])} draws" if draws else "this draw"
     return [
         f"Sensitivity per class ({over}; cases: this draw's evaluated images of the class):",
